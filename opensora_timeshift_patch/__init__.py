@@ -1,0 +1,21 @@
+"""Frame-aware timestep-shift policies for Open-Sora's rectified-flow scheduler.
+
+Importing the package registers the ``rflow-timeshift`` scheduler into Open-Sora's ``SCHEDULERS`` registry
+when Open-Sora 1.x is importable, otherwise into the package's own, so an mmengine config selects it with
+``custom_imports = dict(imports=["opensora_timeshift_patch"])`` and
+``scheduler = dict(type="rflow-timeshift", shift_mode="latent")``.
+"""
+
+from .patch import patch, patched, unpatch
+from .policies import SHIFT_MODES, degenerate_frame_counts, register_policy, temporal_size
+from .registry import SCHEDULERS, build_module
+from .scheduler import RFlowTimeShift
+from .shift import ON_DEGENERATE, TimestepShift, rational_shift, timestep_transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SHIFT_MODES", "ON_DEGENERATE", "SCHEDULERS", "RFlowTimeShift", "TimestepShift", "build_module",
+    "degenerate_frame_counts", "patch", "patched", "rational_shift", "register_policy", "temporal_size",
+    "timestep_transform", "unpatch",
+]

@@ -1,0 +1,114 @@
+"""A standalone rectified-flow backend with Open-Sora 1.x's conventions, for use without Open-Sora.
+
+Conventions (Liu et al., 2022, "Flow Straight and Fast"; as in Open-Sora 1.2's ``RFlowScheduler``):
+timesteps live in [0, num_timesteps] and t = num_timesteps is pure noise; ``x_t = (1 - t/N) x0 + (t/N) noise``;
+the model returns twice the latent channels (learned sigma) and the first half is the velocity, whose
+target is ``x0 - noise``; the loss is the per-sample mean. Sampling is Euler from t = N down to 0 with
+classifier-free guidance on a doubled batch. Random numbers are drawn in the same order as Open-Sora's,
+so the same RNG state gives the same noise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+TimestepFn = Callable[[Tensor, Dict[str, Any]], Tensor]
+
+
+def mean_flat(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Mean over all non-batch dimensions; with a (B, T) frame mask, over the unmasked frames only."""
+    if mask is None:
+        return x.mean(dim=list(range(1, x.dim())))
+    if x.dim() != 5 or mask.shape != (x.shape[0], x.shape[2]):
+        raise ValueError(f"a frame mask of shape {tuple(mask.shape)} needs latents (B, C, T, H, W) with (B, T) = "
+                         f"{(x.shape[0], x.shape[2]) if x.dim() > 2 else '?'}; got latents {tuple(x.shape)}")
+    per_frame = x.transpose(1, 2).flatten(2)  # (B, T, C*H*W)
+    # Two single-axis sums, in Open-Sora's order, so the float rounding is the same.
+    return (per_frame * mask.unsqueeze(2)).sum(dim=1).sum(dim=1) / (mask.sum(dim=1) * per_frame.shape[-1])
+
+
+def sampling_grid(num_sampling_steps: int, num_timesteps: int, batch_size: int, device: Any,
+                  discrete: bool = False) -> List[Tensor]:
+    """The unshifted sampling grid ``(1 - i/steps) N``, i = 0..steps-1, one batch-length tensor per step."""
+    grid: Sequence[float] = [(1.0 - i / num_sampling_steps) * num_timesteps for i in range(num_sampling_steps)]
+    if discrete:
+        grid = [int(round(t)) for t in grid]
+    return [torch.tensor([t] * batch_size, device=device) for t in grid]
+
+
+class StandaloneRFlow:
+    """Rectified-flow losses and Euler sampling, Open-Sora 1.2 style, with the timesteps handed in."""
+
+    def __init__(self, num_timesteps: int = 1000, num_sampling_steps: int = 10, cfg_scale: float = 4.0,
+                 use_discrete_timesteps: bool = False) -> None:
+        self.num_timesteps = num_timesteps
+        self.num_sampling_steps = num_sampling_steps
+        self.cfg_scale = cfg_scale
+        self.use_discrete_timesteps = use_discrete_timesteps
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``(1 - t/N) x0 + (t/N) noise``; the same arithmetic as Open-Sora's, so the same bits."""
+        keep = (1 - t.float() / self.num_timesteps).view(-1, *([1] * (x0.dim() - 1)))
+        return keep * x0 + (1 - keep) * noise
+
+    def training_losses(self, model: Callable[..., Tensor], x_start: Tensor, model_kwargs: Optional[Dict[str, Any]],
+                        noise: Optional[Tensor], mask: Optional[Tensor], weights: Optional[Tensor],
+                        t: Tensor) -> Dict[str, Tensor]:
+        """Velocity-matching loss per sample at the given timesteps ``t``."""
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        if noise.shape != x_start.shape:
+            raise ValueError(f"noise of shape {tuple(noise.shape)} must match x_start {tuple(x_start.shape)}")
+        x_t = self.add_noise(x_start, noise, t)
+        if mask is not None:
+            # Frames outside the mask are conditioning frames and stay clean (t = 0).
+            x_t = torch.where(mask[:, None, :, None, None], x_t, self.add_noise(x_start, noise, torch.zeros_like(t)))
+        velocity = model(x_t, t, **model_kwargs).chunk(2, dim=1)[0]
+        error = (velocity - (x_start - noise)).pow(2)
+        if weights is not None:
+            error = error * weights.to(t.device)[t.long()].float().view(-1, *([1] * (x_start.dim() - 1)))
+        return {"loss": mean_flat(error, mask=mask)}
+
+    def sample(self, model: Callable[..., Tensor], text_encoder: Any, z: Tensor, prompts: Sequence[str], device: Any,
+               additional_args: Optional[Dict[str, Any]] = None, mask: Optional[Tensor] = None,
+               guidance_scale: Optional[float] = None, progress: bool = True,
+               timestep_fn: Optional[TimestepFn] = None) -> Tensor:
+        """Euler integration from noise ``z`` with classifier-free guidance; ``timestep_fn`` shifts the grid."""
+        guidance_scale = self.cfg_scale if guidance_scale is None else guidance_scale
+        model_args = text_encoder.encode(prompts)
+        model_args["y"] = torch.cat([model_args["y"], text_encoder.null(len(prompts))], 0)
+        if additional_args is not None:
+            model_args.update(additional_args)
+
+        timesteps = sampling_grid(self.num_sampling_steps, self.num_timesteps, z.shape[0], device,
+                                  self.use_discrete_timesteps)
+        if timestep_fn is not None:
+            timesteps = [timestep_fn(t, additional_args) for t in timesteps]
+
+        if mask is not None:
+            noise_added = mask == 1
+        for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
+            if mask is not None:
+                # Frames whose mask value is below the current time are conditioning frames: kept clean.
+                mask_t = mask * self.num_timesteps
+                x0 = z.clone()
+                x_noise = self.add_noise(x0, torch.randn_like(x0), t)
+                mask_t_upper = mask_t >= t.unsqueeze(1)
+                model_args["x_mask"] = mask_t_upper.repeat(2, 1)
+                z = torch.where((mask_t_upper & ~noise_added)[:, None, :, None, None], x_noise, x0)
+                noise_added = mask_t_upper
+
+            pred = model(torch.cat([z, z], 0), torch.cat([t, t], 0), **model_args).chunk(2, dim=1)[0]
+            pred_cond, pred_uncond = pred.chunk(2, dim=0)
+            v_pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+
+            dt = (timesteps[i] - timesteps[i + 1] if i < len(timesteps) - 1 else timesteps[i]) / self.num_timesteps
+            z = z + v_pred * dt.view(-1, *([1] * (z.dim() - 1)))
+            if mask is not None:
+                z = torch.where(mask_t_upper[:, None, :, None, None], z, x0)
+        return z

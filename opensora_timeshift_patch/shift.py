@@ -1,0 +1,284 @@
+"""The resolution- and clip-length-dependent timestep shift, and the drop-in ``timestep_transform``.
+
+Open-Sora 1.x shifts a rectified-flow timestep ``t`` in [0, 1] (1 = pure noise) with
+
+    t' = a t / (1 + (a - 1) t),   a = sqrt(H W / base_resolution) * sqrt(T_eff / base_num_frames) * scale
+
+(the SD3 shift, Esser et al., 2024, "Scaling Rectified Flow Transformers"). ``T_eff`` comes from a
+temporal-size policy (:mod:`.policies`). Everything here is computed in float32 or wider whatever
+the dtype of the meta tensors, per sample, and without host syncs except the one check that
+``on_degenerate="error"`` needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import warnings
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .policies import check_policy_params, degenerate_frame_counts, get_policy, temporal_size
+
+ON_DEGENERATE: Tuple[str, ...] = ("error", "clamp", "ignore")
+"""What to do with a sample whose policy gives ``T_eff <= 0``."""
+
+META_KEYS: Tuple[str, ...] = ("height", "width", "num_frames")
+"""The per-sample meta the shift reads from ``model_kwargs``, as Open-Sora's loader provides them."""
+
+
+_CLAMP_WARNED: set = set()  # the clamp warning is said once per policy and process
+
+
+def rational_shift(t: Tensor, shift: Tensor) -> Tensor:
+    """``a t / (1 + (a - 1) t)`` on t in [0, 1] (Esser et al., 2024, SD3); the operation order is Open-Sora's."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def _positive(name: str, value: Any, hint: str = "") -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a finite number > 0{hint}")
+
+
+class TimestepShift:
+    """A configured shift: a temporal-size policy, its guard, and Open-Sora's shift factor.
+
+    Args:
+        shift_mode: temporal-size policy, one of :data:`~.policies.SHIFT_MODES`. ``"latent"`` (default)
+            uses the VAE's own latent length and equals ``"legacy"`` on 17k-frame clips and images.
+        on_degenerate: what a sample with ``T_eff <= 0`` gets. ``"error"`` raises a ``ValueError``
+            naming the frame count and the fix (one host sync per call: the price of the check);
+            ``"clamp"`` shifts it as ``T_eff = 1`` without looking at tensor values (so it warns once,
+            here, which frame counts it will clamp); ``"ignore"`` keeps the stock numbers, collapse
+            included, for replaying old runs.
+        base_resolution: ``H * W`` at which the spatial factor is 1 (Open-Sora: 512 * 512).
+        base_num_frames: ``T_eff`` at which the temporal factor is 1 (Open-Sora: 1).
+        scale: extra multiplier on the shift factor (Open-Sora's ``transform_scale``).
+        scale_images: whether ``scale`` applies to images too (Open-Sora 1.2: yes; 1.3: videos only).
+        **policy_params: the policy's own parameters, e.g. ``micro_frame_size`` for ``"latent"``.
+    """
+
+    def __init__(
+        self,
+        shift_mode: str = "latent",
+        on_degenerate: str = "error",
+        base_resolution: float = 512 * 512,
+        base_num_frames: float = 1,
+        scale: float = 1.0,
+        scale_images: bool = True,
+        **policy_params: Any,
+    ) -> None:
+        get_policy(shift_mode)
+        if on_degenerate not in ON_DEGENERATE:
+            raise ValueError(
+                f"on_degenerate={on_degenerate!r} is not valid; use one of {', '.join(map(repr, ON_DEGENERATE))}"
+            )
+        _positive("base_resolution", base_resolution, " (pixels, H * W; Open-Sora uses 512 * 512)")
+        _positive("base_num_frames", base_num_frames, " (Open-Sora uses 1)")
+        _positive("scale", scale, " (1.0 keeps Open-Sora's shift; use shift_mode='spatial' to drop the temporal factor)")
+        check_policy_params(shift_mode, policy_params)
+        self.shift_mode = shift_mode
+        self.on_degenerate = on_degenerate
+        self.base_resolution = base_resolution
+        self.base_num_frames = base_num_frames
+        self.scale = scale
+        self.scale_images = scale_images
+        self.policy_params: Dict[str, Any] = dict(policy_params)
+        # A policy that already maps n = 1 to 1 needs no image override: one op fewer per call. While
+        # torch.compile traces a construction, nothing here may read a tensor, so the override stays.
+        compiling = _is_compiling()
+        one = torch.ones(1, dtype=torch.float64)
+        self._images_are_one = not compiling and bool(get_policy(shift_mode)(one, **policy_params) == 1)
+        warn_key = (shift_mode, tuple(sorted(policy_params.items())))
+        if on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:
+            _CLAMP_WARNED.add(warn_key)
+            bad = degenerate_frame_counts(shift_mode, **policy_params)
+            if bad:
+                warnings.warn(
+                    f"shift_mode={shift_mode!r} gives T_eff <= 0 for num_frames in {_ranges(bad)}; with "
+                    "on_degenerate='clamp' those samples are shifted as T_eff = 1. Steps do not check it (that would "
+                    "cost a host sync), so it is said once, here. shift_mode='latent' needs no clamping.",
+                    stacklevel=2,
+                )
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.policy_params.items())
+        return (
+            f"TimestepShift(shift_mode={self.shift_mode!r}, on_degenerate={self.on_degenerate!r}, "
+            f"base_resolution={self.base_resolution!r}, base_num_frames={self.base_num_frames!r}, "
+            f"scale={self.scale!r}, scale_images={self.scale_images!r}{params})"
+        )
+
+    def temporal_size(self, num_frames: Tensor, latent_frames: Optional[int] = None) -> Tensor:
+        """``T_eff`` per sample, before the guard. ``latent_frames``, the latent tensor's own length, wins in ``latent`` mode."""
+        if latent_frames is not None and self.shift_mode == "latent":
+            return torch.full_like(num_frames, float(latent_frames))
+        if self._images_are_one:
+            return get_policy(self.shift_mode)(num_frames, **self.policy_params)
+        return temporal_size(num_frames, self.shift_mode, **self.policy_params)
+
+    def shift_factor(
+        self,
+        model_kwargs: Mapping[str, Any],
+        latent_frames: Optional[int] = None,
+        dtype: torch.dtype = torch.float32,
+        device: Optional[torch.device] = None,
+    ) -> Tensor:
+        """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says."""
+        height, width, num_frames = _read_meta(model_kwargs, dtype, device)
+        ratio_space = (height * width / self.base_resolution).sqrt()
+        t_eff = self.temporal_size(num_frames, latent_frames)
+        if self.on_degenerate == "clamp":
+            t_eff = torch.where(t_eff > 0, t_eff, torch.ones_like(t_eff))
+        # x / 1 and x * 1 are exact: skipping them keeps Open-Sora's bits and saves two kernels.
+        if self.base_num_frames != 1:
+            t_eff = t_eff / self.base_num_frames
+        ratio = ratio_space * t_eff.sqrt()
+        if self.scale != 1:
+            scale = self.scale
+            if not self.scale_images:
+                scale = torch.where(num_frames == 1, torch.ones_like(ratio), torch.full_like(ratio, scale))
+            ratio = ratio * scale
+        if self.on_degenerate == "error":
+            # log maps 0 to -inf and negatives to NaN, so one isfinite catches zero, negative, inf and NaN.
+            if not bool(ratio.log().isfinite().all()):
+                raise ValueError(self._diagnose(height, width, num_frames, latent_frames))
+        return ratio
+
+    def __call__(
+        self,
+        t: Tensor,
+        model_kwargs: Mapping[str, Any],
+        num_timesteps: float = 1,
+        latent_frames: Optional[int] = None,
+        uniform_over_threshold: Optional[float] = None,
+        ret_ratio: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Shift timesteps ``t`` in [0, num_timesteps]; Open-Sora's ``timestep_transform`` contract."""
+        _positive("num_timesteps", num_timesteps, " (Open-Sora uses 1000)")
+        if not isinstance(t, Tensor):
+            t = torch.as_tensor(t)
+        dtype = torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
+        t = t.to(dtype)
+        if num_timesteps != 1:
+            t = t / num_timesteps
+        ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device)
+        t = rational_shift(t, ratio)
+        if uniform_over_threshold is not None:
+            t = resample_over_threshold(t, uniform_over_threshold, _read_meta(model_kwargs, dtype, t.device)[2])
+        if num_timesteps != 1:
+            t = t * num_timesteps
+        return (t, ratio) if ret_ratio else t
+
+    def _diagnose(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int]) -> str:
+        """Say which samples are degenerate and why; only runs once the check has already failed."""
+        h, w, n = (x.reshape(-1).tolist() for x in torch.broadcast_tensors(height, width, num_frames))
+        raw = self.temporal_size(torch.tensor(n, dtype=torch.float64), latent_frames).tolist()
+        for i, (hi, wi, ni, ti) in enumerate(zip(h, w, n, raw)):
+            if not ni >= 1:
+                return (
+                    f"num_frames={_num(ni)} (sample {i}) is not a valid frame count: it must be >= 1. "
+                    "Check the dataset's num_frames column or the meta passed in model_kwargs."
+                )
+            if not (hi > 0 and wi > 0 and math.isfinite(hi * wi)):
+                return (
+                    f"height x width = {_num(hi)} x {_num(wi)} (sample {i}) is not a valid resolution: both must be "
+                    "finite and > 0. Check the height/width meta passed in model_kwargs."
+                )
+            if not ti > 0:
+                return (
+                    f"shift_mode={self.shift_mode!r} gives T_eff = {_num(ti)} for num_frames={_num(ni)} (sample {i}), so "
+                    "the shift factor is 0 and every timestep collapses to t = 0: training would only see clean "
+                    "latents and sampling would start from NaN. Use shift_mode='latent' (the VAE's latent length, "
+                    f"{_num(temporal_size(torch.tensor([ni]), 'latent').item())} for {_num(ni)} frames), or "
+                    "on_degenerate='clamp' to shift such samples as T_eff = 1."
+                )
+        return f"the shift factor is not finite and > 0 for meta {dict(height=h, width=w, num_frames=n)}"
+
+
+def resample_over_threshold(t: Tensor, threshold: float, num_frames: Tensor) -> Tensor:
+    """Open-Sora 1.3's ``uniform_over_threshold``: video timesteps above it redrawn uniformly above it."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"uniform_over_threshold={threshold!r} must be in [0, 1) (a fraction of num_timesteps)")
+    resampled = torch.rand_like(t) * (1 - threshold) + threshold
+    return torch.where((t > threshold) & (num_frames != 1), resampled, t)
+
+
+def _read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optional[torch.device]) -> Tuple[Tensor, ...]:
+    if model_kwargs is None:
+        raise ValueError(
+            "model_kwargs=None: the timestep shift needs the batch meta height, width and num_frames; "
+            "pass the model_args dict that Open-Sora's training loop builds from the batch"
+        )
+    missing = [k for k in META_KEYS if k not in model_kwargs]
+    if missing:
+        raise KeyError(
+            f"model_kwargs is missing {', '.join(map(repr, missing))} (it has {sorted(model_kwargs)}); the timestep "
+            "shift needs height, width and num_frames per sample, as Open-Sora's video dataset returns them"
+        )
+    return tuple(torch.as_tensor(model_kwargs[k], device=device).to(dtype) for k in META_KEYS)
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if hasattr(compiler, "is_compiling"):  # torch >= 2.3
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if math.isfinite(x) and float(x).is_integer() else str(x)
+
+
+def _ranges(values: Tuple[int, ...]) -> str:
+    """``(2, 3, 4, 7)`` -> ``"2-4, 7"``."""
+    runs: list = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_shift(shift_mode: str, on_degenerate: str, base_resolution: float, base_num_frames: float,
+                  scale: float, scale_images: bool, params: Tuple[Tuple[str, Any], ...]) -> TimestepShift:
+    return TimestepShift(shift_mode, on_degenerate, base_resolution, base_num_frames, scale, scale_images, **dict(params))
+
+
+def timestep_transform(
+    t: Tensor,
+    model_kwargs: Mapping[str, Any],
+    base_resolution: float = 512 * 512,
+    base_num_frames: float = 1,
+    scale: float = 1.0,
+    num_timesteps: float = 1,
+    shift_mode: str = "latent",
+    on_degenerate: str = "error",
+    scale_temporal: bool = True,
+    ret_ratio: bool = False,
+    uniform_over_threshold: Optional[float] = None,
+    scale_images: bool = True,
+    latent_frames: Optional[int] = None,
+    **policy_params: Any,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Drop-in for Open-Sora's ``timestep_transform`` (1.2 and 1.3 signatures) with a temporal-size policy.
+
+    The first six arguments are Open-Sora 1.2's; ``scale_temporal`` (False means ``shift_mode="spatial"``),
+    ``ret_ratio`` and ``uniform_over_threshold`` are the keywords Open-Sora 1.3 adds. ``shift_mode``,
+    ``on_degenerate``, ``scale_images`` and ``policy_params`` are :class:`TimestepShift`'s;
+    ``latent_frames`` is the latent tensor's temporal length where the caller has it.
+    """
+    if not scale_temporal:
+        shift_mode, policy_params = "spatial", {}
+    settings = (shift_mode, on_degenerate, base_resolution, base_num_frames, scale, scale_images)
+    if _is_compiling():  # traced into the graph once; the cache is for eager calls, one object per setting
+        shift = TimestepShift(*settings, **policy_params)
+    else:
+        shift = _cached_shift(*settings, tuple(sorted(policy_params.items())))
+    return shift(t, model_kwargs, num_timesteps, latent_frames, uniform_over_threshold, ret_ratio)
