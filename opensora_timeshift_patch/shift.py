@@ -144,8 +144,9 @@ class TimestepShift:
                 scale = torch.where(num_frames == 1, torch.ones_like(ratio), torch.full_like(ratio, scale))
             ratio = ratio * scale
         if self.on_degenerate == "error":
-            # log maps 0 to -inf and negatives to NaN, so one isfinite catches zero, negative, inf and NaN.
-            if not bool(ratio.log().isfinite().all()):
+            # log maps 0 to -inf and negatives to NaN, so one isfinite catches a zero, negative, infinite or NaN
+            # ratio or frame count (n enters the product so that modes which ignore it still reject n <= 0).
+            if not bool((ratio * num_frames).log().isfinite().all()):
                 raise ValueError(self._diagnose(height, width, num_frames, latent_frames))
         return ratio
 

@@ -21,56 +21,9 @@ import torch
 
 import opensora_timeshift_patch as ots
 from opensora_timeshift_patch.registry import build_module
+from opensora_timeshift_patch.testing import StubModel, batch_meta as meta, latent_shape, run_sampling, run_training
 
 RESOLUTIONS = [(144, 256), (256, 256), (480, 854), (512, 512), (720, 1280)]
-
-
-class StubModel:
-    """Deterministic stand-in for STDiT: records its timesteps, returns velocity and a dummy sigma half."""
-
-    def __init__(self) -> None:
-        self.seen = []
-
-    def __call__(self, x, t, **kwargs):
-        self.seen.append(t.clone())
-        v = 0.5 * x + (t.float() / 1000).view(-1, 1, 1, 1, 1)
-        return torch.cat([v, torch.zeros_like(x)], dim=1)
-
-
-class StubTextEncoder:
-    """Both call styles: 1.2 ``encode(prompts)``, 1.3 ``encode(**tokenize_fn(prompts))``."""
-
-    def tokenize_fn(self, prompts):
-        return {"prompts": prompts}
-
-    def encode(self, prompts):
-        return {"y": torch.zeros(len(prompts), 1, 2, 4)}
-
-    def null(self, n):
-        return torch.zeros(n, 1, 2, 4)
-
-
-def meta(batch, h, w, n):
-    full = lambda v: torch.full((batch,), float(v))  # noqa: E731
-    return {"height": full(h), "width": full(w), "num_frames": full(n)}
-
-
-def latent_shape(batch, n):
-    return (batch, 4, ots.temporal_size(torch.tensor([float(n)]), "latent").int().item(), 4, 4)
-
-
-def run_training(scheduler, x, model_args, seed):
-    model = StubModel()
-    torch.manual_seed(seed)
-    loss = scheduler.training_losses(model, x, model_args)["loss"]
-    return model.seen[0], loss
-
-
-def run_sampling(scheduler, z, model_args):
-    model = StubModel()
-    out = scheduler.sample(model, StubTextEncoder(), z=z.clone(), prompts=["a"] * z.shape[0], device="cpu",
-                           additional_args=model_args, progress=False)
-    return [t[: z.shape[0]] for t in model.seen], out
 
 
 def main() -> int:

@@ -11,3 +11,12 @@ def meta(height, width, num_frames, dtype=torch.float32):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    """The clamp warning is said once per process; each test starts as a fresh process would."""
+    from opensora_timeshift_patch import shift
+
+    shift._CLAMP_WARNED.clear()
+    shift._cached_shift.cache_clear()
