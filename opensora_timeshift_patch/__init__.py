@@ -6,7 +6,7 @@ when Open-Sora 1.x is importable, otherwise into the package's own, so an mmengi
 ``scheduler = dict(type="rflow-timeshift", shift_mode="latent")``.
 """
 
-from .patch import patch, patched, unpatch
+from .patch import is_patched, patch, patched, unpatch
 from .policies import SHIFT_MODES, degenerate_frame_counts, register_policy, temporal_size
 from .registry import SCHEDULERS, build_module
 from .scheduler import RFlowTimeShift
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SHIFT_MODES", "ON_DEGENERATE", "SCHEDULERS", "RFlowTimeShift", "TimestepShift", "build_module",
-    "degenerate_frame_counts", "patch", "patched", "rational_shift", "register_policy", "temporal_size",
+    "degenerate_frame_counts", "is_patched", "patch", "patched", "rational_shift", "register_policy", "temporal_size",
     "timestep_transform", "unpatch",
 ]

@@ -1,0 +1,5 @@
+# rflow-timeshift with shift_mode="frames16": n // 16 * 4, the Open-Sora maintainers' fix for 16-frame data.
+# Copy the two lines below into an Open-Sora config in place of its `scheduler = dict(...)`, carrying over keys
+# such as sample_method="logit-normal"; or derive from that config instead: ../examples/derive_from_opensora.py.
+custom_imports = dict(imports=["opensora_timeshift_patch"], allow_failed_imports=False)
+scheduler = dict(type="rflow-timeshift", shift_mode="frames16")

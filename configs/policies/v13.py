@@ -1,0 +1,5 @@
+# rflow-timeshift with shift_mode="v13": Open-Sora 1.3's rule, (n - 1) // 4. Refuses 2 to 4 frames.
+# Copy the two lines below into an Open-Sora config in place of its `scheduler = dict(...)`, carrying over keys
+# such as sample_method="logit-normal"; or derive from that config instead: ../examples/derive_from_opensora.py.
+custom_imports = dict(imports=["opensora_timeshift_patch"], allow_failed_imports=False)
+scheduler = dict(type="rflow-timeshift", shift_mode="v13")
