@@ -76,9 +76,11 @@ def latent(
         return 1 + _floordiv(n - 1, c)
     if micro_frame_size is None:
         return torch.ceil(n / c)
-    full = _floordiv(n, micro_frame_size)
-    rest = n - full * micro_frame_size
-    return full * math.ceil(micro_frame_size / c) + torch.ceil(rest / c)
+    # q full micro-batches give q * k latent frames (k = ceil(m / c)), the rest ceil((n - q m) / c); since q k is
+    # an integer the sum is ceil((n + (k c - m) q) / c): four kernels instead of six.
+    q = _floordiv(n, micro_frame_size)
+    k = math.ceil(micro_frame_size / c)
+    return torch.add(n, q, alpha=k * c - micro_frame_size).div_(c).ceil_()
 
 
 @register_policy("continuous")

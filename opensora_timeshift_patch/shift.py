@@ -93,6 +93,10 @@ class TimestepShift:
         compiling = _is_compiling()
         one = torch.ones(1, dtype=torch.float64)
         self._images_are_one = not compiling and bool(get_policy(shift_mode)(one, **policy_params) == 1)
+        # Likewise, a policy that maps invalid frame counts to T_eff <= 0 or NaN lets the guard see them in the
+        # shift factor alone; only the others (spatial) need the frame counts checked beside it.
+        invalid = torch.tensor([0.0, -1.0, -17.0, math.nan], dtype=torch.float64)
+        self._check_frames = compiling or bool((get_policy(shift_mode)(invalid, **policy_params) > 0).any())
         warn_key = (shift_mode, tuple(sorted(policy_params.items())))
         if on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:
             _CLAMP_WARNED.add(warn_key)
@@ -130,10 +134,10 @@ class TimestepShift:
     ) -> Tensor:
         """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says."""
         height, width, num_frames = _read_meta(model_kwargs, dtype, device)
-        ratio_space = (height * width / self.base_resolution).sqrt()
+        ratio_space = (height * width).div_(self.base_resolution).sqrt_()  # in place: our own temporaries
         t_eff = self.temporal_size(num_frames, latent_frames)
         if self.on_degenerate == "clamp":
-            t_eff = torch.where(t_eff > 0, t_eff, torch.ones_like(t_eff))
+            t_eff = torch.where(t_eff > 0, t_eff, 1.0)
         # x / 1 and x * 1 are exact: skipping them keeps Open-Sora's bits and saves two kernels.
         if self.base_num_frames != 1:
             t_eff = t_eff / self.base_num_frames
@@ -144,9 +148,11 @@ class TimestepShift:
                 scale = torch.where(num_frames == 1, torch.ones_like(ratio), torch.full_like(ratio, scale))
             ratio = ratio * scale
         if self.on_degenerate == "error":
-            # log maps 0 to -inf and negatives to NaN, so one isfinite catches a zero, negative, infinite or NaN
-            # ratio or frame count (n enters the product so that modes which ignore it still reject n <= 0).
-            if not bool((ratio * num_frames).log().isfinite().all()):
+            # log maps 0 to -inf and negatives to NaN, and a sum keeps any inf or NaN, so one finite scalar says
+            # every ratio (and frame count, where the policy does not already poison the ratio) is finite and > 0.
+            # Two or three kernels and the one host sync this mode pays for.
+            checked = ratio * num_frames if self._check_frames else ratio
+            if not math.isfinite(checked.log().sum().item()):
                 raise ValueError(self._diagnose(height, width, num_frames, latent_frames))
         return ratio
 
@@ -164,7 +170,7 @@ class TimestepShift:
         if not isinstance(t, Tensor):
             t = torch.as_tensor(t)
         dtype = torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
-        t = t.to(dtype)
+        t = _as(t, dtype, None)
         if num_timesteps != 1:
             t = t / num_timesteps
         ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device)
@@ -221,7 +227,14 @@ def _read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Opti
             f"model_kwargs is missing {', '.join(map(repr, missing))} (it has {sorted(model_kwargs)}); the timestep "
             "shift needs height, width and num_frames per sample, as Open-Sora's video dataset returns them"
         )
-    return tuple(torch.as_tensor(model_kwargs[k], device=device).to(dtype) for k in META_KEYS)
+    return tuple(_as(model_kwargs[k], dtype, device) for k in META_KEYS)
+
+
+def _as(value: Any, dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
+    # Open-Sora's meta usually arrive in the right dtype already: skip the conversion kernels then.
+    if isinstance(value, Tensor) and value.dtype == dtype and (device is None or value.device == device):
+        return value
+    return torch.as_tensor(value, device=device).to(dtype)
 
 
 def _is_compiling() -> bool:
