@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
+from mmengine.config import Config
 
 import opensora_timeshift_patch as ots
 from opensora_timeshift_patch.registry import build_module
@@ -97,6 +99,14 @@ def main() -> int:
     goldens["sixteen_frames"] = dict(stock_training_t=t16.tolist(), stock_sampling_t=[t[0].item() for t in ts16],
                                      stock_sample_finite=bool(torch.isfinite(z16).all()),
                                      frames16_training_t=t_fixed.tolist())
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / "configs" / "policies" / "frames16.py"))
+    from_config = build_module(cfg.scheduler, SCHEDULERS, num_sampling_steps=5)
+    t_cfg, loss_cfg = run_training(from_config, x, meta(4, 512, 512, 16), seed=0)
+    check("config frames16 trains 16 frames at real noise levels", bool(((t_cfg > 0) & (t_cfg < 1000)).all()))
+    steps_cfg, z_cfg = run_sampling(from_config, x[:2], meta(2, 512, 512, 16))
+    grid = torch.stack([s[0] for s in steps_cfg])
+    check("config frames16 samples finite, strictly decreasing timesteps",
+          bool(grid.isfinite().all() and (grid.diff() < 0).all() and z_cfg.isfinite().all()))
     try:
         build_module(dict(type="rflow-timeshift", shift_mode="legacy"), SCHEDULERS).training_losses(
             StubModel(), x, meta(4, 256, 256, 16))
