@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -13,9 +14,12 @@ from torch.distributions import LogisticNormal
 from .patch import swapped_transform
 from .policies import policy_params
 from .rflow import StandaloneRFlow, sampling_grid
+from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
+                       stratified_uniform)
 from .shift import TimestepShift
 
 BACKENDS = ("auto", "opensora", "standalone")
+TIMESTEP_RNGS = ("global", "per_sample")
 
 # Open-Sora 1.3 keywords that only its own RFLOW implements (guidance variants, image/video conditioning):
 # the standalone backend accepts them at these inert values and refuses anything else.
@@ -67,9 +71,12 @@ class RFlowTimeShift:
         use_discrete_timesteps: draw integer training timesteps and round the sampling grid, as stock does.
         use_timestep_transform: shift timesteps at all. Default True here (stock: False): a timeshift
             scheduler that does not shift would be a plain ``rflow``.
-        sample_method: base distribution of training timesteps, ``"uniform"`` or ``"logit-normal"``.
+        sample_method: base distribution of training timesteps, one of :data:`~.sampling.SAMPLE_METHODS`:
+            ``"uniform"``, ``"logit-normal"`` (``loc``, ``scale``), ``"mode"`` (``mode_scale``), ``"cosmap"``.
         loc: mean of the logit-normal's underlying normal.
         scale: standard deviation of the logit-normal's underlying normal.
+        t_range: ``(t_min, t_max)``, fractions of N, confining the base draw (before the shift).
+        t_range_mode: ``"truncate"`` (condition on the range) or ``"rescale"`` (squeeze into it).
         transform_scale: extra multiplier on the shift factor, applied in training and sampling alike
             (stock applies it in training only in 1.2, in sampling only in 1.3).
         scale_temporal: False drops the temporal factor, as ``shift_mode="spatial"`` (Open-Sora 1.3's name).
@@ -79,9 +86,19 @@ class RFlowTimeShift:
         base_resolution: ``H * W`` with spatial factor 1.
         base_num_frames: ``T_eff`` with temporal factor 1.
         scale_images: whether ``transform_scale`` applies to images too (1.2: yes; 1.3: videos only).
+        timestep_rng: ``"global"`` draws from torch's global RNG exactly as stock does (so every data-parallel
+            rank, seeded alike by Open-Sora, draws the same t); ``"per_sample"`` draws from a counter-based
+            stream keyed on (``timestep_seed``, step, global sample index): distinct across data-parallel
+            ranks, identical within a sequence-parallel group, and reproducible on resume.
+        timestep_seed: the stream's seed (``"per_sample"`` only).
+        stratified: stratify the uniforms of the whole global batch, ``u_i = (u0 + i / N) mod 1``, before the
+            distribution and the shift (``"per_sample"`` only).
+        timestep_start_step: the step count to start from, for resuming under a trainer that does not restore
+            :meth:`state_dict` (Open-Sora's ``train.py``): the number of ``training_losses`` calls already made.
         backend: ``"auto"`` (Open-Sora's RFLOW when importable), ``"opensora"`` or ``"standalone"``.
-        **kwargs: the policy's parameters (e.g. ``micro_frame_size`` for ``"latent"``); anything else goes to
-            Open-Sora's ``RFLOW`` (e.g. 1.3's ``use_oscillation_guidance``).
+        **kwargs: the shift's keywords (``shift_family``, ``resolution_shift``, ``shift``, ``base_shift``, ...; see
+            :class:`~.shift.TimestepShift`), the policy's parameters (e.g. ``micro_frame_size``), the distribution's
+            (``mode_scale``); anything else goes to Open-Sora's ``RFLOW`` (e.g. 1.3's ``use_oscillation_guidance``).
     """
 
     def __init__(
@@ -94,6 +111,8 @@ class RFlowTimeShift:
         sample_method: str = "uniform",
         loc: float = 0.0,
         scale: float = 1.0,
+        t_range: Optional[Tuple[float, float]] = None,
+        t_range_mode: str = "truncate",
         transform_scale: float = 1.0,
         scale_temporal: bool = True,
         uniform_over_threshold: Optional[float] = None,
@@ -102,26 +121,39 @@ class RFlowTimeShift:
         base_resolution: float = 512 * 512,
         base_num_frames: float = 1,
         scale_images: bool = True,
+        timestep_rng: str = "global",
+        timestep_seed: int = 0,
+        stratified: bool = False,
+        timestep_start_step: int = 0,
         backend: str = "auto",
         **kwargs: Any,
     ) -> None:
         for name, value in (("num_timesteps", num_timesteps), ("num_sampling_steps", num_sampling_steps)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int")
-        if sample_method not in ("uniform", "logit-normal"):
-            raise ValueError(f"sample_method={sample_method!r} is not valid; use 'uniform' or 'logit-normal'")
+        for name, value in (("timestep_seed", timestep_seed), ("timestep_start_step", timestep_start_step)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an int >= 0")
         if use_discrete_timesteps and sample_method != "uniform":
             raise ValueError(f"use_discrete_timesteps=True needs sample_method='uniform', got {sample_method!r}")
-        if sample_method == "logit-normal" and not scale > 0:
-            raise ValueError(f"scale={scale!r} (the logit-normal's standard deviation) must be > 0")
         if uniform_over_threshold is not None and not 0 <= uniform_over_threshold < 1:
             raise ValueError(f"uniform_over_threshold={uniform_over_threshold!r} must be None or in [0, 1)")
+        if timestep_rng not in TIMESTEP_RNGS:
+            raise ValueError(f"timestep_rng={timestep_rng!r} is not valid; use 'global' (stock) or 'per_sample'")
+        if stratified and timestep_rng != "per_sample":
+            raise ValueError("stratified=True stratifies the global batch through the per-sample stream: "
+                             "set timestep_rng='per_sample' too")
 
         if not scale_temporal:
             shift_mode = "spatial"
-        shift_params = {k: kwargs.pop(k) for k in list(kwargs) if k in policy_params(shift_mode)}
+        shift_keys = set(inspect.signature(TimestepShift).parameters) | set(policy_params(shift_mode))
+        shift_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in shift_keys}
+        dist_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("mode_scale",)}
+        if sample_method == "logit-normal":
+            dist_kwargs.update(loc=loc, scale=scale)
+        self.distribution = TimestepDistribution(sample_method, t_range, t_range_mode, **dist_kwargs)
         self.shift = TimestepShift(shift_mode, on_degenerate, base_resolution, base_num_frames, transform_scale,
-                                   scale_images, **shift_params)
+                                   scale_images, **shift_kwargs)
         self.num_sampling_steps = num_sampling_steps
         self.num_timesteps = num_timesteps
         self.cfg_scale = cfg_scale
@@ -129,9 +161,15 @@ class RFlowTimeShift:
         self.use_timestep_transform = use_timestep_transform
         self.sample_method = sample_method
         self.uniform_over_threshold = uniform_over_threshold
-        if sample_method == "logit-normal":
-            # Built as stock builds it, so that sampling it consumes the RNG identically.
-            self.distribution = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
+        self.timestep_rng = timestep_rng
+        self.timestep_seed = timestep_seed
+        self.stratified = stratified
+        self.step = timestep_start_step
+        self._groups: Tuple[Any, Any] = (None, None)
+        # Stock's draws, kept call for call where they apply, so the same RNG state gives the same timesteps.
+        self._stock_draw = timestep_rng == "global" and t_range is None and sample_method in ("uniform", "logit-normal")
+        if self._stock_draw and sample_method == "logit-normal":
+            self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
 
         rflow = _stock_rflow(backend)
         self.backend = "standalone" if rflow is None else "opensora"
@@ -144,23 +182,69 @@ class RFlowTimeShift:
             self.rflow = rflow(**common, use_timestep_transform=use_timestep_transform, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"RFlowTimeShift(backend={self.backend!r}, sample_method={self.sample_method!r}, "
-                f"num_timesteps={self.num_timesteps}, use_timestep_transform={self.use_timestep_transform}, "
-                f"shift={self.shift!r})")
+        stream = f", timestep_seed={self.timestep_seed}, stratified={self.stratified}" * (self.timestep_rng == "per_sample")
+        return (f"RFlowTimeShift(backend={self.backend!r}, num_timesteps={self.num_timesteps}, "
+                f"use_timestep_transform={self.use_timestep_transform}, distribution={self.distribution!r}, "
+                f"timestep_rng={self.timestep_rng!r}{stream}, shift={self.shift!r})")
 
-    def sample_timesteps(self, x_start: Tensor, model_kwargs: Optional[Dict[str, Any]]) -> Tensor:
-        """Training timesteps for a batch of latents ``(B, C, T, H, W)``, drawn as stock draws them, then shifted."""
+    # --- state ----------------------------------------------------------------------------------------------
+
+    def set_process_groups(self, data_parallel_group: Any = None, sequence_parallel_group: Any = None) -> None:
+        """Tell the per-sample stream which ranks are data-parallel replicas (default: Open-Sora's groups, or the world)."""
+        self._groups = (data_parallel_group, sequence_parallel_group)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint needs to resume the timestep stream exactly: the step count and the seed."""
+        return {"step": self.step, "timestep_seed": self.timestep_seed}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; a different seed is refused, since it would silently change the stream."""
+        if state.get("timestep_seed", self.timestep_seed) != self.timestep_seed:
+            raise ValueError(f"the checkpoint's timestep_seed={state['timestep_seed']!r} differs from this scheduler's "
+                             f"{self.timestep_seed!r}: resume with the same seed, or start a new stream deliberately "
+                             "by not loading the scheduler state")
+        self.step = int(state["step"])
+
+    # --- timesteps ------------------------------------------------------------------------------------------
+
+    def sample_timesteps(self, x_start: Tensor, model_kwargs: Optional[Dict[str, Any]],
+                         step: Optional[int] = None) -> Tensor:
+        """Training timesteps in [0, N] for latents ``(B, C, T, H, W)``: drawn, then shifted.
+
+        ``step`` keys the per-sample stream (default: this scheduler's count of ``training_losses`` calls).
+        """
         n, device = x_start.shape[0], x_start.device
-        if self.use_discrete_timesteps:
+        resample_u = None
+        if self.timestep_rng == "per_sample":
+            step = self.step if step is None else step
+            dp_rank, dp_size = data_parallel_layout(*self._groups)
+            index, total = global_sample_index(n, dp_rank, dp_size, device)
+            if self.stratified:
+                u = stratified_uniform(self.timestep_seed, step, index, total)
+            else:
+                u = counter_uniform(self.timestep_seed, step, index)
+            if self.uniform_over_threshold is not None:
+                resample_u = counter_uniform(self.timestep_seed, step, index, lane=2)
+            t = self._from_uniform(u)
+        elif self.use_discrete_timesteps:
             t = torch.randint(0, self.num_timesteps, (n,), device=device)
-        elif self.sample_method == "uniform":
+        elif self._stock_draw and self.sample_method == "uniform":
             t = torch.rand((n,), device=device) * self.num_timesteps
+        elif self._stock_draw:
+            t = self._logistic_normal.sample((n,))[:, 0].to(device) * self.num_timesteps
         else:
-            t = self.distribution.sample((n,))[:, 0].to(device) * self.num_timesteps
+            t = self._from_uniform(torch.rand((n,), device=device, dtype=torch.float64))
         if not self.use_timestep_transform:
             return t
         return self.shift(t, model_kwargs, self.num_timesteps, latent_frames=_latent_frames(x_start),
-                          uniform_over_threshold=self.uniform_over_threshold)
+                          uniform_over_threshold=self.uniform_over_threshold, latent_hw=_latent_hw(x_start),
+                          resample_u=resample_u)
+
+    def _from_uniform(self, u: Tensor) -> Tensor:
+        t = self.distribution(u)
+        if self.use_discrete_timesteps:
+            return (t * self.num_timesteps).floor().clamp(max=self.num_timesteps - 1).long()
+        return (t * self.num_timesteps).float()
 
     def sampling_timesteps(self, z: Tensor, additional_args: Optional[Dict[str, Any]]) -> List[Tensor]:
         """The timesteps :meth:`sample` visits, from t = N down, one batch-length tensor per step."""
@@ -172,14 +256,19 @@ class RFlowTimeShift:
     def training_losses(self, model: Callable[..., Tensor], x_start: Tensor,
                         model_kwargs: Optional[Dict[str, Any]] = None, noise: Optional[Tensor] = None,
                         mask: Optional[Tensor] = None, weights: Optional[Tensor] = None, t: Optional[Tensor] = None,
-                        *, model_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Dict[str, Tensor]:
-        """Open-Sora's ``training_losses`` (1.2 names it ``model_kwargs``, 1.3 ``model_args``) with shifted timesteps."""
+                        *, model_args: Optional[Dict[str, Any]] = None, step: Optional[int] = None,
+                        **kwargs: Any) -> Dict[str, Tensor]:
+        """Open-Sora's ``training_losses`` (1.2 names it ``model_kwargs``, 1.3 ``model_args``) with shifted timesteps.
+
+        Each call counts one step of the per-sample stream; ``step`` overrides the count for this call.
+        """
         if model_args is not None:
             if model_kwargs is not None:
                 raise TypeError("pass the model arguments once, as model_kwargs (Open-Sora 1.2) or model_args (1.3)")
             model_kwargs = model_args
+        step, self.step = (self.step if step is None else step), self.step + 1
         if t is None:
-            t = self.sample_timesteps(x_start, model_kwargs)
+            t = self.sample_timesteps(x_start, model_kwargs, step)
         if self.backend == "opensora":
             return self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t, **kwargs)
         _check_standalone_call(kwargs)
@@ -202,12 +291,17 @@ class RFlowTimeShift:
     def _sampling_shift(self, z: Tensor) -> Optional[Callable[[Tensor, Any], Tensor]]:
         if not self.use_timestep_transform:
             return None
-        latent_frames = _latent_frames(z)
-        return lambda t, args: self.shift(t, args, self.num_timesteps, latent_frames=latent_frames)
+        latent_frames, latent_hw = _latent_frames(z), _latent_hw(z)
+        return lambda t, args: self.shift(t, args, self.num_timesteps, latent_frames=latent_frames,
+                                          latent_hw=latent_hw)
 
 
 def _latent_frames(x: Tensor) -> Optional[int]:
     return x.shape[2] if x.dim() == 5 else None
+
+
+def _latent_hw(x: Tensor) -> Optional[Tuple[int, int]]:
+    return (x.shape[-2], x.shape[-1]) if x.dim() == 5 else None
 
 
 def _check_standalone_kwargs(kwargs: Dict[str, Any], shift_mode: str) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .policies import check_policy_params, degenerate_frame_counts, get_policy, temporal_size
+from .policies import policy_params as policy_params_of
 
 ON_DEGENERATE: Tuple[str, ...] = ("error", "clamp", "ignore")
 """What to do with a sample whose policy gives ``T_eff <= 0``."""
@@ -36,6 +37,28 @@ _CLAMP_WARNED: set = set()  # the clamp warning is said once per policy and proc
 def rational_shift(t: Tensor, shift: Tensor) -> Tensor:
     """``a t / (1 + (a - 1) t)`` on t in [0, 1] (Esser et al., 2024, SD3); the operation order is Open-Sora's."""
     return shift * t / (1 + (shift - 1) * t)
+
+
+def exponential_shift(t: Tensor, shift: Tensor, sigma: float = 1.0) -> Tensor:
+    """``a / (a + (1/t - 1)^sigma)`` with ``a = e^mu`` (Black Forest Labs, 2024, Flux); sigma = 1 is the rational shift."""
+    return shift / (shift + (1 / t - 1) ** sigma)
+
+
+SHIFT_FAMILIES: Tuple[str, ...] = ("rational", "exponential")
+"""The shift curves: SD3 / Open-Sora 1.x's rational shift, and Flux's exponential shift."""
+
+RESOLUTION_SHIFTS: Tuple[str, ...] = ("sqrt", "linear", "constant")
+"""How the resolution sets the shift: Open-Sora 1.x's ``sqrt(H W / base_resolution)``; linear in the latent token
+count between two anchors (Flux's ``mu``, Open-Sora 2.0's ``alpha``); or a constant (SD3 3.0, HunyuanVideo 7, Wan 5)."""
+
+# Anchor values of the linear rule, in each family's own parameter: alpha (rational), mu (exponential).
+_LINEAR_DEFAULTS = {"rational": (1.0, 3.0), "exponential": (0.5, 1.15)}
+
+
+def _one_of(name: str, value: Any, valid: Tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; use one of {', '.join(map(repr, valid))}")
+    return value
 
 
 def _positive(name: str, value: Any, hint: str = "") -> None:
@@ -59,6 +82,21 @@ class TimestepShift:
         base_num_frames: ``T_eff`` at which the temporal factor is 1 (Open-Sora: 1).
         scale: extra multiplier on the shift factor (Open-Sora's ``transform_scale``).
         scale_images: whether ``scale`` applies to images too (Open-Sora 1.2: yes; 1.3: videos only).
+        shift_family: ``"rational"`` (SD3, Open-Sora 1.x and 2.0) or ``"exponential"`` (Flux). The family also
+            says what ``shift``, ``base_shift`` and ``max_shift`` are: the factor ``a`` itself (rational) or
+            ``mu = log a`` (exponential), each interpolated linearly as its source does.
+        shift_sigma: the exponent of the exponential family (Flux: 1.0).
+        resolution_shift: ``"sqrt"`` (Open-Sora 1.x: ``sqrt(H W / base_resolution)``), ``"linear"`` (linear
+            in the latent token count from ``(base_seq_len, base_shift)`` to ``(max_seq_len, max_shift)``) or
+            ``"constant"`` (``shift``). The temporal factor ``sqrt(T_eff / base_num_frames)`` multiplies ``a``
+            in every case; ``shift_mode="spatial"`` turns it off.
+        shift: the constant of ``resolution_shift="constant"``.
+        base_shift, max_shift: the linear rule's values at its anchors; default 1 -> 3 for rational
+            (Open-Sora 2.0's alpha), 0.5 -> 1.15 for exponential (Flux's mu).
+        base_seq_len, max_seq_len: the linear rule's anchor token counts (256 and 4096).
+        patch_size: latent pixels per token side, for the token count (2).
+        spatial_compression: pixels per latent pixel side, for token counts from pixel meta when the latent
+            tensor is not at hand (8).
         **policy_params: the policy's own parameters, e.g. ``micro_frame_size`` for ``"latent"``.
     """
 
@@ -70,17 +108,46 @@ class TimestepShift:
         base_num_frames: float = 1,
         scale: float = 1.0,
         scale_images: bool = True,
+        shift_family: str = "rational",
+        shift_sigma: float = 1.0,
+        resolution_shift: str = "sqrt",
+        shift: Optional[float] = None,
+        base_shift: Optional[float] = None,
+        max_shift: Optional[float] = None,
+        base_seq_len: float = 256,
+        max_seq_len: float = 4096,
+        patch_size: int = 2,
+        spatial_compression: int = 8,
         **policy_params: Any,
     ) -> None:
         get_policy(shift_mode)
-        if on_degenerate not in ON_DEGENERATE:
-            raise ValueError(
-                f"on_degenerate={on_degenerate!r} is not valid; use one of {', '.join(map(repr, ON_DEGENERATE))}"
-            )
+        _one_of("on_degenerate", on_degenerate, ON_DEGENERATE)
         _positive("base_resolution", base_resolution, " (pixels, H * W; Open-Sora uses 512 * 512)")
         _positive("base_num_frames", base_num_frames, " (Open-Sora uses 1)")
         _positive("scale", scale, " (1.0 keeps Open-Sora's shift; use shift_mode='spatial' to drop the temporal factor)")
         check_policy_params(shift_mode, policy_params)
+        self.shift_family = _one_of("shift_family", shift_family, SHIFT_FAMILIES)
+        self.resolution_shift = _one_of("resolution_shift", resolution_shift, RESOLUTION_SHIFTS)
+        _positive("shift_sigma", shift_sigma, " (Flux uses 1.0)")
+        self.shift_sigma = shift_sigma
+        if (shift is None) != (resolution_shift != "constant"):
+            raise ValueError(f"shift={shift!r} goes with resolution_shift='constant' and only with it "
+                             f"(got resolution_shift={resolution_shift!r})")
+        if shift is not None and shift_family == "rational":
+            _positive("shift", shift, " (the rational shift factor; SD3 uses 3.0)")
+        self.shift = shift
+        default_lo, default_hi = _LINEAR_DEFAULTS[shift_family]
+        self.base_shift = default_lo if base_shift is None else base_shift
+        self.max_shift = default_hi if max_shift is None else max_shift
+        _positive("base_seq_len", base_seq_len)
+        _positive("max_seq_len", max_seq_len)
+        if not max_seq_len > base_seq_len:
+            raise ValueError(f"max_seq_len={max_seq_len!r} must exceed base_seq_len={base_seq_len!r}")
+        self.base_seq_len, self.max_seq_len = base_seq_len, max_seq_len
+        for name, value in (("patch_size", patch_size), ("spatial_compression", spatial_compression)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive int")
+        self.patch_size, self.spatial_compression = patch_size, spatial_compression
         self.shift_mode = shift_mode
         self.on_degenerate = on_degenerate
         self.base_resolution = base_resolution
@@ -111,11 +178,42 @@ class TimestepShift:
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.policy_params.items())
+        if self.resolution_shift == "constant":
+            rule = f"shift={self.shift!r}"
+        elif self.resolution_shift == "linear":
+            rule = (f"base_shift={self.base_shift!r}, max_shift={self.max_shift!r}, base_seq_len={self.base_seq_len!r}, "
+                    f"max_seq_len={self.max_seq_len!r}")
+        else:
+            rule = f"base_resolution={self.base_resolution!r}"
+        family = self.shift_family + (f", shift_sigma={self.shift_sigma!r}" if self.shift_family == "exponential" else "")
         return (
             f"TimestepShift(shift_mode={self.shift_mode!r}, on_degenerate={self.on_degenerate!r}, "
-            f"base_resolution={self.base_resolution!r}, base_num_frames={self.base_num_frames!r}, "
-            f"scale={self.scale!r}, scale_images={self.scale_images!r}{params})"
+            f"shift_family={family!r}, resolution_shift={self.resolution_shift!r}, {rule}, "
+            f"base_num_frames={self.base_num_frames!r}, scale={self.scale!r}, scale_images={self.scale_images!r}{params})"
         )
+
+    def resolution_factor(self, height: Tensor, width: Tensor, latent_hw: Optional[Tuple[int, int]] = None) -> Any:
+        """The resolution's part of ``a``: a tensor per sample, or a float shared by the batch."""
+        if self.resolution_shift == "sqrt":
+            return (height * width).div_(self.base_resolution).sqrt_()  # in place: our own temporaries
+        if self.resolution_shift == "constant":
+            value: Any = self.shift
+        else:
+            if latent_hw is not None:  # the latent tensor is the truth, as for T_eff
+                tokens: Any = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
+            else:
+                tokens = height * width / (self.spatial_compression * self.patch_size) ** 2
+            slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
+            value = self.base_shift + slope * (tokens - self.base_seq_len)
+        if self.shift_family == "exponential":
+            return torch.exp(value) if isinstance(value, Tensor) else math.exp(value)
+        return value
+
+    def curve(self, t: Tensor, ratio: Tensor) -> Tensor:
+        """Apply the family's curve with factor ``ratio`` to t in [0, 1]."""
+        if self.shift_family == "exponential" and self.shift_sigma != 1:
+            return exponential_shift(t, ratio, self.shift_sigma)
+        return rational_shift(t, ratio)  # the exponential family with sigma = 1 is exactly this curve
 
     def temporal_size(self, num_frames: Tensor, latent_frames: Optional[int] = None) -> Tensor:
         """``T_eff`` per sample, before the guard. ``latent_frames``, the latent tensor's own length, wins in ``latent`` mode."""
@@ -131,10 +229,11 @@ class TimestepShift:
         latent_frames: Optional[int] = None,
         dtype: torch.dtype = torch.float32,
         device: Optional[torch.device] = None,
+        latent_hw: Optional[Tuple[int, int]] = None,
     ) -> Tensor:
         """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says."""
         height, width, num_frames = _read_meta(model_kwargs, dtype, device)
-        ratio_space = (height * width).div_(self.base_resolution).sqrt_()  # in place: our own temporaries
+        ratio_space = self.resolution_factor(height, width, latent_hw)
         t_eff = self.temporal_size(num_frames, latent_frames)
         if self.on_degenerate == "clamp":
             t_eff = torch.where(t_eff > 0, t_eff, 1.0)
@@ -164,8 +263,14 @@ class TimestepShift:
         latent_frames: Optional[int] = None,
         uniform_over_threshold: Optional[float] = None,
         ret_ratio: bool = False,
+        latent_hw: Optional[Tuple[int, int]] = None,
+        resample_u: Optional[Tensor] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        """Shift timesteps ``t`` in [0, num_timesteps]; Open-Sora's ``timestep_transform`` contract."""
+        """Shift timesteps ``t`` in [0, num_timesteps]; Open-Sora's ``timestep_transform`` contract.
+
+        ``latent_frames`` and ``latent_hw`` are the latent tensor's own sizes where the caller has it;
+        ``resample_u`` are the uniforms for ``uniform_over_threshold`` (default: drawn from the global RNG).
+        """
         _positive("num_timesteps", num_timesteps, " (Open-Sora uses 1000)")
         if not isinstance(t, Tensor):
             t = torch.as_tensor(t)
@@ -173,10 +278,11 @@ class TimestepShift:
         t = _as(t, dtype, None)
         if num_timesteps != 1:
             t = t / num_timesteps
-        ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device)
-        t = rational_shift(t, ratio)
+        ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device, latent_hw)
+        t = self.curve(t, ratio)
         if uniform_over_threshold is not None:
-            t = resample_over_threshold(t, uniform_over_threshold, _read_meta(model_kwargs, dtype, t.device)[2])
+            num_frames = _read_meta(model_kwargs, dtype, t.device)[2]
+            t = resample_over_threshold(t, uniform_over_threshold, num_frames, resample_u)
         if num_timesteps != 1:
             t = t * num_timesteps
         return (t, ratio) if ret_ratio else t
@@ -204,14 +310,16 @@ class TimestepShift:
                     f"{_num(temporal_size(torch.tensor([ni]), 'latent').item())} for {_num(ni)} frames), or "
                     "on_degenerate='clamp' to shift such samples as T_eff = 1."
                 )
-        return f"the shift factor is not finite and > 0 for meta {dict(height=h, width=w, num_frames=n)}"
+        return (f"the shift factor is not finite and > 0 for meta {dict(height=h, width=w, num_frames=n)} under "
+                f"{self!r}: check shift, base_shift and max_shift (a linear rule can reach 0 below its anchors)")
 
 
-def resample_over_threshold(t: Tensor, threshold: float, num_frames: Tensor) -> Tensor:
+def resample_over_threshold(t: Tensor, threshold: float, num_frames: Tensor, u: Optional[Tensor] = None) -> Tensor:
     """Open-Sora 1.3's ``uniform_over_threshold``: video timesteps above it redrawn uniformly above it."""
     if not 0 <= threshold < 1:
         raise ValueError(f"uniform_over_threshold={threshold!r} must be in [0, 1) (a fraction of num_timesteps)")
-    resampled = torch.rand_like(t) * (1 - threshold) + threshold
+    u = torch.rand_like(t) if u is None else u.to(t.dtype)
+    resampled = u * (1 - threshold) + threshold
     return torch.where((t > threshold) & (num_frames != 1), resampled, t)
 
 
@@ -260,9 +368,8 @@ def _ranges(values: Tuple[int, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_shift(shift_mode: str, on_degenerate: str, base_resolution: float, base_num_frames: float,
-                  scale: float, scale_images: bool, params: Tuple[Tuple[str, Any], ...]) -> TimestepShift:
-    return TimestepShift(shift_mode, on_degenerate, base_resolution, base_num_frames, scale, scale_images, **dict(params))
+def _cached_shift(settings: Tuple[Tuple[str, Any], ...]) -> TimestepShift:
+    return TimestepShift(**dict(settings))
 
 
 def timestep_transform(
@@ -285,14 +392,17 @@ def timestep_transform(
 
     The first six arguments are Open-Sora 1.2's; ``scale_temporal`` (False means ``shift_mode="spatial"``),
     ``ret_ratio`` and ``uniform_over_threshold`` are the keywords Open-Sora 1.3 adds. ``shift_mode``,
-    ``on_degenerate``, ``scale_images`` and ``policy_params`` are :class:`TimestepShift`'s;
+    ``on_degenerate``, ``scale_images`` and ``policy_params`` (a policy's parameters, or the shift family's
+    keywords) are :class:`TimestepShift`'s;
     ``latent_frames`` is the latent tensor's temporal length where the caller has it.
     """
-    if not scale_temporal:
-        shift_mode, policy_params = "spatial", {}
-    settings = (shift_mode, on_degenerate, base_resolution, base_num_frames, scale, scale_images)
+    if not scale_temporal:  # Open-Sora 1.3's switch for the spatial-only shift
+        own = set(policy_params_of(shift_mode))
+        shift_mode, policy_params = "spatial", {k: v for k, v in policy_params.items() if k not in own}
+    settings = dict(shift_mode=shift_mode, on_degenerate=on_degenerate, base_resolution=base_resolution,
+                    base_num_frames=base_num_frames, scale=scale, scale_images=scale_images, **policy_params)
     if _is_compiling():  # traced into the graph once; the cache is for eager calls, one object per setting
-        shift = TimestepShift(*settings, **policy_params)
+        shift = TimestepShift(**settings)
     else:
-        shift = _cached_shift(*settings, tuple(sorted(policy_params.items())))
+        shift = _cached_shift(tuple(sorted(settings.items())))
     return shift(t, model_kwargs, num_timesteps, latent_frames, uniform_over_threshold, ret_ratio)

@@ -170,7 +170,7 @@ def test_frame_mask_keeps_conditioning_frames_clean():
     [
         (dict(num_timesteps=0), ValueError, "num_timesteps=0 must be a positive int"),
         (dict(num_sampling_steps=2.5), ValueError, "num_sampling_steps=2.5 must be a positive int"),
-        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not valid"),
+        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not a known distribution; use one of 'uniform'"),
         (dict(sample_method="logit-normal", use_discrete_timesteps=True), ValueError, "needs sample_method='uniform'"),
         (dict(sample_method="logit-normal", scale=0.0), ValueError, "scale=0.0 .* must be > 0"),
         (dict(transform_scale=-2), ValueError, "scale=-2 must be a finite number > 0"),

@@ -1,0 +1,258 @@
+"""Distributions of the training timestep, and a counter-based stream of uniforms for distributed training.
+
+Every distribution is an inverse CDF ``t = F^-1(u)`` on t in (0, 1) (1 = pure noise), so any uniform draw
+(independent, stratified, or from the counter-based stream) works with any of them. The stream
+:func:`counter_uniform` is a pure function of (seed, step, global sample index): ranks agree or differ
+exactly as their sample indices do, with no generator state and no communication, and a resumed run
+redraws exactly what it drew before.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+InverseCDF = Callable[..., Tensor]
+_DISTRIBUTIONS: Dict[str, InverseCDF] = {}
+
+
+def register_distribution(name: str) -> Callable[[InverseCDF], InverseCDF]:
+    """Register an increasing ``F^-1(u: Tensor, **params) -> t`` mapping (0, 1) into [0, 1] under ``name``."""
+
+    def wrap(fn: InverseCDF) -> InverseCDF:
+        if name in _DISTRIBUTIONS:
+            raise KeyError(f"sample_method {name!r} is already registered")
+        _DISTRIBUTIONS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_distribution("uniform")
+def uniform(u: Tensor) -> Tensor:
+    """t ~ U(0, 1) (Liu et al., 2022, rectified flow)."""
+    return u
+
+
+@register_distribution("logit-normal")
+def logit_normal(u: Tensor, loc: float = 0.0, scale: float = 1.0) -> Tensor:
+    """logit(t) ~ N(loc, scale^2) (Esser et al., 2024, SD3; Open-Sora's ``logit-normal``)."""
+    return torch.sigmoid(loc + scale * torch.special.ndtri(u))
+
+
+@register_distribution("mode")
+def mode(u: Tensor, mode_scale: float = 1.29) -> Tensor:
+    """Mode sampling with heavy tails (Esser et al., 2024, SD3), written increasing in u.
+
+    SD3 gives ``f(v) = 1 - v - s (cos^2(pi v / 2) - 1 + v)``; with ``v = 1 - u`` (also uniform) this is
+    ``u - s (sin^2(pi u / 2) - u)``, the same distribution. It is monotone for ``-1 <= s <= 2 / (pi - 2)``.
+    """
+    return u - mode_scale * (torch.sin(math.pi / 2 * u) ** 2 - u)
+
+
+@register_distribution("cosmap")
+def cosmap(u: Tensor) -> Tensor:
+    """CosMap (Esser et al., 2024, SD3): ``1 - 1 / (tan(pi u / 2) + 1)``."""
+    return 1 - 1 / (torch.tan(math.pi / 2 * u) + 1)
+
+
+SAMPLE_METHODS: Tuple[str, ...] = tuple(_DISTRIBUTIONS)
+"""Names of the built-in timestep distributions, the valid values of ``sample_method``."""
+
+T_RANGE_MODES = ("truncate", "rescale")
+
+
+def _distribution(name: str) -> InverseCDF:
+    try:
+        return _DISTRIBUTIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"sample_method={name!r} is not a known distribution; use one of {', '.join(map(repr, _DISTRIBUTIONS))}"
+        ) from None
+
+
+def distribution_params(name: str) -> Dict[str, Any]:
+    """The keyword parameters of a distribution with their defaults."""
+    sig = inspect.signature(_distribution(name))
+    return {k: p.default for k, p in list(sig.parameters.items())[1:]}
+
+
+class TimestepDistribution:
+    """A base distribution of t in (0, 1), optionally confined to ``t_range``, applied to uniform draws.
+
+    Args:
+        sample_method: one of :data:`SAMPLE_METHODS`.
+        t_range: ``(t_min, t_max)`` within [0, 1], before the shift, or None for the whole interval.
+        t_range_mode: ``"truncate"`` draws from the distribution conditioned on the range (the density's
+            shape inside the range is kept, its tails are cut); ``"rescale"`` maps the whole distribution
+            affinely into the range (``t_min + (t_max - t_min) t``), squeezing its shape.
+        **params: the distribution's parameters (``loc``, ``scale`` for logit-normal, ``mode_scale`` for mode).
+    """
+
+    def __init__(self, sample_method: str = "uniform", t_range: Optional[Tuple[float, float]] = None,
+                 t_range_mode: str = "truncate", **params: Any) -> None:
+        known = distribution_params(sample_method)
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise TypeError(f"sample_method={sample_method!r} got unexpected parameter(s) {unknown}; "
+                            f"it takes {', '.join(known) or 'none'}")
+        merged = {**known, **params}
+        if sample_method == "logit-normal" and not merged["scale"] > 0:
+            raise ValueError(f"scale={merged['scale']!r} (the logit-normal's standard deviation) must be > 0")
+        if sample_method == "mode" and not -1 <= merged["mode_scale"] <= 2 / (math.pi - 2):
+            raise ValueError(f"mode_scale={merged['mode_scale']!r} must be in [-1, {2 / (math.pi - 2):.4f}] "
+                             "for mode sampling to be a distribution (SD3 uses 1.29)")
+        if t_range_mode not in T_RANGE_MODES:
+            raise ValueError(f"t_range_mode={t_range_mode!r} is not valid; use 'truncate' or 'rescale'")
+        if t_range is not None:
+            t_min, t_max = _pair("t_range", t_range)
+            if not 0 <= t_min < t_max <= 1:
+                raise ValueError(f"t_range={tuple(t_range)!r} must satisfy 0 <= t_min < t_max <= 1 "
+                                 "(fractions of num_timesteps)")
+        self.sample_method = sample_method
+        self.params = dict(params)
+        self.t_range = None if t_range is None else (float(t_min), float(t_max))
+        self.t_range_mode = t_range_mode
+        self._inverse_cdf = _distribution(sample_method)
+        self._u_range = None
+        if self.t_range is not None and t_range_mode == "truncate":
+            self._u_range = tuple(self._cdf(t) for t in self.t_range)
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return (f"TimestepDistribution({self.sample_method!r}{params}, t_range={self.t_range!r}, "
+                f"t_range_mode={self.t_range_mode!r})")
+
+    def __call__(self, u: Tensor) -> Tensor:
+        """Map uniforms in (0, 1) to timesteps in [0, 1], increasing in ``u``."""
+        if self._u_range is not None:
+            lo, hi = self._u_range
+            u = lo + (hi - lo) * u
+        t = self._inverse_cdf(u, **self.params)
+        if self.t_range is not None and self.t_range_mode == "rescale":
+            t = self.t_range[0] + (self.t_range[1] - self.t_range[0]) * t
+        return t.clamp(0, 1)  # ndtri and tan round to +-inf at the very ends of (0, 1)
+
+    def _cdf(self, t: float) -> float:
+        """F(t) by bisection on the increasing inverse CDF, once per bound at set-up (float64, 60 halvings)."""
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if self._inverse_cdf(torch.tensor([mid], dtype=torch.float64), **self.params).item() < t:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+
+def _pair(name: str, value: Any) -> Tuple[float, float]:
+    try:
+        a, b = value
+        return float(a), float(b)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} must be a pair (low, high)") from None
+
+
+# --- the counter-based stream -----------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+Int = Any  # a Python int or an int64 tensor: the hash below is written for both
+
+
+def _mul32(x: Int, m: int) -> Int:
+    """``x * m mod 2^32`` for x in [0, 2^32), in int64 without overflow: the two 16-bit halves of m separately."""
+    lo = x * (m & 0xFFFF)
+    hi = ((x * (m >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def _mix32(x: Int) -> Int:
+    """A 32-bit integer finaliser (Wellons' lowbias32): every input bit changes about half the output bits."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _key(seed: int, step: int, lane: int) -> Tuple[int, int]:
+    """Two 32-bit round keys for (seed, step, lane), in plain Python: nothing here touches a device."""
+    key = _mix32((seed & _MASK32) ^ 0x9E3779B9)
+    for word in ((seed >> 32) & _MASK32, step & _MASK32, (step >> 32) & _MASK32, lane & _MASK32):
+        key = _mix32(key ^ word)
+    return key, _mix32(key ^ 0x85EBCA6B)
+
+
+def _to_unit(bits: Int) -> Any:
+    return (bits + 0.5) / 2.0**32  # centred in its cell: never 0, never 1
+
+
+def counter_uniform(seed: int, step: int, index: Tensor, lane: int = 0) -> Tensor:
+    """Uniforms in (0, 1), float64, one per entry of ``index``: a pure function of (seed, step, index, lane).
+
+    Counter-based in the sense of Salmon et al. (2011, "Parallel random numbers: as easy as 1, 2, 3"): the
+    key (seed, step, lane) and the counter (the global sample index) are hashed, so any rank can compute any
+    sample's draw, on any device, without state, host sync or communication. 32 bits per draw.
+    """
+    k1, k2 = _key(seed, step, lane)
+    bits = _mix32(_mix32(index.to(torch.int64) & _MASK32 ^ k1) ^ k2)  # two rounds: no cross-step collisions
+    return _to_unit(bits.to(torch.float64))
+
+
+def stratified_uniform(seed: int, step: int, index: Tensor, total: int) -> Tensor:
+    """``u_i = (u0 + i / N) mod 1`` over the N samples of the global batch (Kingma et al., 2021, VDM).
+
+    One shared ``u0`` per (seed, step), so every rank computes the same stratification of the whole batch.
+    """
+    k1, k2 = _key(seed, step, lane=1)
+    u0 = _to_unit(_mix32(_mix32(k1) ^ k2))
+    return torch.remainder(u0 + index.to(torch.float64) / total, 1.0)
+
+
+# --- where a rank's samples sit in the global batch -------------------------------------------------------
+
+def data_parallel_layout(data_parallel_group: Any = None, sequence_parallel_group: Any = None) -> Tuple[int, int]:
+    """This rank's place among the data-parallel replicas: ``(dp_rank, dp_size)``.
+
+    Sequence-parallel ranks that share a sample share a data-parallel rank, hence its timesteps. Groups
+    passed in win; otherwise Open-Sora's ``parallel_states`` when it is importable; otherwise the world.
+    A single process (no ``torch.distributed``) is ``(0, 1)``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    if data_parallel_group is None or sequence_parallel_group is None:
+        dp, sp = _opensora_groups()
+        data_parallel_group = dp if data_parallel_group is None else data_parallel_group
+        sequence_parallel_group = sp if sequence_parallel_group is None else sequence_parallel_group
+    group = dist.group.WORLD if data_parallel_group is None else data_parallel_group
+    sp_size = 1 if sequence_parallel_group is None else dist.get_world_size(sequence_parallel_group)
+    if sp_size > 1 and dist.get_world_size(group) * sp_size != dist.get_world_size():
+        raise ValueError(
+            f"a sequence-parallel group of {sp_size} ranks needs a data-parallel group of "
+            f"{dist.get_world_size() // sp_size} ranks, got {dist.get_world_size(group)}: pass data_parallel_group "
+            "to set_process_groups(), or set it in Open-Sora's parallel_states"
+        )
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _opensora_groups() -> Tuple[Any, Any]:
+    try:
+        from opensora.acceleration import parallel_states
+    except ImportError:
+        return None, None
+    return parallel_states.get_data_parallel_group(), parallel_states.get_sequence_parallel_group()
+
+
+def global_sample_index(batch_size: int, dp_rank: int, dp_size: int, device: Any = None) -> Tuple[Tensor, int]:
+    """Global indices of this rank's samples, interleaved (``i * dp_size + dp_rank``), and the global batch size.
+
+    Interleaving keeps indices unique however many samples each rank holds; when every rank holds the same
+    number (fixed-size buckets), they are exactly ``0 .. N - 1``, so stratification covers the batch exactly.
+    """
+    index = torch.arange(batch_size, device=device, dtype=torch.int64) * dp_size + dp_rank
+    return index, batch_size * dp_size
