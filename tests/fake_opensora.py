@@ -1,7 +1,7 @@
 """Writes a miniature ``opensora`` package with the module layout of Open-Sora 1.2 or 1.3.
 
-Only the shape matters here: which modules bind ``timestep_transform``, a registry named SCHEDULERS, and an
-``RFLOW`` whose training and sampling call the module-level name. The transform is the 1.x rule written from
+Only the shape matters here: which modules bind ``timestep_transform``, a registry named SCHEDULERS, an
+``RFLOW`` whose training and sampling call the module-level name, and ``acceleration.parallel_states``. The transform is the 1.x rule written from
 its formula (temporal size from element 0 of the batch, as stock does); real-code parity is covered by the
 golden numbers in test_opensora_golden.py.
 """
@@ -56,6 +56,29 @@ class RFLOW:
 '''
 
 
+PARALLEL_STATES = '''
+import torch.distributed as dist
+
+_GROUPS = {}
+
+
+def set_data_parallel_group(group):
+    _GROUPS["data"] = group
+
+
+def get_data_parallel_group():
+    return _GROUPS.get("data", dist.group.WORLD)
+
+
+def set_sequence_parallel_group(group):
+    _GROUPS["sequence"] = group
+
+
+def get_sequence_parallel_group():
+    return _GROUPS.get("sequence", None)
+'''
+
+
 def write_fake_opensora(root, version="1.2"):
     """Create ``root/opensora`` shaped like Open-Sora ``version`` ("1.2" or "1.3")."""
     train_module, rule = ("rectified_flow", "n // 17 * 5") if version == "1.2" else ("time_sampler", "(n - 1) // 4")
@@ -67,4 +90,7 @@ def write_fake_opensora(root, version="1.2"):
     (pkg / "schedulers" / "__init__.py").write_text("from .rf import RFLOW\n")
     (rf / f"{train_module}.py").write_text(textwrap.dedent(TRANSFORM).replace("{RULE}", rule))
     (rf / "__init__.py").write_text(RF_INIT.format(TRAIN_MODULE=train_module))
+    (pkg / "acceleration").mkdir()
+    (pkg / "acceleration" / "__init__.py").write_text("")
+    (pkg / "acceleration" / "parallel_states.py").write_text(PARALLEL_STATES)
     return root

@@ -1,0 +1,125 @@
+"""One rank of a distributed check of the per-sample timestep stream; launched by test_distributed.py with torchrun.
+
+Every rank is seeded alike, as Open-Sora's ``set_seed`` does. The world is split into sequence-parallel groups of
+``--sp`` consecutive ranks and data-parallel groups across them, given to the scheduler explicitly
+(``--groups explicit``) or through Open-Sora's ``parallel_states`` (``--groups opensora``). Each rank runs a few
+``training_losses`` steps on a tiny model (through ColossalAI's Booster with ``--colossalai``), then draws one more
+step from a scheduler resumed from a checkpoint of the step count. Rank 0 gathers every rank's timesteps and writes
+them to ``--out`` as JSON; test_distributed.py makes the assertions.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from opensora_timeshift_patch import SCHEDULERS, build_module
+from opensora_timeshift_patch.testing import batch_meta
+
+STEPS, BATCH = 3, 4
+
+
+class TinyModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(5, 8, 1)
+        self.seen = []
+
+    def forward(self, x, t, **kwargs):
+        self.seen.append(t.detach().clone())
+        tt = (t.float() / 1000).view(-1, 1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
+        return self.conv(torch.cat([x, tt], dim=1))
+
+
+def make_groups(sp):
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sp_group = dp_group = None
+    for start in range(0, world, sp):  # every rank creates every group, in the same order
+        group = dist.new_group(list(range(start, start + sp)))
+        if rank in range(start, start + sp):
+            sp_group = group
+    for offset in range(sp):
+        group = dist.new_group(list(range(offset, world, sp)))
+        if rank % sp == offset:
+            dp_group = group
+    return dp_group, sp_group
+
+
+def gather(t):
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [x.tolist() for x in out]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sp", type=int, default=1)
+    parser.add_argument("--groups", choices=["explicit", "opensora"], default="explicit")
+    parser.add_argument("--stratified", action="store_true")
+    parser.add_argument("--colossalai", action="store_true")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    if args.colossalai:
+        import colossalai
+        from colossalai.booster import Booster
+        from colossalai.booster.plugin import TorchDDPPlugin
+
+        colossalai.launch_from_torch(backend="gloo", seed=1024, verbose=False)
+    else:
+        dist.init_process_group("gloo")
+    torch.manual_seed(1024)  # the same seed on every rank, as Open-Sora's set_seed
+    dp_group, sp_group = make_groups(args.sp)
+
+    cfg = dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample", timestep_seed=7,
+               stratified=args.stratified, sample_method="uniform", shift_mode="latent")
+    if args.stratified:
+        cfg["use_timestep_transform"] = False  # so t / N is the stratified uniform itself
+    scheduler = build_module(cfg, SCHEDULERS)
+    if args.groups == "explicit":
+        scheduler.set_process_groups(dp_group, sp_group)
+    else:
+        from opensora.acceleration import parallel_states
+
+        parallel_states.set_data_parallel_group(dp_group)
+        parallel_states.set_sequence_parallel_group(sp_group)
+
+    model = TinyModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if args.colossalai:
+        model, optimizer, *_ = Booster(plugin=TorchDDPPlugin()).boost(model, optimizer)
+    meta = batch_meta(BATCH, 256, 256, 17)
+    for _ in range(STEPS):
+        x = torch.randn(BATCH, 4, 5, 4, 4)
+        loss = scheduler.training_losses(model, x, meta)["loss"].mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    seen = (model.module if hasattr(model, "module") else model).seen
+    steps = [gather(t) for t in seen]
+
+    checkpoint = scheduler.state_dict()
+    uninterrupted = scheduler.sample_timesteps(torch.randn(BATCH, 4, 5, 4, 4), meta)
+    resumed_scheduler = build_module(cfg, SCHEDULERS)
+    if args.groups == "explicit":
+        resumed_scheduler.set_process_groups(dp_group, sp_group)
+    resumed_scheduler.load_state_dict(checkpoint)
+    resumed = resumed_scheduler.sample_timesteps(torch.randn(BATCH, 4, 5, 4, 4), meta)
+    result = dict(world=dist.get_world_size(), sp=args.sp, steps=steps, checkpoint=checkpoint,
+                  uninterrupted=gather(uninterrupted), resumed=gather(resumed), global_rng=gather(torch.rand(BATCH)))
+    if dist.get_rank() == 0:
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+    dist.barrier()
+    # Leave without running gloo's destructors: tearing down process groups while peers exit can abort a
+    # rank ("terminate called without an active exception") after all the work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

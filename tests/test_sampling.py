@@ -1,0 +1,255 @@
+"""Timestep distributions, shift families and the counter-based stream, by hand and as properties."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import meta
+from opensora_timeshift_patch import RFlowTimeShift, TimestepShift
+from opensora_timeshift_patch.sampling import (
+    SAMPLE_METHODS, TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
+    stratified_uniform,
+)
+from opensora_timeshift_patch.shift import SHIFT_FAMILIES, exponential_shift, rational_shift
+
+U = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+
+
+def test_sample_methods():
+    assert SAMPLE_METHODS == ("uniform", "logit-normal", "mode", "cosmap")
+
+
+def test_inverse_cdfs_by_hand():
+    torch.testing.assert_close(TimestepDistribution("uniform")(U), U)
+    # logit-normal: the median is sigmoid(loc); at u = Phi(1) = 0.8413 the draw is sigmoid(loc + scale)
+    ln = TimestepDistribution("logit-normal", loc=0.5, scale=2.0)
+    phi1 = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    got = ln(torch.tensor([0.5, phi1], dtype=torch.float64))
+    torch.testing.assert_close(got, torch.tensor([1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(-2.5))],
+                                                 dtype=torch.float64))
+    # cosmap: 1 - 1 / (tan(pi u / 2) + 1); tan(pi/8) = sqrt(2) - 1
+    torch.testing.assert_close(TimestepDistribution("cosmap")(torch.tensor([0.25, 0.5], dtype=torch.float64)),
+                               torch.tensor([1 - 1 / math.sqrt(2), 0.5], dtype=torch.float64))
+    # mode: u - s (sin^2(pi u / 2) - u); sin^2(pi/8) = (1 - cos(pi/4)) / 2
+    s, sin2 = 1.29, (1 - math.sqrt(0.5)) / 2
+    got = TimestepDistribution("mode", mode_scale=s)(torch.tensor([0.25, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(got, torch.tensor([0.25 - s * (sin2 - 0.25), 0.5], dtype=torch.float64))
+
+
+def test_mode_is_sd3s_formula_in_distribution():
+    """SD3 writes f(v) = 1 - v - s (cos^2(pi v / 2) - 1 + v); ours on u = 1 - v gives the same values."""
+    v, s = torch.rand(1000, dtype=torch.float64), 0.8
+    sd3 = 1 - v - s * (torch.cos(math.pi * v / 2) ** 2 - 1 + v)
+    torch.testing.assert_close(TimestepDistribution("mode", mode_scale=s)(1 - v), sd3)
+
+
+def test_truncated_range_is_the_conditional_distribution():
+    d = TimestepDistribution("logit-normal", t_range=(0.2, 0.9))
+    ends = d(torch.tensor([1e-12, 1 - 1e-12], dtype=torch.float64))
+    torch.testing.assert_close(ends, torch.tensor([0.2, 0.9], dtype=torch.float64), atol=1e-9, rtol=0)
+    # Phi(logit(0.2)) and Phi(logit(0.9)), the CDF at the bounds, found by bisection at set-up
+    cdf = lambda t: 0.5 * (1 + math.erf(math.log(t / (1 - t)) / math.sqrt(2)))  # noqa: E731
+    assert d._u_range == pytest.approx((cdf(0.2), cdf(0.9)), abs=1e-12)
+    mid = (cdf(0.2) + cdf(0.9)) / 2  # the conditional median is F^-1 of the middle of [F(0.2), F(0.9)]
+    want = 1 / (1 + math.exp(-math.sqrt(2) * torch.special.erfinv(torch.tensor(2 * mid - 1)).item()))
+    assert d(torch.tensor([0.5], dtype=torch.float64)).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_rescaled_range_squeezes_the_whole_distribution():
+    d = TimestepDistribution("uniform", t_range=(0.1, 0.5), t_range_mode="rescale")
+    torch.testing.assert_close(d(U), 0.1 + 0.4 * U)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not a known distribution"),
+        (dict(sample_method="logit-normal", scale=0), ValueError, "scale=0 .* must be > 0"),
+        (dict(sample_method="mode", mode_scale=2.0), ValueError, r"mode_scale=2.0 must be in \[-1, 1.7519\]"),
+        (dict(sample_method="uniform", loc=1.0), TypeError, r"'uniform' got unexpected parameter\(s\) \['loc'\]"),
+        (dict(t_range=(0.5, 0.2)), ValueError, r"t_range=\(0.5, 0.2\) must satisfy 0 <= t_min < t_max <= 1"),
+        (dict(t_range=0.5), ValueError, "t_range=0.5 must be a pair"),
+        (dict(t_range=(0, 1), t_range_mode="clip"), ValueError, "t_range_mode='clip' is not valid"),
+    ],
+)
+def test_bad_distribution_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TimestepDistribution(**kwargs)
+
+
+def test_shift_families():
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    a = torch.tensor(3.0, dtype=torch.float64)
+    torch.testing.assert_close(exponential_shift(t, a, 1.0), rational_shift(t, a))
+    # sigma = 2 at t = 0.5: (1/t - 1)^2 = 1, so a / (a + 1)
+    assert exponential_shift(torch.tensor([0.5]), torch.tensor(3.0), 2.0).item() == pytest.approx(0.75)
+    assert SHIFT_FAMILIES == ("rational", "exponential")
+
+
+def test_constant_shift_sd3():
+    """SD3's constant shift 3.0 with no temporal factor: t = 0.5 -> 1.5 / 2 = 0.75."""
+    s = TimestepShift("spatial", resolution_shift="constant", shift=3.0)
+    assert s(torch.tensor([0.5]), meta(123, 457, 17)).item() == pytest.approx(0.75)
+
+
+def test_flux_mu_linear_in_tokens():
+    """Flux: mu = 0.5 at 256 tokens, 1.15 at 4096; 1024 x 1024 pixels = 64 x 64 tokens (VAE 8, patch 2)."""
+    s = TimestepShift("spatial", shift_family="exponential", resolution_shift="linear")
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (4096 - 256)
+    got = s(torch.tensor([0.5]), meta(1024, 1024, 1))
+    assert got.item() == pytest.approx(math.exp(mu) / (math.exp(mu) + 1), rel=1e-6)
+    got = s(torch.tensor([0.5]), meta(256, 256, 1))  # 16 x 16 = 256 tokens: mu = 0.5
+    assert got.item() == pytest.approx(math.exp(0.5) / (math.exp(0.5) + 1), rel=1e-6)
+
+
+def test_opensora_2_alpha_times_sqrt_latent_frames():
+    """Open-Sora 2.0: alpha = lin(latent h w / 4; 256 -> 1, 4096 -> 3) * sqrt(T_latent), from the latent tensor."""
+    scheduler = RFlowTimeShift(resolution_shift="linear", shift_mode="latent", causal=True)
+    z = torch.zeros(1, 4, 9, 64, 64)  # 32 x 32 = 1024 tokens: alpha = 1 + 2 * 768 / 3840 = 1.4
+    grid = scheduler.sampling_timesteps(z, meta(512, 512, 33))
+    a = 1.4 * math.sqrt(9)
+    t = 0.9
+    assert grid[1].item() == pytest.approx(1000 * a * t / (1 + (a - 1) * t), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(shift_family="cubic"), "shift_family='cubic' is not valid"),
+        (dict(resolution_shift="log"), "resolution_shift='log' is not valid"),
+        (dict(resolution_shift="constant"), "shift=None goes with resolution_shift='constant'"),
+        (dict(shift=3.0), "shift=3.0 goes with resolution_shift='constant' and only with it"),
+        (dict(resolution_shift="constant", shift=-1.0), "shift=-1.0 must be a finite number > 0"),
+        (dict(resolution_shift="linear", max_seq_len=100), "max_seq_len=100 must exceed base_seq_len=256"),
+        (dict(shift_family="exponential", shift_sigma=0), "shift_sigma=0 must be"),
+        (dict(patch_size=0), "patch_size=0 must be a positive int"),
+    ],
+)
+def test_bad_shift_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TimestepShift(**kwargs)
+
+
+def test_linear_rule_that_reaches_zero_is_refused():
+    s = TimestepShift("spatial", resolution_shift="linear", base_shift=0.1, max_shift=3.0)
+    with pytest.raises(ValueError, match="linear rule can reach 0 below its anchors"):
+        s(torch.tensor([0.5]), meta(64, 64, 1))  # 16 tokens: alpha < 0
+
+
+# --- properties over every distribution x family -------------------------------------------------------------
+
+FAMILIES = [dict(), dict(shift_family="exponential", shift_sigma=0.7), dict(resolution_shift="linear"),
+            dict(shift_family="exponential", resolution_shift="constant", shift=-0.4)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    u=st.lists(st.floats(1e-9, 1 - 1e-9), min_size=2, max_size=16),
+    method=st.sampled_from(SAMPLE_METHODS),
+    family=st.sampled_from(FAMILIES),
+    frames=st.sampled_from([1, 8, 16, 17, 51, 113]),
+    hw=st.sampled_from([(144, 256), (512, 512), (720, 1280)]),
+    t_range=st.sampled_from([None, (0.05, 0.95)]),
+)
+def test_outputs_in_range_monotone_and_finite(u, method, family, frames, hw, t_range):
+    u = torch.tensor(sorted(u), dtype=torch.float64)
+    dist = TimestepDistribution(method, t_range=t_range)
+    shift = TimestepShift("latent", **family)
+    t = shift(dist(u) * 1000, meta(hw[0], hw[1], [frames] * len(u), dtype=torch.float64), num_timesteps=1000)
+    assert bool(t.isfinite().all())
+    assert bool(((t >= 0) & (t <= 1000)).all())
+    assert bool((t.diff() >= 0).all())
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**40), step=st.integers(0, 2**33), start=st.integers(0, 2**31))
+def test_counter_uniform_is_open_unit_and_pure(seed, step, start):
+    index = torch.arange(start, start + 64)
+    u = counter_uniform(seed, step, index)
+    assert bool(((u > 0) & (u < 1)).all())
+    assert torch.equal(u, counter_uniform(seed, step, index))
+    assert torch.equal(u[5:9], counter_uniform(seed, step, index[5:9]))  # any subset, any rank
+
+
+def test_counter_uniform_statistics():
+    """Chi-square over 64 bins on 2^16 draws, and no correlation across steps, seeds or lanes."""
+    index = torch.arange(2**16)
+    u = counter_uniform(3, 11, index)
+    counts = torch.histc(u, bins=64, min=0, max=1)
+    expected = len(u) / 64
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 120  # 63 degrees of freedom: the 99.99th percentile is about 114
+    for other in (counter_uniform(3, 12, index), counter_uniform(4, 11, index), counter_uniform(3, 11, index, lane=1)):
+        assert abs(torch.corrcoef(torch.stack([u, other]))[0, 1].item()) < 0.02
+
+
+def test_stratified_covers_every_stratum_once():
+    n = 24
+    u = stratified_uniform(5, 2, torch.arange(n), n)
+    assert sorted(int(x) for x in (u * n).floor()) == list(range(n))
+    assert torch.equal(u, stratified_uniform(5, 2, torch.arange(n), n))
+    assert not torch.equal(u, stratified_uniform(5, 3, torch.arange(n), n))
+
+
+def test_single_process_layout_and_interleaved_indices():
+    assert data_parallel_layout() == (0, 1)
+    index, total = global_sample_index(3, dp_rank=1, dp_size=4)
+    assert index.tolist() == [1, 5, 9] and total == 12
+
+
+def test_per_sample_scheduler_counts_steps_and_resumes():
+    cfg = dict(timestep_rng="per_sample", timestep_seed=9, sample_method="logit-normal")
+    a, b = RFlowTimeShift(**cfg), RFlowTimeShift(**cfg)
+    x, kw = torch.zeros(4, 4, 5, 2, 2), meta(256, 256, [17] * 4)
+    model = lambda x, t, **k: torch.cat([x, x], 1)  # noqa: E731
+    first = [a.sample_timesteps(x, kw, step=s) for s in range(3)]
+    for _ in range(3):
+        a.training_losses(model, x, kw)
+    assert a.state_dict() == {"step": 3, "timestep_seed": 9}
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.sample_timesteps(x, kw), b.sample_timesteps(x, kw))
+    assert not torch.equal(first[0], first[1])
+    torch.manual_seed(0)
+    g1 = a.sample_timesteps(x, kw, step=0)
+    torch.manual_seed(1)
+    assert torch.equal(g1, a.sample_timesteps(x, kw, step=0))  # the global RNG plays no part
+    with pytest.raises(ValueError, match="timestep_seed=1 differs"):
+        b.load_state_dict({"step": 3, "timestep_seed": 1})
+    resumed = RFlowTimeShift(timestep_start_step=2, **cfg)
+    assert torch.equal(resumed.sample_timesteps(x, kw), first[2])
+
+
+def test_per_sample_discrete_and_threshold():
+    x, kw = torch.zeros(64, 4, 5, 2, 2), meta(256, 256, [17] * 64)
+    t = RFlowTimeShift(timestep_rng="per_sample", use_discrete_timesteps=True,
+                       use_timestep_transform=False).sample_timesteps(x, kw)
+    assert t.dtype == torch.int64 and 0 <= t.min() and t.max() <= 999
+    t = RFlowTimeShift(timestep_rng="per_sample", uniform_over_threshold=0.5).sample_timesteps(x, kw)
+    assert bool((t >= 0).all())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(timestep_rng="cuda"), "timestep_rng='cuda' is not valid"),
+        (dict(stratified=True), "stratified=True .* set timestep_rng='per_sample' too"),
+        (dict(timestep_seed=-1), "timestep_seed=-1 must be an int >= 0"),
+        (dict(timestep_start_step=1.5), "timestep_start_step=1.5 must be an int >= 0"),
+    ],
+)
+def test_bad_stream_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RFlowTimeShift(**kwargs)
+
+
+def test_new_distributions_under_the_global_rng_use_one_uniform_each():
+    x, kw = torch.zeros(8, 4, 5, 2, 2), meta(256, 256, [17] * 8)
+    s = RFlowTimeShift(sample_method="cosmap", use_timestep_transform=False)
+    torch.manual_seed(0)
+    t = s.sample_timesteps(x, kw)
+    torch.manual_seed(0)
+    u = torch.rand(8, dtype=torch.float64)
+    torch.testing.assert_close(t, (1000 * (1 - 1 / (torch.tan(math.pi * u / 2) + 1))).float())
