@@ -14,6 +14,8 @@ setup(
     extras_require={
         "plot": ["matplotlib>=3.5"],
         "test": ["pytest>=7", "hypothesis>=6", "vermin>=1.5", "matplotlib>=3.5"],
+        # ColossalAI pins torch <= 2.5.1 and pulls a large stack: keep it in an environment of its own.
+        "colossalai": ["colossalai>=0.4.1,<0.6"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -11,12 +11,11 @@ per-round ratios to the baseline.
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import warnings
 
 import torch
-from torch.utils.benchmark import Timer
-
+from benchutil import interleaved_medians
 from opensora_timeshift_patch import TimestepShift
 
 
@@ -37,11 +36,6 @@ def baseline():
         return "Open-Sora timestep_transform", timestep_transform
     except ImportError:
         return "stock 1.2 formula", stock_formula
-
-
-def seconds_per_call(fn, t, kw, calls):
-    timer = Timer("fn(t, kw, num_timesteps=1000)", globals=dict(fn=fn, t=t, kw=kw))
-    return timer.timeit(calls).mean
 
 
 def main() -> None:
@@ -70,14 +64,9 @@ def main() -> None:
         kw = {k: torch.full((batch,), v, device=device) for k, v in (("height", 720.0), ("width", 1280.0),
                                                                       ("num_frames", 51.0))}
         t = torch.rand(batch, device=device) * 1000
-        fns = {base_name: base_fn, **candidates}
-        for fn in fns.values():
-            fn(t, kw, num_timesteps=1000)  # warm up (and compile once)
-        rounds = [{name: seconds_per_call(fn, t, kw, args.calls) for name, fn in fns.items()}
-                  for _ in range(args.rounds)]
-        for name in fns:
-            cost = statistics.median(r[name] for r in rounds)
-            ratio = statistics.median(r[name] / r[base_name] for r in rounds)
+        fns = {name: functools.partial(fn, t, kw, num_timesteps=1000)
+               for name, fn in {base_name: base_fn, **candidates}.items()}
+        for name, (cost, ratio) in interleaved_medians(fns, base_name, args.rounds, args.calls).items():
             print(f"{batch:>6}  {name:<30} {cost * 1e6:>9.1f} {ratio:>11.2f}x")
 
 if __name__ == "__main__":
