@@ -87,7 +87,7 @@ def main():
         parallel_states.set_data_parallel_group(dp_group)
         parallel_states.set_sequence_parallel_group(sp_group)
 
-    model = TinyModel()
+    model = raw_model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     if args.colossalai:
         model, optimizer, *_ = Booster(plugin=TorchDDPPlugin()).boost(model, optimizer)
@@ -98,8 +98,7 @@ def main():
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    seen = (model.module if hasattr(model, "module") else model).seen
-    steps = [gather(t) for t in seen]
+    steps = [gather(t) for t in raw_model.seen]
 
     checkpoint = scheduler.state_dict()
     uninterrupted = scheduler.sample_timesteps(torch.randn(BATCH, 4, 5, 4, 4), meta)
