@@ -1,0 +1,3 @@
+# shift_mode="v13" for the stand-in run. Clips the rule sends to T_eff <= 0 (e.g. 8 frames under frames16) are shifted as T_eff = 1.
+_base_ = ["base.py"]
+scheduler = dict(shift_mode="v13", on_degenerate="clamp")

@@ -1,0 +1,173 @@
+"""Train the stand-in model under each timestep policy, on mixed-length and 16-frame data, and compare.
+
+    python scripts/compare_policies.py --out results/            # about 10 minutes on 2 CPU cores
+    python scripts/compare_policies.py --out results/ --quick    # under 2 minutes: a smoke test, not evidence
+
+Policies: ``legacy`` with ``on_degenerate="ignore"`` (stock Open-Sora 1.2), ``spatial``, ``frames16``, ``v13``,
+``latent`` and ``continuous`` (configs/tiny/<policy>.py). Datasets: ``mixed`` (8, 16, 17, 32 and 51 frames) and
+``16f`` (16 frames only). Every (policy, dataset) is trained from the same initial weights for each seed, with
+scripts/train_tiny.py's loop in this process, and evaluated with its held-out loss (lower is better), the
+Fréchet distance of sampled clips to held-out clips in random-conv features (lower is better; for scale, real vs
+real and real vs pure noise are reported too) and whether sampling produced non-finite values.
+
+Writes ``results.json`` (every run, and per policy and dataset the mean and standard deviation over seeds),
+``results.md`` (the table) and ``results.png`` (the figure) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from mmengine.config import Config
+
+from train_tiny import EVAL_SEED_OFFSET, train
+
+from opensora_timeshift_patch.standin import BouncingBlobs, RandomFeatures, features_by_length, frechet_distance
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES = ["legacy", "spatial", "frames16", "v13", "latent", "continuous"]
+DATASETS = {"mixed": [8, 16, 17, 32, 51], "16f": [16]}
+QUICK = {"train.steps": 40, "train.ckpt_every": 40, "evaluation.clips": 40, "model.width": 32,
+         "scheduler.num_sampling_steps": 8, "evaluation.loss_timesteps": 4}
+METRICS = ["heldout_loss", "fd", "t_zero_fraction", "nonfinite"]
+
+
+def reference_fd(frames: List[int], clips: int) -> Dict[str, float]:
+    """FD of held-out clips against other real clips and against noise: the scale of the metric."""
+    heldout = BouncingBlobs(frames, seed=EVAL_SEED_OFFSET)
+    other = BouncingBlobs(frames, seed=EVAL_SEED_OFFSET + 1)
+    real = [heldout.batch(range(clips), n)[0] for n in frames]
+    real2 = [other.batch(range(clips), n)[0] for n in frames]
+    noise = [torch.randn(x.shape, generator=torch.Generator().manual_seed(7)) for x in real]
+    net = RandomFeatures()
+    f_real = features_by_length(real, net)
+    return {"real_vs_real": frechet_distance(f_real, features_by_length(real2, net)),
+            "real_vs_noise": frechet_distance(f_real, features_by_length(noise, net))}
+
+
+def summarise(values: List[float]) -> Dict[str, Any]:
+    finite = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    if len(finite) < len(values):  # a non-finite run makes the mean meaningless: say so instead
+        return {"mean": None, "std": None, "nonfinite_runs": len(values) - len(finite)}
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def markdown(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, float]], seeds: int) -> str:
+    lines = [f"Mean ± standard deviation over {seeds} seeds. Held-out loss: flow-matching loss at uniformly spaced t "
+             "(lower is better). FD: Fréchet distance of sampled to held-out clips in random-conv features (lower is "
+             "better). t = 0: the fraction of training timesteps that were exactly 0.", ""]
+    lines.append("| dataset | policy | held-out loss | FD | t = 0 | non-finite samples |")
+    lines.append("|---|---|---|---|---|---|")
+    for key, s in summary.items():
+        dataset, policy = key.split("/")
+        cell = lambda m, d=3: ("non-finite" if s[m]["mean"] is None  # noqa: E731
+                               else f"{s[m]['mean']:.{d}f} ± {s[m]['std']:.{d}f}")
+        nonfinite = sum(s["nonfinite_runs"])
+        lines.append(f"| {dataset} | `{policy}` | {cell('heldout_loss')} | {cell('fd', 4)} | "
+                     f"{s['t_zero_fraction']['mean']:.2f} | {nonfinite}/{len(s['nonfinite_runs'])} runs |")
+    lines.append("")
+    for dataset, ref in reference.items():
+        lines.append(f"FD scale on `{dataset}`: real vs real {ref['real_vs_real']:.4f}, real vs noise "
+                     f"{ref['real_vs_noise']:.4f}.")
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.38
+    for ax, metric, title in ((axes[0], "heldout_loss", "held-out loss (uniform t)"),
+                              (axes[1], "fd", "FD of sampled clips (random features)")):
+        for j, dataset in enumerate(DATASETS):
+            xs, heights, errs, bad = [], [], [], []
+            for i, policy in enumerate(POLICIES):
+                s = summary.get(f"{dataset}/{policy}")
+                if s is None:
+                    continue
+                x = i + (j - 0.5) * width
+                if s[metric]["mean"] is None:
+                    bad.append(x)
+                    continue
+                xs.append(x)
+                heights.append(s[metric]["mean"])
+                errs.append(s[metric]["std"])
+            ax.bar(xs, heights, width, yerr=errs, capsize=3, label=dataset)
+            for x in bad:
+                ax.annotate("non-finite", (x, 0), rotation=90, ha="center", va="bottom", fontsize=8, color="crimson")
+        if metric == "fd":
+            for dataset, ref in reference.items():
+                ax.axhline(ref["real_vs_noise"], ls=":", lw=1, color="grey")
+            ax.text(len(POLICIES) - 0.5, max(r["real_vs_noise"] for r in reference.values()), "pure noise",
+                    ha="right", va="bottom", fontsize=8, color="grey")
+        ax.set_xticks(range(len(POLICIES)))
+        ax.set_xticklabels(POLICIES)
+        ax.set_title(title)
+        ax.legend(title="dataset")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="directory for results.json, results.md, results.png")
+    parser.add_argument("--seeds", type=int, default=2, help="training seeds per policy and dataset (default 2)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (under 2 minutes), for CI")
+    parser.add_argument("--policies", nargs="+", choices=POLICIES, default=POLICIES)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    runs, started = [], time.time()
+    total = len(DATASETS) * len(args.policies) * args.seeds
+    for dataset, frames in DATASETS.items():
+        for policy in args.policies:
+            for seed in range(args.seeds):
+                cfg = Config.fromfile(str(ROOT / "configs" / "tiny" / f"{policy}.py"))
+                cfg.merge_from_dict({"seed": seed, "dataset.frames": frames, "dataset.seed": seed,
+                                     **(QUICK if args.quick else {})})
+                work_dir = out / "runs" / f"{dataset}_{policy}_seed{seed}"
+                result = train(cfg, str(work_dir), progress=False)
+                runs.append(dict(dataset=dataset, policy=policy, seed=seed, **result))
+                print(f"[{len(runs)}/{total}, {time.time() - started:.0f}s] {dataset:<5} {policy:<10} seed {seed}: "
+                      f"held-out loss {result['heldout_loss']:.4f}, FD {result['fd']:.4f}, "
+                      f"t = 0 for {result['t_zero_fraction']:.0%}, non-finite samples: {result['nonfinite']}",
+                      flush=True)
+
+    summary = {}
+    for dataset in DATASETS:
+        for policy in args.policies:
+            mine = [r for r in runs if r["dataset"] == dataset and r["policy"] == policy]
+            summary[f"{dataset}/{policy}"] = {
+                "heldout_loss": summarise([r["heldout_loss"] for r in mine]),
+                "fd": summarise([r["fd"] for r in mine]),
+                "t_zero_fraction": summarise([r["t_zero_fraction"] for r in mine]),
+                "nonfinite_runs": [r["nonfinite"] for r in mine],
+            }
+    clips = (QUICK if args.quick else {}).get("evaluation.clips", Config.fromfile(str(ROOT / "configs" / "tiny" / "base.py")).evaluation.clips)
+    reference = {dataset: reference_fd(frames, max(1, clips // len(frames))) for dataset, frames in DATASETS.items()}
+    (out / "results.json").write_text(json.dumps(
+        dict(quick=args.quick, seeds=args.seeds, seconds=time.time() - started, reference_fd=reference,
+             summary=summary, runs=runs), indent=1, default=lambda v: None))
+    (out / "results.md").write_text(markdown(summary, reference, args.seeds))
+    figure(summary, reference, out / "results.png")
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'} in {time.time() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
