@@ -10,27 +10,17 @@ A new mode is one decorated function; its keyword parameters become the policy's
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-PolicyFn = Callable[..., Tensor]
-_POLICIES: Dict[str, PolicyFn] = {}
+from ._functions import FunctionRegistry
 
-
-def register_policy(name: str) -> Callable[[PolicyFn], PolicyFn]:
-    """Register ``fn(num_frames: Tensor, **params) -> T_eff`` under ``name``."""
-
-    def wrap(fn: PolicyFn) -> PolicyFn:
-        if name in _POLICIES:
-            raise KeyError(f"shift_mode {name!r} is already registered ({_POLICIES[name].__qualname__})")
-        _POLICIES[name] = fn
-        return fn
-
-    return wrap
+POLICIES = FunctionRegistry("shift_mode", "policy")
+register_policy = POLICIES.register
+"""Decorator registering ``fn(num_frames: Tensor, **params) -> T_eff`` as a ``shift_mode``."""
 
 
 def _floordiv(n: Tensor, d: int) -> Tensor:
@@ -95,24 +85,12 @@ def spatial(n: Tensor) -> Tensor:
     return torch.ones_like(n)
 
 
-SHIFT_MODES: Tuple[str, ...] = tuple(_POLICIES)
+SHIFT_MODES: Tuple[str, ...] = tuple(POLICIES)
 """Names of the built-in temporal-size policies, the valid values of ``shift_mode``."""
 
 
-def get_policy(shift_mode: str) -> PolicyFn:
-    """Look up a policy by name, with the valid names in the error."""
-    try:
-        return _POLICIES[shift_mode]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"shift_mode={shift_mode!r} is not a known policy; use one of {', '.join(map(repr, _POLICIES))}"
-        ) from None
-
-
-def policy_params(shift_mode: str) -> Dict[str, object]:
-    """The keyword parameters of a policy with their defaults."""
-    sig = inspect.signature(get_policy(shift_mode))
-    return {k: p.default for k, p in list(sig.parameters.items())[1:]}
+get_policy = POLICIES.get
+policy_params = POLICIES.params
 
 
 def check_policy_params(shift_mode: str, params: Dict[str, object]) -> None:

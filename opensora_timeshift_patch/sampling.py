@@ -9,28 +9,19 @@ redraws exactly what it drew before.
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-InverseCDF = Callable[..., Tensor]
-_DISTRIBUTIONS: Dict[str, InverseCDF] = {}
+from ._functions import FunctionRegistry
 
-
-def register_distribution(name: str) -> Callable[[InverseCDF], InverseCDF]:
-    """Register an increasing ``F^-1(u: Tensor, **params) -> t`` mapping (0, 1) into [0, 1] under ``name``."""
-
-    def wrap(fn: InverseCDF) -> InverseCDF:
-        if name in _DISTRIBUTIONS:
-            raise KeyError(f"sample_method {name!r} is already registered")
-        _DISTRIBUTIONS[name] = fn
-        return fn
-
-    return wrap
+DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution")
+register_distribution = DISTRIBUTIONS.register
+"""Decorator registering an increasing ``F^-1(u: Tensor, **params) -> t``, mapping (0, 1) into [0, 1], as a
+``sample_method``."""
 
 
 @register_distribution("uniform")
@@ -61,25 +52,13 @@ def cosmap(u: Tensor) -> Tensor:
     return 1 - 1 / (torch.tan(math.pi / 2 * u) + 1)
 
 
-SAMPLE_METHODS: Tuple[str, ...] = tuple(_DISTRIBUTIONS)
+SAMPLE_METHODS: Tuple[str, ...] = tuple(DISTRIBUTIONS)
 """Names of the built-in timestep distributions, the valid values of ``sample_method``."""
 
 T_RANGE_MODES = ("truncate", "rescale")
 
 
-def _distribution(name: str) -> InverseCDF:
-    try:
-        return _DISTRIBUTIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"sample_method={name!r} is not a known distribution; use one of {', '.join(map(repr, _DISTRIBUTIONS))}"
-        ) from None
-
-
-def distribution_params(name: str) -> Dict[str, Any]:
-    """The keyword parameters of a distribution with their defaults."""
-    sig = inspect.signature(_distribution(name))
-    return {k: p.default for k, p in list(sig.parameters.items())[1:]}
+distribution_params = DISTRIBUTIONS.params
 
 
 class TimestepDistribution:
@@ -118,7 +97,7 @@ class TimestepDistribution:
         self.params = dict(params)
         self.t_range = None if t_range is None else (float(t_min), float(t_max))
         self.t_range_mode = t_range_mode
-        self._inverse_cdf = _distribution(sample_method)
+        self._inverse_cdf = DISTRIBUTIONS.get(sample_method)
         self._u_range = None
         if self.t_range is not None and t_range_mode == "truncate":
             self._u_range = tuple(self._cdf(t) for t in self.t_range)

@@ -46,11 +46,13 @@ class BouncingBlobs:
         self.nominal_resolution = nominal_resolution
         self.fps = fps
 
-    def clip(self, index: int, num_frames: int) -> Tensor:
-        """One clip, ``(num_frames, 32, 32)`` in [0, 1]."""
+    WALL = 3.0  # blob centres move in [WALL, 32 - WALL]
+
+    def trajectory(self, index: int, num_frames: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Blob centres ``(frames, blobs, 2)``, velocities ``(blobs, 2)`` in pixels per frame, radii ``(blobs, 1)``."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         blobs = int(torch.randint(1, 3, (1,), generator=g))
-        lo, hi = 3.0, FRAME_SIZE - 3.0
+        lo, hi = self.WALL, FRAME_SIZE - self.WALL
         p0 = lo + (hi - lo) * torch.rand(blobs, 2, generator=g)
         v = (torch.rand(blobs, 2, generator=g) * 2 - 1) * 1.5
         radius = 2.0 + 1.5 * torch.rand(blobs, 1, generator=g)
@@ -58,7 +60,12 @@ class BouncingBlobs:
         # constant velocity, reflected at the walls: a triangle wave of period 2 (hi - lo)
         span = hi - lo
         pos = torch.remainder(p0 - lo + v * k, 2 * span)
-        pos = lo + torch.where(pos > span, 2 * span - pos, pos)  # (frames, blobs, 2)
+        return lo + torch.where(pos > span, 2 * span - pos, pos), v, radius
+
+    def clip(self, index: int, num_frames: int) -> Tensor:
+        """One clip, ``(num_frames, 32, 32)`` in [0, 1]."""
+        pos, _, radius = self.trajectory(index, num_frames)
+        blobs = pos.shape[1]
         grid = torch.arange(FRAME_SIZE, dtype=torch.float32) + 0.5
         dy = grid.view(1, 1, -1, 1) - pos[..., 0].view(num_frames, blobs, 1, 1)
         dx = grid.view(1, 1, 1, -1) - pos[..., 1].view(num_frames, blobs, 1, 1)
