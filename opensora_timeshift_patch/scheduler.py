@@ -226,7 +226,7 @@ class RFlowTimeShift:
             if self.uniform_over_threshold is not None:
                 resample_u = counter_uniform(self.timestep_seed, step, index, lane=2)
             t = self._from_uniform(u)
-        elif self.use_discrete_timesteps:
+        elif self._stock_draw and self.use_discrete_timesteps:
             t = torch.randint(0, self.num_timesteps, (n,), device=device)
         elif self._stock_draw and self.sample_method == "uniform":
             t = torch.rand((n,), device=device) * self.num_timesteps

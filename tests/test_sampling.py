@@ -222,6 +222,13 @@ def test_per_sample_scheduler_counts_steps_and_resumes():
     assert torch.equal(resumed.sample_timesteps(x, kw), first[2])
 
 
+def test_discrete_timesteps_respect_the_range_under_the_global_rng():
+    x, kw = torch.zeros(256, 4, 5, 2, 2), meta(256, 256, [17] * 256)
+    t = RFlowTimeShift(use_discrete_timesteps=True, use_timestep_transform=False, t_range=(0.5, 1.0),
+                       t_range_mode="rescale").sample_timesteps(x, kw)
+    assert t.dtype == torch.int64 and t.min() >= 500 and t.max() <= 999 and t.float().std() > 100
+
+
 def test_per_sample_discrete_and_threshold():
     x, kw = torch.zeros(64, 4, 5, 2, 2), meta(256, 256, [17] * 64)
     t = RFlowTimeShift(timestep_rng="per_sample", use_discrete_timesteps=True,
