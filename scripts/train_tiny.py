@@ -78,7 +78,7 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None, progress: bo
     if resume == "auto":
         resume = latest_checkpoint(work_dir)
     if resume:
-        state = torch.load(resume, map_location=device)
+        state = torch.load(resume, map_location=device, weights_only=True)  # tensors and numbers only
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -34,8 +34,8 @@ def test_trains_checkpoints_resumes_exactly_and_evaluates(tmp_path):
     torchrun(tmp_path / "resumed", 5)
     resumed = torchrun(tmp_path / "resumed", 10, "--resume", "auto")
     assert resumed["resumed_from"] == 5
-    a = torch.load(tmp_path / "straight" / "ckpt_step10.pt")
-    b = torch.load(tmp_path / "resumed" / "ckpt_step10.pt")
+    a = torch.load(tmp_path / "straight" / "ckpt_step10.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "ckpt_step10.pt", weights_only=True)
     assert a["scheduler"] == b["scheduler"] == {"step": 10, "timestep_seed": 0}
     for key, value in a["model"].items():  # the resumed run continued bit for bit
         assert torch.equal(value, b["model"][key]), key
