@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 import opensora_timeshift_patch as ots
-from opensora_timeshift_patch.testing import StubModel, batch_meta, latent_shape, run_sampling, run_training
+from opensora_timeshift_patch.testing import batch_meta, latent_shape, run_sampling, run_training
 
 FRAMES = [1, 8, 16, 17, 24, 32, 51, 68, 102, 113, 204]
 

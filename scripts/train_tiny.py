@@ -45,7 +45,8 @@ def set_up_distributed() -> tuple:
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
     rank = dist.get_rank()
     device = torch.device("cpu")
     if backend == "nccl":
@@ -61,8 +62,7 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
 
 def train(cfg: Config, work_dir: str, resume: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
     """Train as configured and return the evaluation; usable in-process (one rank) or under torchrun."""
-    rank, world, device = set_up_distributed() if not (dist.is_available() and dist.is_initialized()) else (
-        dist.get_rank(), dist.get_world_size(), torch.device("cpu"))
+    rank, world, device = set_up_distributed()
     os.makedirs(work_dir, exist_ok=True)
     data = BouncingBlobs(cfg.dataset.frames, seed=cfg.dataset.seed,
                          nominal_resolution=tuple(cfg.dataset.nominal_resolution))

@@ -1,7 +1,6 @@
 """rflow-timeshift without Open-Sora: registry, configs, training and sampling."""
 
 import math
-import os
 from pathlib import Path
 
 import pytest
