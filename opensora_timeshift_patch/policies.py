@@ -11,7 +11,7 @@ A new mode is one decorated function; its keyword parameters become the policy's
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -89,8 +89,14 @@ SHIFT_MODES: Tuple[str, ...] = tuple(POLICIES)
 """Names of the built-in temporal-size policies, the valid values of ``shift_mode``."""
 
 
-get_policy = POLICIES.get
-policy_params = POLICIES.params
+def get_policy(shift_mode: str) -> Callable[..., Tensor]:
+    """The policy for ``shift_mode``, or a ``ValueError`` listing the valid names."""
+    return POLICIES.get(shift_mode)  # a call, not a bound-method alias: torch 2.2's dynamo traces only the former
+
+
+def policy_params(shift_mode: str) -> Dict[str, object]:
+    """The keyword parameters of a policy with their defaults."""
+    return POLICIES.params(shift_mode)
 
 
 def check_policy_params(shift_mode: str, params: Dict[str, object]) -> None:

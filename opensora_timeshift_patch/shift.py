@@ -12,11 +12,10 @@ the dtype of the meta tensors, per sample, and without host syncs except the one
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import warnings
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -345,11 +344,8 @@ def _as(value: Any, dtype: torch.dtype, device: Optional[torch.device]) -> Tenso
     return torch.as_tensor(value, device=device).to(dtype)
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if hasattr(compiler, "is_compiling"):  # torch >= 2.3
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()
+# Resolved once here: torch 2.2's dynamo cannot trace a hasattr on a module. torch.compiler.is_compiling is 2.3+.
+_is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def _num(x: float) -> str:
@@ -367,9 +363,16 @@ def _ranges(values: Tuple[int, ...]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
-@functools.lru_cache(maxsize=64)
+_SHIFTS: Dict[Tuple[Tuple[str, Any], ...], TimestepShift] = {}  # one configured shift per setting
+
+
 def _cached_shift(settings: Tuple[Tuple[str, Any], ...]) -> TimestepShift:
-    return TimestepShift(**dict(settings))
+    shift = _SHIFTS.get(settings)
+    if shift is None:
+        shift = TimestepShift(**dict(settings))
+        if not _is_compiling():
+            _SHIFTS[settings] = shift
+    return shift
 
 
 def timestep_transform(
@@ -401,8 +404,7 @@ def timestep_transform(
         shift_mode, policy_params = "spatial", {k: v for k, v in policy_params.items() if k not in own}
     settings = dict(shift_mode=shift_mode, on_degenerate=on_degenerate, base_resolution=base_resolution,
                     base_num_frames=base_num_frames, scale=scale, scale_images=scale_images, **policy_params)
-    if _is_compiling():  # traced into the graph once; the cache is for eager calls, one object per setting
-        shift = TimestepShift(**settings)
-    else:
-        shift = _cached_shift(tuple(sorted(settings.items())))
+    # A plain dict, so torch.compile reads a shift built by an earlier eager call as a constant: older dynamo
+    # (torch 2.2) cannot trace the construction itself.
+    shift = _cached_shift(tuple(sorted(settings.items())))
     return shift(t, model_kwargs, num_timesteps, latent_frames, uniform_over_threshold, ret_ratio)

@@ -19,4 +19,4 @@ def _fresh_warnings():
     from opensora_timeshift_patch import shift
 
     shift._CLAMP_WARNED.clear()
-    shift._cached_shift.cache_clear()
+    shift._SHIFTS.clear()
