@@ -324,23 +324,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     total = sum(buckets.values())
     headers = ["resolution", "frames", "clips", "current"] + [f"{m}" for m in SHIFT_MODES]
-    rows, collapsed, refused = [], 0, 0
+    rows, collapsed, refused, degenerate = [], 0, 0, set()
     for (h, w, n), count in sorted(buckets.items()):
         n_t = torch.tensor([float(n)])
         cells = []
         for m in SHIFT_MODES:
             t = temporal_size(n_t, m).item()
             cells.append(f"{t:.2f}" if m == "continuous" else f"{int(t)}" + ("!" if t <= 0 else ""))
-        if mode is None:
-            status = "no shift"
-        elif temporal_size(n_t, mode).item() > 0:
-            status = "ok"
-        elif guard == "ignore":
-            status, collapsed = "t = 0 !", collapsed + count
-        elif guard == "error":
-            status, refused = "refused", refused + count
-        else:
-            status = "clamped"
+        status = "no shift" if mode is None else "ok"
+        if mode is not None and temporal_size(n_t, mode).item() <= 0:
+            degenerate.add(n)
+            if guard == "ignore":
+                status, collapsed = "t = 0 !", collapsed + count
+            elif guard == "error":
+                status, refused = "refused", refused + count
+            else:
+                status = "clamped"
         rows.append([f"{h}x{w}", n, count if args.csv is not None else "-", status] + cells)
 
     print(f"current scheduler: {description}")
@@ -356,15 +355,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for example in examples:
             print(f"  {example}")
 
-    degenerate = [n for (_, _, n) in buckets if temporal_size(torch.tensor([float(n)]), mode or "spatial").item() <= 0]
     if collapsed or (args.csv is None and degenerate and guard == "ignore"):
-        what = f"{collapsed} clips" if args.csv is not None else f"buckets with {sorted(set(degenerate))} frames"
+        what = f"{collapsed} clips" if args.csv is not None else f"buckets with {sorted(degenerate)} frames"
         print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler. "
               "Recommendation: scheduler = dict(type='rflow-timeshift', shift_mode='latent'), which matches the "
               "VAE's latent length and equals the stock rule on 17k-frame clips.")
         return 1
     if refused or (args.csv is None and degenerate and guard == "error"):
-        print(f"\nFAIL: the guard would stop training at the first batch with {sorted(set(degenerate))} frames "
+        print(f"\nFAIL: the guard would stop training at the first batch with {sorted(degenerate)} frames "
               f"(shift_mode {mode!r} gives T_eff <= 0). Recommendation: shift_mode='latent'.")
         return 1
     print("\nOK: no clip would train at t = 0." + (" Clamped clips train as T_eff = 1; shift_mode='latent' needs no "

@@ -16,7 +16,7 @@ from .policies import policy_params
 from .rflow import StandaloneRFlow, sampling_grid
 from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
                        stratified_uniform)
-from .shift import TimestepShift
+from .shift import TimestepShift, check_int
 
 BACKENDS = ("auto", "opensora", "standalone")
 TIMESTEP_RNGS = ("global", "per_sample")
@@ -128,12 +128,10 @@ class RFlowTimeShift:
         backend: str = "auto",
         **kwargs: Any,
     ) -> None:
-        for name, value in (("num_timesteps", num_timesteps), ("num_sampling_steps", num_sampling_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
-        for name, value in (("timestep_seed", timestep_seed), ("timestep_start_step", timestep_start_step)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an int >= 0")
+        check_int("num_timesteps", num_timesteps)
+        check_int("num_sampling_steps", num_sampling_steps)
+        check_int("timestep_seed", timestep_seed, minimum=0)
+        check_int("timestep_start_step", timestep_start_step, minimum=0)
         if use_discrete_timesteps and sample_method != "uniform":
             raise ValueError(f"use_discrete_timesteps=True needs sample_method='uniform', got {sample_method!r}")
         if uniform_over_threshold is not None and not 0 <= uniform_over_threshold < 1:

@@ -60,6 +60,12 @@ def _one_of(name: str, value: Any, valid: Tuple[str, ...]) -> str:
     return value
 
 
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Reject anything but an int (bools included) below ``minimum``, naming the parameter."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be " + ("a positive int" if minimum == 1 else f"an int >= {minimum}"))
+
+
 def _positive(name: str, value: Any, hint: str = "") -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok:
@@ -143,9 +149,8 @@ class TimestepShift:
         if not max_seq_len > base_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len!r} must exceed base_seq_len={base_seq_len!r}")
         self.base_seq_len, self.max_seq_len = base_seq_len, max_seq_len
-        for name, value in (("patch_size", patch_size), ("spatial_compression", spatial_compression)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive int")
+        check_int("patch_size", patch_size)
+        check_int("spatial_compression", spatial_compression)
         self.patch_size, self.spatial_compression = patch_size, spatial_compression
         self.shift_mode = shift_mode
         self.on_degenerate = on_degenerate
