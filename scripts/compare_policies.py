@@ -10,8 +10,9 @@ scripts/train_tiny.py's loop in this process, and evaluated with its held-out lo
 Fréchet distance of sampled clips to held-out clips in random-conv features (lower is better; for scale, real vs
 real and real vs pure noise are reported too) and whether sampling produced non-finite values.
 
-Writes ``results.json`` (every run, and per policy and dataset the mean and standard deviation over seeds),
-``results.md`` (the table) and ``results.png`` (the figure) into ``--out``.
+Writes ``results.json`` (every run, and per policy and dataset the mean and standard deviation over seeds; strict
+JSON, with ``null`` where a number is not finite, e.g. the FD of a run whose samples blew up), ``results.md`` (the
+table) and ``results.png`` (the figure) into ``--out``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from mmengine.config import Config
@@ -53,11 +54,36 @@ def reference_fd(frames: List[int], clips: int) -> Dict[str, float]:
             "real_vs_noise": frechet_distance(f_real, features_by_length(noise, net))}
 
 
-def summarise(values: List[float]) -> Dict[str, Any]:
-    finite = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+def summarise(values: List[Optional[float]]) -> Dict[str, Any]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]  # None: a non-finite value read back
     if len(finite) < len(values):  # a non-finite run makes the mean meaningless: say so instead
         return {"mean": None, "std": None, "nonfinite_runs": len(values) - len(finite)}
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def results_json(results: Dict[str, Any]) -> str:
+    """Strict JSON for ``results``: non-finite floats become ``null``.
+
+    ``allow_nan=False`` and no ``default`` hook: anything left that JSON cannot represent raises instead of
+    being written as a bare ``NaN`` or silently as ``null``.
+    """
+    return json.dumps(finite_or_none(results), indent=1, allow_nan=False)
+
+
+def number(value: Optional[float], digits: int) -> str:
+    """A table number; None (a non-finite value, or one read back from results.json as null) says so."""
+    return "non-finite" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def markdown(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, float]], seeds: int) -> str:
@@ -72,11 +98,11 @@ def markdown(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, 
                                else f"{s[m]['mean']:.{d}f} ± {s[m]['std']:.{d}f}")
         nonfinite = sum(s["nonfinite_runs"])
         lines.append(f"| {dataset} | `{policy}` | {cell('heldout_loss')} | {cell('fd', 4)} | "
-                     f"{s['t_zero_fraction']['mean']:.2f} | {nonfinite}/{len(s['nonfinite_runs'])} runs |")
+                     f"{number(s['t_zero_fraction']['mean'], 2)} | {nonfinite}/{len(s['nonfinite_runs'])} runs |")
     lines.append("")
     for dataset, ref in reference.items():
-        lines.append(f"FD scale on `{dataset}`: real vs real {ref['real_vs_real']:.4f}, real vs noise "
-                     f"{ref['real_vs_noise']:.4f}.")
+        lines.append(f"FD scale on `{dataset}`: real vs real {number(ref['real_vs_real'], 4)}, real vs noise "
+                     f"{number(ref['real_vs_noise'], 4)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -109,6 +135,8 @@ def figure(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, fl
                         color="crimson")
         if metric == "fd":
             for dataset, ref in reference.items():
+                if ref["real_vs_noise"] is None:  # non-finite, written as null: no line to draw
+                    continue
                 ax.axhline(ref["real_vs_noise"], ls=":", lw=1, color="grey")
                 ax.text(len(POLICIES) - 0.5, ref["real_vs_noise"], f"pure noise ({dataset})", ha="right",
                         va="bottom", fontsize=8, color="grey")
@@ -172,9 +200,9 @@ def main() -> int:
             }
     clips = (QUICK if args.quick else {}).get("evaluation.clips", Config.fromfile(str(ROOT / "configs" / "tiny" / "base.py")).evaluation.clips)
     reference = {dataset: reference_fd(frames, max(1, clips // len(frames))) for dataset, frames in DATASETS.items()}
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_text(results_json(
         dict(quick=args.quick, seeds=args.seeds, seconds=time.time() - started, reference_fd=reference,
-             summary=summary, runs=runs), indent=1, default=lambda v: None))
+             summary=summary, runs=runs)))
     (out / "results.md").write_text(markdown(summary, reference, args.seeds))
     figure(summary, reference, out / "results.png")
     print((out / "results.md").read_text())
