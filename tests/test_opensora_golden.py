@@ -3,10 +3,12 @@
 ``tests/data/opensora_golden.json`` is the output of ``scripts/check_against_opensora.py --json`` run with each
 Open-Sora branch importable (torch 2.5.1): stock ``rflow``'s training timesteps and losses and its sampling
 schedules, from fixed seeds on the stub model of ``opensora_timeshift_patch.testing``. Reproducing them here
-shows the policy and the rectified-flow conventions match stock without Open-Sora installed.
+shows the policy and the rectified-flow conventions match stock without Open-Sora installed. The ``frames16``
+policy, which stock has no counterpart for, is checked against its formula on the same RNG draws instead.
 """
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,8 +57,46 @@ def test_stock_1_2_collapse_on_sixteen_frames_is_legacy_with_ignore():
     got = [s[0].item() for s in steps]
     assert str(got) == str(stock["stock_sampling_t"])  # [nan, 0.0, ...]: NaN != NaN, so compare the text
     assert not bool(z.isfinite().all())
-    fixed, _ = run_training(ots.RFlowTimeShift(shift_mode="frames16"), x, batch_meta(4, 256, 256, 16), seed=0)
-    assert fixed.tolist() == stock["frames16_training_t"]
+
+
+def stock_draws(sample_method, batch, seed):
+    """The unshifted t / 1000 that Open-Sora 1.2's ``rflow`` draws from ``torch.manual_seed(seed)``, as floats.
+
+    ``uniform``: ``torch.rand((B,)) * num_timesteps``. ``logit-normal``: ``LogisticNormal(0, 1).sample((B,))[:, 0]
+    * num_timesteps``; with one logit, the stick-breaking transform is the logistic sigmoid of a ``randn`` draw.
+    """
+    torch.manual_seed(seed)
+    if sample_method == "uniform":
+        return torch.rand(batch).tolist()
+    return [1 / (1 + math.exp(-z)) for z in torch.randn(batch, 1)[:, 0].tolist()]
+
+
+# (height, width, num_frames). The first is the 16-frame case stock 1.2 collapses on (its a is exactly 1, so the
+# shifted t are the draws themselves); the others move a away from 1, and 32 and 51 frames tell frames16's T_eff
+# (8 and 12) apart from latent's (9 and 15) and legacy's (5 and 15).
+FRAMES16_CASES = [(256, 256, 16), (512, 512, 16), (720, 1280, 16), (720, 1280, 32), (480, 854, 51)]
+
+
+@pytest.mark.parametrize("sample_method", ["uniform", "logit-normal"])
+@pytest.mark.parametrize("height, width, num_frames", FRAMES16_CASES)
+def test_frames16_training_timesteps_follow_the_formula(height, width, num_frames, sample_method):
+    """frames16's training timesteps, derived by hand from the shift formula on the stock RNG draws."""
+    batch, seed = 4, 0
+    t_eff = num_frames // 16 * 4  # the maintainers' fix for 16-frame data (Open-Sora issue #601)
+    a = math.sqrt(height * width / 512**2) * math.sqrt(t_eff)
+    expected = [a * u / (1 + (a - 1) * u) * 1000 for u in stock_draws(sample_method, batch, seed)]
+    assert all(0 < t < 1000 for t in expected)  # real noise levels (stock 1.2 trains 16-frame clips at t = 0)
+
+    x = torch.randn(*latent_shape(batch, num_frames), generator=torch.Generator().manual_seed(3))
+    scheduler = ots.RFlowTimeShift(shift_mode="frames16", sample_method=sample_method)
+    t, _ = run_training(scheduler, x, batch_meta(batch, height, width, num_frames), seed=seed)
+    assert t.dtype == torch.float32
+    # The expectation is float64 arithmetic; the scheduler computes in float32 as Open-Sora does (the sigmoid of
+    # the logit-normal draw, times 1000, over 1000, the factor a, the shift's multiply, add and divide, times 1000),
+    # each step rounding by up to half a float32 ulp. That stays under one float32 epsilon relative here; 4 leave
+    # room. T_eff off by one moves t by over 10^5 epsilons, so this is as discriminating as an exact comparison.
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(t.double(), torch.tensor(expected, dtype=torch.float64), rtol=4 * eps, atol=0)
 
 
 def test_stock_1_3_on_sixteen_frames_is_v13():
