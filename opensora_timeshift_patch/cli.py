@@ -1,17 +1,29 @@
-"""``opensora-timeshift``: see, audit and configure the timestep shift before spending GPU time."""
+"""``opensora-timeshift``: see, audit and configure the timestep shift before spending GPU time.
+
+Exit status is a contract a launch script may read: 0 done; 1 only for ``audit`` finding clips that would
+collapse to t = 0 or be refused by the guard; 2 for bad input or usage (one line on stderr); 3 for an internal
+error (its traceback on stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import csv
 import json
+import keyword
 import math
 import os
+import re
+import reprlib
 import sys
+import tempfile
+import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,55 +41,135 @@ RESOLUTION_NAMES = {
     "1080p": (1080, 1920), "256": (256, 256), "512": (512, 512), "1024": (1024, 1024), "2048": (2048, 2048),
 }
 CSV_COLUMNS = ("num_frames", "height", "width")
+CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # what mmengine's Config.fromfile reads
+# Bounds far beyond any real video, so that a typo fails fast instead of allocating or plotting for minutes.
+MAX_FRAMES = 100_000
+MAX_SIDE = 100_000
+MAX_SAMPLES = 10_000_000
+MAX_DPI = 1000
+# Bare words that look like a literal in another language: taking them as strings would silently invert a flag.
+AMBIGUOUS_WORDS = {"true", "false", "none", "null", "nan", "inf", "infinity"}
+BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*", re.ASCII)
+# A number as pandas parses it; Python's float() also takes "1_000", "nan" and non-ASCII digits, pandas does not.
+CSV_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
+
+EXIT_STATUS = """exit status:
+  0  done{audit}
+  2  bad input or usage: one line on stderr, nothing written
+  3  internal error: a traceback on stderr (a bug: please report it)"""
+AUDIT_EXIT_STATUS = EXIT_STATUS.format(audit=": no clip would train at t = 0\n"
+                                       "  1  some clip would train with every timestep at t = 0, or be refused by "
+                                       "the guard")
+PLAIN_EXIT_STATUS = EXIT_STATUS.format(audit="")
 
 
 class UsageError(Exception):
     """Bad input from the command line or a file: reported in one line, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose own errors are one line on stderr, exit status 2, like every other input error here."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: Any) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def short(value: Any) -> str:
+    """repr of a user's value, cut to a readable length for an error message."""
+    return reprlib.repr(value)
+
+
 # --- shared helpers ----------------------------------------------------------------------------------------
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: a whole number in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
 
 def parse_resolution(text: str) -> Tuple[int, int]:
     """``"720x1280"`` (height x width) or an Open-Sora bucket name such as ``"720p"``."""
     if text in RESOLUTION_NAMES:
         return RESOLUTION_NAMES[text]
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
+    match = re.fullmatch(r"(\d+)[xX](\d+)", text, re.ASCII)
+    if not match:
         raise argparse.ArgumentTypeError(
-            f"resolution {text!r} is not HxW (e.g. 720x1280) or one of {', '.join(RESOLUTION_NAMES)}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"resolution {text!r} must have a positive height and width")
+            f"resolution {text!r} is not HxW (e.g. 720x1280) or one of {', '.join(RESOLUTION_NAMES)}")
+    h, w = int(match[1]), int(match[2])
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"resolution {text!r} must have a height and width from 1 to {MAX_SIDE}")
     return h, w
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
 def add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=positive_int, nargs="+", default=DEFAULT_FRAMES, metavar="N",
-                   help=f"pixel frame counts (default: {' '.join(map(str, DEFAULT_FRAMES))})")
+    p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N",
+                   help=f"pixel frame counts, 1 to {MAX_FRAMES} (default: {' '.join(map(str, DEFAULT_FRAMES))})")
     p.add_argument("--resolution", type=parse_resolution, nargs="+", metavar="HxW",
                    default=[parse_resolution(r) for r in DEFAULT_RESOLUTIONS],
-                   help=f"resolutions as HxW or Open-Sora bucket names (default: {' '.join(DEFAULT_RESOLUTIONS)})")
+                   help=f"resolutions as HxW (sides 1 to {MAX_SIDE}) or Open-Sora bucket names "
+                        f"(default: {' '.join(DEFAULT_RESOLUTIONS)})")
     p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES),
                    help="shift modes (default: all)")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal",
                    help="base distribution of t (default: logit-normal, as Open-Sora's training configs)")
-    p.add_argument("--loc", type=float, default=0.0, help="logit-normal loc (default 0)")
-    p.add_argument("--scale", type=float, default=1.0, help="logit-normal scale (default 1)")
+    p.add_argument("--loc", type=finite_float, default=0.0, help="logit-normal loc (default 0)")
+    p.add_argument("--scale", type=finite_float, default=1.0, help="logit-normal scale, > 0 (default 1)")
 
 
 def distribution_of(args: argparse.Namespace) -> TimestepDistribution:
     params = dict(loc=args.loc, scale=args.scale) if args.sample_method == "logit-normal" else {}
-    return TimestepDistribution(args.sample_method, **params)
+    try:
+        return TimestepDistribution(args.sample_method, **params)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from err
+
+
+def input_file(path: str, what: str) -> str:
+    """``path`` if it names a regular file; a named error for a missing path, a directory, a FIFO or a device."""
+    if not os.path.exists(path):
+        raise UsageError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path!r} is a directory, not a file")
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path!r} is not a regular file")
+    return path
+
+
+def load_config(path: str, what: str) -> Any:
+    """The mmengine ``Config`` of ``path``, or a UsageError saying why it does not load."""
+    input_file(path, what)
+    if os.path.splitext(path)[1] not in CONFIG_SUFFIXES:
+        raise UsageError(f"{what} {path!r}: mmengine reads only {', '.join(CONFIG_SUFFIXES)} configs")
+    from mmengine.config import Config
+
+    try:
+        return Config.fromfile(path)
+    # A config is a program: whatever it raises (even SystemExit, which would pass for a verdict) is its fault.
+    except (Exception, SystemExit) as err:
+        raise UsageError(f"{what} {path!r} does not load: {type(err).__name__}: {err}") from err
 
 
 def bucket_row(mode: str, hw: Tuple[int, int], frames: int, distribution: TimestepDistribution) -> Dict[str, Any]:
@@ -90,12 +182,12 @@ def bucket_row(mode: str, hw: Tuple[int, int], frames: int, distribution: Timest
                                                                               (*hw, frames))}
     t_eff = temporal_size(meta["num_frames"], mode).item()
     q = distribution(torch.tensor(QUANTILES, dtype=torch.float64))
-    shifted, ratio = TimestepShift(mode, "ignore")(q * 1000, {k: v.expand(3) for k, v in meta.items()},
-                                                   num_timesteps=1000, ret_ratio=True)
+    batch = {k: v.expand(len(QUANTILES)) for k, v in meta.items()}
+    shifted, ratio = TimestepShift(mode, "ignore")(q * 1000, batch, num_timesteps=1000, ret_ratio=True)
     row = dict(mode=mode, height=hw[0], width=hw[1], frames=frames, t_eff=t_eff, shift_factor=ratio[0].item(),
                p5=shifted[0].item(), median=shifted[1].item(), p95=shifted[2].item(), degenerate=False, message=None)
     try:
-        TimestepShift(mode, "error")(q, meta)
+        TimestepShift(mode, "error")(q, batch)
     except ValueError as err:
         row.update(degenerate=True, message=str(err))
     return row
@@ -144,14 +236,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # --- plot --------------------------------------------------------------------------------------------------
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} exists and is not a directory: give a directory for the PNG files")
+    distribution = distribution_of(args)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the --out directory {args.out!r}: {err.strerror}") from err
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    distribution = distribution_of(args)
     t_grid = torch.linspace(0, 1, 201, dtype=torch.float64)
     draws = distribution(torch.rand(args.samples, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
     written = []
@@ -183,8 +281,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
             fig.suptitle(f"{hw[0]}x{hw[1]}, {frames} frames")
             fig.tight_layout()
             path = out / f"timeshift_{hw[0]}x{hw[1]}_{frames}f.png"
-            fig.savefig(path, dpi=args.dpi)
-            plt.close(fig)
+            try:
+                fig.savefig(path, dpi=args.dpi)
+            except OSError as err:
+                raise UsageError(f"cannot write {path}: {err.strerror or err}") from err
+            finally:
+                plt.close(fig)
             written.append(path)
     for path in written:
         print(path)
@@ -200,74 +302,129 @@ class RowError(UsageError):
 def read_csv_buckets(path: str, progress: bool, skip_bad_rows: bool) -> Tuple[Counter, Counter, List[str]]:
     """Stream an Open-Sora dataset CSV into counts per (height, width, num_frames): bounded memory for any size.
 
-    Returns the bucket counts, the skipped rows by reason, and the first few skipped rows' descriptions.
+    Reads as pandas (Open-Sora's reader) does where the two could differ: a byte-order mark is dropped, fields are
+    quoted alike, long fields are fine. Returns the bucket counts, the skipped rows by reason, and the first few
+    skipped rows' descriptions.
     """
     from tqdm.auto import tqdm
 
+    input_file(path, "--csv")
+    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))  # pandas has no field limit: a long caption is not an error
     buckets: Counter = Counter()
     skipped: Counter = Counter()
     examples: List[str] = []
     size = os.path.getsize(path)
-    with open(path, newline="", encoding="utf-8") as f, \
-            tqdm(total=size, unit="B", unit_scale=True, desc="audit", disable=None if progress else True) as bar:
-        lines = _counting_lines(f, bar)
-        reader = csv.DictReader(lines)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UsageError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(reader.fieldnames or [])});"
-                             " Open-Sora's data tools write path, text, num_frames, height, width, fps, ...")
-        for row_number, row in enumerate(reader, start=2):  # row 1 is the header
-            try:
-                buckets[_bucket_of(row)] += 1
-            except RowError as err:
-                if not skip_bad_rows:
-                    raise UsageError(f"{path}, row {row_number}: {err} (pass --skip-bad-rows to count and skip such rows)")
-                reason = str(err).split(":")[0]
-                skipped[reason] += 1
-                if len(examples) < 5:
-                    examples.append(f"row {row_number}: {err}")
+    reader: Any = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f, \
+                tqdm(total=size, unit="B", unit_scale=True, desc="audit", leave=False,
+                     disable=None if progress else True) as bar:
+            reader = csv.DictReader(_counting_lines(f, bar))
+            _check_header(path, reader.fieldnames)
+            for row_number, row in enumerate(reader, start=2):  # row 1 is the header
+                try:
+                    buckets[_bucket_of(row)] += 1
+                except RowError as err:
+                    if not skip_bad_rows:
+                        raise UsageError(f"{path}, row {row_number}: {err} "
+                                         "(pass --skip-bad-rows to count and skip such rows)") from None
+                    skipped[str(err).split(":")[0]] += 1
+                    if len(examples) < 5:
+                        examples.append(f"row {row_number}: {err}")
+    except UnicodeDecodeError as err:
+        line = reader.line_num + 1 if reader is not None else 1
+        raise UsageError(f"{path} is not UTF-8 text ({err.reason} near line {line}); save it as UTF-8") from None
+    except csv.Error as err:
+        raise UsageError(f"{path}, line {reader.line_num}: not readable as CSV: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
     return buckets, skipped, examples
+
+
+def _check_header(path: str, header: Optional[Sequence[str]]) -> None:
+    if not header:
+        raise UsageError(f"{path} is empty: no header row (Open-Sora's data tools write path, text, num_frames, "
+                         "height, width, fps, ...)")
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)});"
+                         " Open-Sora's data tools write path, text, num_frames, height, width, fps, ...")
+    # pandas would rename the second one 'num_frames.1' and use the first; the csv module keeps the last: refuse.
+    repeated = [c for c in CSV_COLUMNS if list(header).count(c) > 1]
+    if repeated:
+        raise UsageError(f"{path}: column {repeated[0]!r} appears {list(header).count(repeated[0])} times in the "
+                         "header; keep one")
 
 
 def _counting_lines(f: Any, bar: Any) -> Iterator[str]:
     for line in f:
-        bar.update(len(line.encode("utf-8")))
+        bar.update(len(line.encode("utf-8", "replace")))
         yield line
 
 
-def _bucket_of(row: Dict[str, Optional[str]]) -> Tuple[int, int, int]:
+def _bucket_of(row: Dict[Optional[str], Any]) -> Tuple[int, int, int]:
+    if None in row:  # csv.DictReader files surplus fields under None; pandas refuses such a row
+        raise RowError(f"extra fields: the row has {len(row[None])} more field(s) than the header")
     values = []
     for column in ("height", "width", "num_frames"):
         text = row.get(column)
         if text is None or text.strip() == "":
             raise RowError(f"missing {column}: the row has fewer fields than the header")
-        try:
-            value = float(text)
-        except ValueError:
-            raise RowError(f"non-numeric {column}: {text!r}") from None
+        if not CSV_NUMBER.fullmatch(text):
+            raise RowError(f"non-numeric {column}: {short(text)}")
+        value = float(text)
         if not (math.isfinite(value) and value > 0 and value.is_integer()):
-            raise RowError(f"invalid {column}: {text!r} is not a positive whole number")
+            raise RowError(f"invalid {column}: {short(text)} is not a positive whole number")
         values.append(int(value))
     return values[0], values[1], values[2]
 
 
-def config_buckets(bucket_config: Dict[str, Dict[Any, Any]]) -> List[Tuple[int, int, int]]:
-    """(height, width, frames) for each bucket of an Open-Sora ``bucket_config``."""
+def config_buckets(bucket_config: Any) -> List[Tuple[int, int, int]]:
+    """(height, width, frames) for each bucket of an Open-Sora ``bucket_config``, checked as Open-Sora reads it."""
+    shape = "a dict {resolution name: {frames: (keep probability, batch size)}}"
+    if not isinstance(bucket_config, dict):
+        raise UsageError(f"bucket_config must be {shape}, got {short(bucket_config)}")
     out = []
     for name, frame_map in bucket_config.items():
         if name not in RESOLUTION_NAMES:
-            raise UsageError(f"bucket_config resolution {name!r} is not one of {', '.join(RESOLUTION_NAMES)}")
-        for frames in frame_map:
-            out.append((*RESOLUTION_NAMES[name], int(frames)))
+            raise UsageError(f"bucket_config resolution {short(name)} is not one of {', '.join(RESOLUTION_NAMES)}")
+        if not isinstance(frame_map, dict):
+            raise UsageError(f"bucket_config[{name!r}] must be a dict {{frames: (keep probability, batch size)}}, "
+                             f"got {short(frame_map)}")
+        for frames, value in frame_map.items():
+            if type(frames) is not int or not 1 <= frames <= MAX_FRAMES:
+                raise UsageError(f"bucket_config[{name!r}] frame count {short(frames)} must be a whole number from 1 "
+                                 f"to {MAX_FRAMES}")
+            if not _bucket_value_ok(value):
+                raise UsageError(f"bucket_config[{name!r}][{frames}] = {short(value)} must be (keep probability, "
+                                 "batch size), e.g. (1.0, 24) or ((1.0, 0.33), 24)")
+            out.append((*RESOLUTION_NAMES[name], frames))
     return out
 
 
+def _bucket_value_ok(value: Any) -> bool:
+    def probability(p: Any) -> bool:
+        return type(p) in (int, float) and 0 <= p <= 1
+
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        return False
+    keep, batch = value
+    # Open-Sora 1.2 also writes the keep probability as a pair (keep, keep this frame count when longer)
+    keep_ok = probability(keep) or (isinstance(keep, (tuple, list)) and len(keep) == 2 and all(map(probability, keep)))
+    return keep_ok and type(batch) is int and batch >= 1
+
+
 def current_scheduler(cfg: Optional[Any], version: str) -> Tuple[Optional[str], str, str]:
-    """(shift_mode or None when no shift, on_degenerate, description) of a config's ``scheduler``."""
+    """(shift_mode or None when no shift, on_degenerate, description) of a config's ``scheduler``, validated."""
     stock_mode = "legacy" if version == "1.2" else "v13"
     if cfg is None or "scheduler" not in cfg:
         return stock_mode, "ignore", f"no config: stock Open-Sora {version} rflow with use_timestep_transform=True"
+    if not isinstance(cfg["scheduler"], dict):
+        raise UsageError(f"scheduler must be a dict such as dict(type='rflow', ...), got {short(cfg['scheduler'])}")
     sched = dict(cfg["scheduler"])
+    for key in ("use_timestep_transform", "scale_temporal"):  # truthiness would read "False" as on
+        if key in sched and not isinstance(sched[key], bool):
+            raise UsageError(f"scheduler {key}={short(sched[key])} must be True or False")
     kind = sched.get("type")
     if kind == "rflow":
         if not sched.get("use_timestep_transform", False):
@@ -275,12 +432,27 @@ def current_scheduler(cfg: Optional[Any], version: str) -> Tuple[Optional[str], 
         mode = stock_mode if sched.get("scale_temporal", True) else "spatial"
         return mode, "ignore", f"stock Open-Sora {version} rflow, shift on: shift_mode {mode!r} without a guard"
     if kind == "rflow-timeshift":
+        check_timeshift_scheduler(sched)
         if not sched.get("use_timestep_transform", True):
             return None, "ignore", "rflow-timeshift with use_timestep_transform=False: no shift"
         mode = sched.get("shift_mode", "latent") if sched.get("scale_temporal", True) else "spatial"
         guard = sched.get("on_degenerate", "error")
         return mode, guard, f"rflow-timeshift, shift_mode {mode!r}, on_degenerate {guard!r}"
-    raise UsageError(f"scheduler type {kind!r} is not audited: only 'rflow' and 'rflow-timeshift' shift timesteps")
+    raise UsageError(f"scheduler type {short(kind)} is not audited: only 'rflow' and 'rflow-timeshift' shift timesteps")
+
+
+def check_timeshift_scheduler(sched: Dict[str, Any]) -> None:
+    """Build the config's rflow-timeshift, so that settings training would refuse are not reported OK."""
+    from .scheduler import RFlowTimeShift
+
+    settings = {k: v for k, v in sched.items() if k != "type"}
+    settings["backend"] = "standalone"  # validation must not need (or import) Open-Sora
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            RFlowTimeShift(**settings)
+    except (ValueError, TypeError, ImportError) as err:
+        raise UsageError(f"scheduler rflow-timeshift: {err}") from err
 
 
 def assign_to_config(buckets: Counter, frame_counts: List[int]) -> Tuple[Counter, int]:
@@ -303,22 +475,20 @@ def assign_to_config(buckets: Counter, frame_counts: List[int]) -> Tuple[Counter
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.csv is None and args.config is None:
         raise UsageError("give --csv PATH, --config PATH or both")
-    cfg = None
-    if args.config is not None:
-        from mmengine.config import Config
-
-        cfg = Config.fromfile(args.config)
+    cfg = None if args.config is None else load_config(args.config, "--config")
     mode, guard, description = current_scheduler(cfg, args.opensora_version)
+    has_buckets = cfg is not None and cfg.get("bucket_config") is not None
+    config_bucket_list = config_buckets(cfg["bucket_config"]) if has_buckets else []
 
     skipped: Counter = Counter()
+    examples: List[str] = []
     too_short = 0
     if args.csv is not None:
         buckets, skipped, examples = read_csv_buckets(args.csv, not args.no_progress, args.skip_bad_rows)
-        if cfg is not None and "bucket_config" in cfg:
-            frame_counts = sorted({f for *_, f in config_buckets(cfg["bucket_config"])})
-            buckets, too_short = assign_to_config(buckets, frame_counts)
+        if has_buckets:
+            buckets, too_short = assign_to_config(buckets, sorted({f for *_, f in config_bucket_list}))
     else:
-        buckets = Counter({b: 0 for b in config_buckets(cfg.get("bucket_config") or {})})
+        buckets = Counter({b: 0 for b in config_bucket_list})
         if not buckets:
             raise UsageError(f"{args.config} has no bucket_config: give --csv too")
 
@@ -372,89 +542,207 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # --- config ------------------------------------------------------------------------------------------------
 
-def cmd_config(args: argparse.Namespace) -> int:
+def parse_set_item(text: str) -> Tuple[str, Any]:
+    """argparse type for ``--set KEY=VALUE``: KEY a plain identifier, VALUE a Python literal (or a bare word).
+
+    The generated config is Python that Open-Sora executes, so only a repr of a parsed literal may reach it.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{short(text)} is not KEY=VALUE")
+    if not (key.isascii() and key.isidentifier()) or keyword.iskeyword(key):
+        raise argparse.ArgumentTypeError(f"key {short(key)} is not a plain Python identifier")
+    if key.startswith("_"):  # mmengine reads _delete_, _scope_ and __* keys as directives, not settings
+        raise argparse.ArgumentTypeError(f"key {key!r}: keys starting with '_' are reserved by mmengine")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        if not BARE_WORD.fullmatch(raw):
+            raise argparse.ArgumentTypeError(
+                f"{key}={short(raw)}: the value is not a Python literal (quote strings with spaces or symbols, "
+                f"e.g. {key}=\"'a b'\")") from None
+        value = raw
+    if isinstance(value, str) and value == raw and raw.lower() in AMBIGUOUS_WORDS:
+        raise argparse.ArgumentTypeError(f"{key}={raw}: write True, False or None, a finite number, or a quoted "
+                                         f"string such as {key}=\"'{raw}'\"")
+    if not _plain_literal(value):
+        raise argparse.ArgumentTypeError(f"{key}={short(raw)}: use None, True/False, ints, finite floats, strings, "
+                                         "and lists, tuples or dicts of them")
+    return key, value
+
+
+def _plain_literal(value: Any) -> bool:
+    """Whether repr(value) is a literal that reads back equal: no inf/nan (repr 'inf' is a name), no set()."""
+    if type(value) is float:
+        return math.isfinite(value)
+    if value is None or type(value) in (bool, int, str):
+        return True
+    if type(value) in (list, tuple):
+        return all(map(_plain_literal, value))
+    if type(value) is dict:
+        return all(_plain_literal(k) and _plain_literal(v) for k, v in value.items())
+    return False
+
+
+def base_chain(path: str) -> List[str]:
+    """Real paths of ``path`` and every file it inherits from through ``_base_``, recursively.
+
+    Resolved by mmengine's own helpers, so that the files found are the ones mmengine loads.
+    """
     from mmengine.config import Config
 
+    chain: List[str] = []
+    todo = [os.path.abspath(path)]
+    while todo:
+        current = todo.pop()
+        real = os.path.realpath(current)
+        if real in chain:
+            continue
+        chain.append(real)
+        if not os.path.isfile(current):  # e.g. a {{ fileDirname }} path mmengine substitutes: nothing to read
+            continue
+        for entry in Config._get_base_files(current):
+            todo.append(Config._get_cfg_path(entry, current)[0])
+    return chain
+
+
+def cmd_config(args: argparse.Namespace) -> int:
     from .registry import SCHEDULERS, build_module
 
-    base = Path(args.base_config).resolve()
-    if not base.is_file():
-        raise UsageError(f"base config {args.base_config!r} does not exist")
-    out = Path(args.out).resolve()
-    base_cfg = Config.fromfile(str(base))
-    imports = list(dict(base_cfg.get("custom_imports") or {}).get("imports", []))
+    base = os.path.abspath(args.base_config)
+    base_cfg = load_config(args.base_config, "base config")
+    out = Path(os.path.abspath(args.out))
+    if os.path.isdir(out):
+        raise UsageError(f"--out {args.out!r} is a directory: give the path of the .py file to write")
+    if out.suffix != ".py":
+        raise UsageError(f"--out {args.out!r} must end in .py: the derived config is Python")
+    try:
+        chain = base_chain(base)
+    except (Exception, SystemExit) as err:
+        raise UsageError(f"cannot follow the _base_ chain of {args.base_config!r}: {err}") from err
+    if os.path.realpath(out) in chain:
+        raise UsageError(f"--out {args.out!r} is the base config or one of its _base_ files: writing it would "
+                         "destroy what the new config derives from; choose another path")
+    if os.path.lexists(out) and not args.force:
+        raise UsageError(f"--out {args.out!r} exists; pass --force to replace it")
+
+    custom_imports = base_cfg.get("custom_imports") or {}
+    imports = list(custom_imports.get("imports", [])) if isinstance(custom_imports, dict) else None
+    if imports is None or not all(isinstance(name, str) for name in imports):
+        raise UsageError(f"base config custom_imports={short(custom_imports)} is not dict(imports=[module names])")
     if "opensora_timeshift_patch" not in imports:
         imports.append("opensora_timeshift_patch")
-    options = dict(type="rflow-timeshift", shift_mode=args.shift_mode, on_degenerate=args.on_degenerate)
+    options: Dict[str, Any] = dict(type="rflow-timeshift", shift_mode=args.shift_mode, on_degenerate=args.on_degenerate)
     for key in ("sample_method", "timestep_rng"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.stratified:
         options["stratified"] = True
-    options.update(args.set or {})
+    for key, value in args.set or []:
+        if key in options:
+            raise UsageError(f"--set {key}=...: {key} is already set (by its own option, or an earlier --set)")
+        options[key] = value
+
     try:
         rel = os.path.relpath(base, out.parent)
     except ValueError:  # another drive on Windows
-        rel = str(base)
+        rel = base
     body = "".join(f"    {k}={v!r},\n" for k, v in options.items())
-    text = (f"# Derived from {base.name} by `opensora-timeshift config`: its scheduler switched to rflow-timeshift.\n"
-            f"# Keys below merge into the base's scheduler dict; the rest of the base is unchanged.\n"
+    text = (f"# Derived from {os.path.basename(base)!r} by `opensora-timeshift config`: its scheduler switched to "
+            f"rflow-timeshift.\n# Keys below merge into the base's scheduler dict; the rest of the base is unchanged.\n"
             f"_base_ = [{rel!r}]\n\n"
             f"custom_imports = dict(imports={imports!r}, allow_failed_imports=False)\n\n"
             f"scheduler = dict(\n{body})\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    # Prove it: load the written file as Open-Sora will, then build the scheduler through the registry. A config
-    # that fails is removed rather than left for a launch script to find.
-    try:
-        cfg = Config.fromfile(str(out))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scheduler = build_module(cfg.scheduler, SCHEDULERS)
-    except Exception as err:
-        out.unlink()
-        raise UsageError(f"the derived config did not build, so {out} was not kept: {err}") from err
+    cfg, scheduler = write_verified(out, text, lambda cfg: build_module(cfg.scheduler, SCHEDULERS))
     print(f"wrote {out}")
     print(f"loaded it with mmengine and built the scheduler: {scheduler!r}")
     print(f"merged scheduler config: {dict(cfg.scheduler)}")
     return 0
 
 
+def write_verified(out: Path, text: str, build: Callable[[Any], Any]) -> Tuple[Any, Any]:
+    """Write ``text`` to ``out`` only once it loads with mmengine and ``build(cfg)`` succeeds.
+
+    The text goes to a temporary file beside ``out`` (so its relative ``_base_`` resolves as it will), is loaded and
+    built there, and then atomically replaces ``out``. On any failure only the temporary file (and directories made
+    for it) is removed: ``out`` is never left half-written or deleted.
+    """
+    from mmengine.config import Config
+
+    new_dirs = [d for d in out.parents if not d.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".opensora-timeshift-", suffix=".py", dir=out.parent)
+    except OSError as err:
+        raise UsageError(f"cannot write in {str(out.parent)!r}: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a config is a file like any other
+        try:
+            cfg = Config.fromfile(tmp)  # imports custom_imports, which the base may list without installing
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                built = build(cfg)
+        except (ValueError, TypeError, KeyError, ImportError) as err:
+            raise UsageError(f"the derived config did not build, so {out} was not written: {err}") from err
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        for d in new_dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return cfg, built
+
+
 # --- entry point -------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmengine.config import DictAction
-
-    parser = argparse.ArgumentParser(
-        prog="opensora-timeshift",
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = Parser(
+        prog="opensora-timeshift", formatter_class=formatter, epilog=AUDIT_EXIT_STATUS,
         description="See, audit and configure Open-Sora's timestep shift before spending GPU time.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="table of T_eff, shift factor and shifted-timestep quantiles",
-                       description="For each resolution x frame count x mode: T_eff, the shift factor and the 5th, "
-                                   "50th and 95th percentiles of the shifted training timestep (exact quantiles of "
-                                   "the base distribution, shifted). Degenerate rows are marked with the guard's "
+                       formatter_class=formatter, epilog=PLAIN_EXIT_STATUS,
+                       description="For each resolution x frame count x mode: T_eff, the shift factor and the 5th,\n"
+                                   "50th and 95th percentiles of the shifted training timestep (exact quantiles of\n"
+                                   "the base distribution, shifted). Degenerate rows are marked with the guard's\n"
                                    "message.")
     add_selection(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("plot", help="PNG figures of the transform and the timestep histogram per bucket",
-                       description="One PNG per resolution x frame count: the transform t -> t' and the histogram of "
-                                   "sampled training timesteps, for every selected mode side by side.")
-    p.add_argument("--out", required=True, help="directory for the PNG files")
+                       formatter_class=formatter, epilog=PLAIN_EXIT_STATUS,
+                       description="One PNG per resolution x frame count: the transform t -> t' and the histogram\n"
+                                   "of sampled training timesteps, for every selected mode side by side. --out is a\n"
+                                   "directory (created if missing); its timeshift_*.png files of the same name are\n"
+                                   "replaced.")
+    p.add_argument("--out", required=True, help="directory for the PNG files (not an existing file)")
     add_selection(p)
-    p.add_argument("--samples", type=positive_int, default=20000, help="draws per histogram (default 20000)")
-    p.add_argument("--dpi", type=positive_int, default=110, help="figure resolution (default 110)")
+    p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=20000,
+                   help=f"draws per histogram, 1 to {MAX_SAMPLES} (default 20000)")
+    p.add_argument("--dpi", type=int_in(10, MAX_DPI), default=110,
+                   help=f"figure resolution, 10 to {MAX_DPI} (default 110)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("audit", help="check a dataset CSV and/or training config for collapsed timesteps",
-                       description="Counts clips per bucket (resolution x frames) in an Open-Sora dataset CSV and/or "
-                                   "the bucket_config of a training config, shows T_eff under every mode and what the "
-                                   "config's current scheduler does with each bucket. Exits 1 when some clip would "
-                                   "train with every timestep at t = 0 (or be refused by the guard), so it can gate "
-                                   "a launch script; 2 on bad input.")
-    p.add_argument("--csv", help="dataset CSV with num_frames, height, width columns (extra columns are ignored)")
+                       formatter_class=formatter, epilog=AUDIT_EXIT_STATUS,
+                       description="Counts clips per bucket (resolution x frames) in an Open-Sora dataset CSV and/or\n"
+                                   "the bucket_config of a training config, shows T_eff under every mode and what\n"
+                                   "the config's current scheduler does with each bucket. Exits 1 when some clip\n"
+                                   "would train with every timestep at t = 0 (or be refused by the guard), so it can\n"
+                                   "gate a launch script. Reads its inputs only. The config is executed by mmengine,\n"
+                                   "as training would: audit only configs you would train with.")
+    p.add_argument("--csv", help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
     p.add_argument("--config", help="Open-Sora training config (its bucket_config and scheduler are read)")
     p.add_argument("--opensora-version", choices=["1.2", "1.3"], default="1.2",
                    help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5)")
@@ -463,31 +751,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("config", help="write a config deriving from an Open-Sora config, with rflow-timeshift",
-                       description="Writes an mmengine config whose _base_ is BASE_CONFIG and whose scheduler is "
-                                   "rflow-timeshift with the chosen options, then loads it with mmengine and builds "
-                                   "the scheduler through the registry before reporting success.")
+                       formatter_class=formatter, epilog=PLAIN_EXIT_STATUS,
+                       description="Writes an mmengine config whose _base_ is BASE_CONFIG and whose scheduler is\n"
+                                   "rflow-timeshift with the chosen options. It is written to a temporary file beside\n"
+                                   "--out, loaded with mmengine and its scheduler built through the registry, and only\n"
+                                   "then moved into place; on any failure nothing is written. --out may not be\n"
+                                   "BASE_CONFIG or any file in its _base_ chain, and an existing --out is replaced\n"
+                                   "only with --force.")
     p.add_argument("base_config", metavar="BASE_CONFIG", help="the Open-Sora config to derive from")
     p.add_argument("--shift-mode", choices=SHIFT_MODES, required=True, help="temporal-size policy")
-    p.add_argument("--out", required=True, help="path of the config to write")
+    p.add_argument("--out", required=True, help="path of the .py config to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--on-degenerate", choices=["error", "clamp", "ignore"], default="error",
                    help="guard for T_eff <= 0 (default error)")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, help="base distribution (default: the base config's)")
     p.add_argument("--timestep-rng", choices=["global", "per_sample"], help="timestep stream")
     p.add_argument("--stratified", action="store_true", help="stratify the global batch (needs per_sample)")
-    p.add_argument("--set", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                   help="any other scheduler keyword, e.g. --set timestep_seed=7 resolution_shift=linear")
+    p.add_argument("--set", nargs="+", action="extend", type=parse_set_item, metavar="KEY=VALUE",
+                   help="any other scheduler keyword; VALUE is a Python literal (7, 0.5, True, None, (0.1, 0.9), "
+                        "'text'), or a bare word taken as a string (linear, per_sample), e.g. --set "
+                        "timestep_seed=7 resolution_shift=linear")
     p.set_defaults(func=cmd_config)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit status (argparse's own errors exit 2 through SystemExit)."""
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        print(f"opensora-timeshift {args.command}: error: {err}", file=sys.stderr)
+    except UsageError as err:
+        print(f"opensora-timeshift {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception:  # a bug, not bad input: keep the traceback, and never exit 1 (an audit verdict) or 2
+        traceback.print_exc()
+        print(f"opensora-timeshift {args.command}: internal error (exit status 3); please report the traceback above",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
