@@ -353,7 +353,7 @@ def _check_header(path: str, header: Optional[Sequence[str]]) -> None:
     repeated = [c for c in CSV_COLUMNS if list(header).count(c) > 1]
     if repeated:
         raise UsageError(f"{path}: column {repeated[0]!r} appears {list(header).count(repeated[0])} times in the "
-                         "header; keep one")
+                         f"header (pandas would read the second as '{repeated[0]}.1'); keep one")
 
 
 def _counting_lines(f: Any, bar: Any) -> Iterator[str]:

@@ -1,8 +1,11 @@
 """The opensora-timeshift command line: output, figures, audits, derived configs and their errors."""
 
+import ast
 import csv
+import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
+from opensora_timeshift_patch import cli
 from opensora_timeshift_patch.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -20,6 +24,32 @@ def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def run_any(capsys, *argv):
+    """Like run, for argparse's errors too, which leave through SystemExit."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def snapshot(root):
+    """Every path under root with its content hash (or link target): what a command must not change."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                state[rel] = "-> " + os.readlink(path)
+            elif os.path.isdir(path):
+                state[rel] = "dir"
+            else:
+                state[rel] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return state
 
 
 def sigmoid(x):
@@ -200,3 +230,97 @@ def test_config_that_does_not_build_is_not_kept(tmp_path, capsys):
     assert not out_path.exists()
     code, _, err = run(capsys, "config", tmp_path / "nope.py", "--shift-mode", "latent", "--out", out_path)
     assert code == 2 and "does not exist" in err
+
+
+# --- config: never lose a file, never run what --set says --------------------------------------------------
+
+def test_config_never_writes_the_base(tmp_path, capsys):
+    base = tmp_path / "base.py"
+    base.write_text(BASE.read_text())
+    (tmp_path / "link.py").symlink_to(base)
+    before = snapshot(tmp_path)
+    for out in (base, tmp_path / "link.py", tmp_path / "sub" / ".." / "base.py"):
+        for force in ([], ["--force"]):
+            code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", out, *force)
+            assert code == 2 and "is the base config or one of its _base_ files" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_config_never_writes_a_file_of_the_base_chain(tmp_path, capsys):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "grand.py").write_text("seed = 1\n")
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "mid.py").write_text('_base_ = ["../common/grand.py"]\n')
+    (tmp_path / "child.py").write_text('_base_ = ["stage/mid.py"]\n'
+                                       'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
+    (tmp_path / "alias.py").symlink_to(tmp_path / "stage" / "mid.py")
+    before = snapshot(tmp_path)
+    for out in ("common/grand.py", "stage/mid.py", "alias.py", "stage/../common/grand.py"):
+        code, _, err = run(capsys, "config", tmp_path / "child.py", "--shift-mode", "latent", "--out",
+                           tmp_path / out, "--force")
+        assert code == 2 and "_base_" in err, out
+    assert snapshot(tmp_path) == before
+    code, _, _ = run(capsys, "config", tmp_path / "child.py", "--shift-mode", "latent", "--out", tmp_path / "new.py")
+    assert code == 0 and Config.fromfile(str(tmp_path / "new.py")).seed == 1
+
+
+def test_config_keeps_an_existing_out_unless_forced_and_built(tmp_path, capsys):
+    out_path = tmp_path / "train.py"
+    out_path.write_text("# the user's own file\n")
+    code, _, err = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", out_path)
+    assert code == 2 and "exists; pass --force" in err
+    code, _, err = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", out_path, "--force",
+                       "--set", "bogus_key=1")
+    assert code == 2 and "did not build" in err and "bogus_key" in err and len(err.splitlines()) == 1
+    assert out_path.read_text() == "# the user's own file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.py"]  # no temporary file left behind
+    code, _, _ = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", out_path, "--force")
+    assert code == 0 and Config.fromfile(str(out_path)).scheduler.shift_mode == "latent"
+
+
+def test_config_out_directory_is_a_named_error(tmp_path, capsys):
+    code, _, err = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", tmp_path)
+    assert code == 2 and "is a directory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("item", [
+    "x=1),__import__('os').system('touch PWNED'",
+    "**{'a': __import__('os').system('touch PWNED')}, b=1",
+    "x=__import__('os').system('touch PWNED')",
+    "x=(lambda: __import__('os').system('touch PWNED'))()",
+    "x=1\nimport os; os.system('touch PWNED')",
+])
+def test_config_set_cannot_run_code(item, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_any(capsys, "config", BASE, "--shift-mode", "latent", "--out", "out.py", "--set", item)
+    assert code == 2 and len(err.splitlines()) == 1 and "--set" in err
+    assert list(tmp_path.iterdir()) == []  # neither PWNED nor out.py
+
+
+def test_config_set_writes_only_literals(tmp_path, capsys):
+    out_path = tmp_path / "out.py"
+    code, _, err = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", out_path, "--timestep-rng",
+                       "per_sample", "--set", "t_range=(0.1, 0.9)", "timestep_seed=7", "resolution_shift=sqrt",
+                       "sample_method='uniform'", "base_resolution=65536.0")
+    assert code == 0, err
+    scheduler = Config.fromfile(str(out_path)).scheduler
+    assert (tuple(scheduler.t_range), scheduler.timestep_seed, scheduler.resolution_shift, scheduler.sample_method,
+            scheduler.base_resolution) == ((0.1, 0.9), 7, "sqrt", "uniform", 65536.0)
+    # The file is three assignments of literals: _base_ = [...] and two dict(...) calls of literal keywords.
+    module = ast.parse(out_path.read_text())
+    assert [node.targets[0].id for node in module.body] == ["_base_", "custom_imports", "scheduler"]
+    ast.literal_eval(module.body[0].value)
+    for node in module.body[1:]:
+        assert isinstance(node.value, ast.Call) and node.value.func.id == "dict" and not node.value.args
+        for kw in node.value.keywords:
+            ast.literal_eval(kw.value)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("k=7", 7), ("k=-0.5", -0.5), ("k=True", True), ("k=None", None), ("k=(0.1, 0.9)", (0.1, 0.9)),
+    ("k=0.1,0.9", (0.1, 0.9)), ("k=[1, 2]", [1, 2]), ("k={'a': 1}", {"a": 1}), ("k='a b'", "a b"),
+    ("k=uniform", "uniform"), ("k=logit-normal", "logit-normal"), ("k='true'", "true"), ("k='inf'", "inf"),
+])
+def test_set_values_are_python_literals_or_bare_words(text, value):
+    assert cli.parse_set_item(text) == ("k", value)
