@@ -324,3 +324,96 @@ def test_config_set_writes_only_literals(tmp_path, capsys):
 ])
 def test_set_values_are_python_literals_or_bare_words(text, value):
     assert cli.parse_set_item(text) == ("k", value)
+
+
+# --- audit: reads as pandas would, and never changes its inputs --------------------------------------------
+
+def test_audit_never_modifies_its_inputs(tmp_path, capsys):
+    for name in ("dataset_mixed.csv", "opensora_v1_2_stage1.py"):
+        (tmp_path / name).write_bytes((FIXTURES / name).read_bytes())
+    before = snapshot(tmp_path)
+    code, _, _ = run(capsys, "audit", "--csv", tmp_path / "dataset_mixed.csv", "--config",
+                     tmp_path / "opensora_v1_2_stage1.py", "--no-progress")
+    assert code == 1
+    assert snapshot(tmp_path) == before
+
+
+def test_audit_accepts_a_byte_order_mark(capsys):
+    code, out, _ = run(capsys, "audit", "--csv", FIXTURES / "dataset_bom.csv", "--no-progress")
+    assert code == 1 and "3 clips in 3 buckets" in out
+
+
+def test_audit_quotes_as_pandas(capsys):
+    # commas, doubled quotes and a line break inside quoted fields: three rows, as pandas.read_csv reads them
+    code, out, _ = run(capsys, "audit", "--csv", FIXTURES / "dataset_quoting.csv", "--no-progress")
+    assert code == 1 and "3 clips in 3 buckets" in out
+    assert [line.split()[:3] for line in out.splitlines() if line.startswith("256x256")] == [
+        ["256x256", "16", "1"], ["256x256", "17", "1"], ["256x256", "51", "1"]]
+
+
+def test_audit_refuses_a_duplicated_column(capsys):
+    code, _, err = run(capsys, "audit", "--csv", FIXTURES / "dataset_duplicate_column.csv", "--no-progress")
+    assert code == 2 and "column 'num_frames' appears 2 times" in err and "num_frames.1" in err
+
+
+def test_audit_rows_with_extra_fields_are_bad_rows(capsys):
+    code, _, err = run(capsys, "audit", "--csv", FIXTURES / "dataset_extra_fields.csv", "--no-progress")
+    assert code == 2 and "row 3: extra fields" in err
+    code, out, _ = run(capsys, "audit", "--csv", FIXTURES / "dataset_extra_fields.csv", "--no-progress",
+                       "--skip-bad-rows")
+    assert code == 0 and "2 clips in 2 buckets" in out and "skipped 1 malformed rows: 1 extra fields" in out
+
+
+@pytest.mark.parametrize("skip", [[], ["--skip-bad-rows"]])
+def test_audit_reads_a_field_over_128_kib(skip, tmp_path, capsys):
+    data = tmp_path / "long.csv"
+    data.write_text(f"path,text,num_frames,height,width\na,\"{'x' * 200_000}\",16,256,256\nb,short,17,256,256\n")
+    code, out, err = run(capsys, "audit", "--csv", data, "--no-progress", *skip)
+    assert code == 1 and "2 clips in 2 buckets" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize("scheduler, words", [
+    ('dict(type="rflow-timeshift", on_degenerate="bogus")', "on_degenerate"),
+    ('dict(type="rflow-timeshift", shift_mode="nope")', "shift_mode"),
+    ('dict(type="rflow-timeshift", timestep_rng=1)', "timestep_rng"),
+    ('dict(type="rflow-timeshift", use_timestep_transform="False")', "use_timestep_transform"),
+    ('dict(type="rflow-timeshift", frobnicate=1)', "frobnicate"),
+    ('dict(type="rflow", use_timestep_transform="yes")', "use_timestep_transform"),
+    ('dict(type="rflow", use_timestep_transform=True, scale_temporal=0)', "scale_temporal"),
+])
+def test_audit_refuses_a_scheduler_training_would_refuse(scheduler, words, tmp_path, capsys):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(f"scheduler = {scheduler}\n")
+    code, out, err = run(capsys, "audit", "--config", cfg, "--csv", FIXTURES / "dataset_mixed.csv", "--no-progress")
+    assert code == 2 and words in err and len(err.splitlines()) == 1 and "OK" not in out
+
+
+# --- exit status: 0, 1 (audit verdict), 2 (bad input, one line), 3 (bug, traceback) -------------------------
+
+def test_an_internal_error_exits_3_with_its_traceback(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "bucket_row", broken)
+    code, _, err = run(capsys, "inspect", "--frames", 16)
+    assert code == 3 and "Traceback" in err and "KeyError: 'a bug'" in err and "internal error" in err
+
+
+@pytest.mark.parametrize("command", [[], ["inspect"], ["plot"], ["audit"], ["config"]])
+def test_help_documents_the_exit_status(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "exit status:" in out
+    assert all(f"  {code}  " in out for code in (0, 2, 3))
+    assert ("  1  " in out) == (command in ([], ["audit"]))
+
+
+def test_bad_input_is_one_line_in_a_real_process(tmp_path):
+    # warnings, progress bars and argparse's usage all go to stderr: check the real stream, not a capture
+    for argv in (["audit", "--csv", str(tmp_path)], ["inspect", "--frames", "0"],
+                 ["config", str(BASE), "--shift-mode", "latent", "--out", str(tmp_path / "o.py"), "--set", "x=1e999"]):
+        done = subprocess.run([sys.executable, "-m", "opensora_timeshift_patch", *argv], capture_output=True,
+                              text=True)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (argv, done.stderr)
+    assert list(tmp_path.iterdir()) == []
