@@ -627,11 +627,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out!r} exists; pass --force to replace it")
 
     custom_imports = base_cfg.get("custom_imports") or {}
-    imports = list(custom_imports.get("imports", [])) if isinstance(custom_imports, dict) else None
-    if imports is None or not all(isinstance(name, str) for name in imports):
+    imports = custom_imports.get("imports", []) if isinstance(custom_imports, dict) else None
+    imports = [imports] if isinstance(imports, str) else imports  # mmengine takes one module name bare
+    if not isinstance(imports, (list, tuple)) or not all(isinstance(name, str) for name in imports):
         raise UsageError(f"base config custom_imports={short(custom_imports)} is not dict(imports=[module names])")
-    if "opensora_timeshift_patch" not in imports:
-        imports.append("opensora_timeshift_patch")
+    imports = [*imports, "opensora_timeshift_patch"] if "opensora_timeshift_patch" not in imports else list(imports)
     options: Dict[str, Any] = dict(type="rflow-timeshift", shift_mode=args.shift_mode, on_degenerate=args.on_degenerate)
     for key in ("sample_method", "timestep_rng"):
         if getattr(args, key) is not None:

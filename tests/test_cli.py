@@ -223,6 +223,14 @@ def test_config_keeps_the_base_custom_imports(tmp_path, capsys):
     assert Config.fromfile(str(tmp_path / "out.py")).custom_imports["imports"] == ["json", "opensora_timeshift_patch"]
 
 
+def test_config_keeps_a_single_custom_import_of_the_base(tmp_path, capsys):
+    base = tmp_path / "base.py"
+    base.write_text('custom_imports = dict(imports="json")\nscheduler = dict(type="rflow")\n')
+    code, _, _ = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "out.py")
+    assert code == 0
+    assert Config.fromfile(str(tmp_path / "out.py")).custom_imports["imports"] == ["json", "opensora_timeshift_patch"]
+
+
 def test_config_that_does_not_build_is_not_kept(tmp_path, capsys):
     out_path = tmp_path / "out.py"
     code, _, err = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", out_path, "--stratified")
@@ -417,3 +425,179 @@ def test_bad_input_is_one_line_in_a_real_process(tmp_path):
                               text=True)
         assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (argv, done.stderr)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a hostile user: every bad input is exit 2, one line, no traceback, no file lost or made ----------------
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A directory of good and bad inputs, and the current directory for the hostile invocations."""
+    files = {
+        "base.py": BASE.read_text(),
+        "existing.py": "# the user's own config\n",
+        "existing.png": "not a png\n",
+        "data.csv": (FIXTURES / "dataset_mixed.csv").read_text(),
+        "bad_rows.csv": (FIXTURES / "dataset_bad_rows.csv").read_text(),
+        "empty.csv": "",
+        "blank.csv": "\n\n\n",
+        "nocols.csv": "path,text\na,b\n",
+        "syntax.py": "bucket_config = (\n",
+        "raises.py": "raise RuntimeError('boom')\n",
+        "exits.py": "import sys\nsys.exit(0)\n",
+        "missing_base.py": "_base_ = ['nowhere.py']\n",
+        "conf.cfg": "scheduler = dict(type='rflow')\n",
+        "conf.txt": "scheduler = dict(type='rflow')\n",
+        "conf": "scheduler = dict(type='rflow')\n",
+        "bad_imports.py": "custom_imports = 5\n" + BASE.read_text(),
+        "child.py": "_base_ = ['sub/mid.py']\nscheduler = dict(type='rflow', use_timestep_transform=True)\n",
+        "sub/mid.py": "_base_ = ['../common/grand.py']\n",
+        "common/grand.py": "seed = 1\n",
+    }
+    buckets = {"list": "[1, 2]", "str_frames": '{"240p": {"16": (1.0, 4)}}', "zero": '{"240p": {0: (1.0, 4)}}',
+               "negative": '{"240p": {-1: (1.0, 4)}}', "bool": '{"240p": {True: (1.0, 4)}}',
+               "huge": '{"240p": {10**9: (1.0, 4)}}', "name": '{"999p": {16: (1.0, 4)}}',
+               "not_dict": '{"240p": 5}', "bare_prob": '{"240p": {16: 1.0}}', "prob": '{"240p": {16: (2.0, 4)}}',
+               "nan": '{"240p": {16: (float("nan"), 4)}}', "batch": '{"240p": {16: (1.0, 0)}}',
+               "float_batch": '{"240p": {16: (1.0, 2.5)}}', "triple": '{"240p": {16: (1.0, 4, 1)}}'}
+    files.update({f"bucket_{k}.py": f"bucket_config = {v}\n" for k, v in buckets.items()})
+    schedulers = {"int": "5", "unknown": 'dict(type="ddpm")', "untyped": "dict(use_timestep_transform=True)",
+                  "degenerate": 'dict(type="rflow-timeshift", on_degenerate="bogus")',
+                  "mode": 'dict(type="rflow-timeshift", shift_mode="nope")',
+                  "rng": 'dict(type="rflow-timeshift", timestep_rng=1)',
+                  "key": 'dict(type="rflow-timeshift", **{"not an identifier": 1})',
+                  "truthy": 'dict(type="rflow", use_timestep_transform="False")'}
+    files.update({f"sched_{k}.py": f"scheduler = {v}\n" for k, v in schedulers.items()})
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00num_frames\x00\x89PNG\r\n")
+    (tmp_path / "latin1.csv").write_bytes("path,text,num_frames,height,width\na,caf\xe9,16,256,256\n".encode("latin-1"))
+    (tmp_path / "utf16.csv").write_text("num_frames,height,width\n16,256,256\n", encoding="utf-16")
+    (tmp_path / "dup.csv").write_text("num_frames,height,width,height\n16,256,256,512\n")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "base_link.py").symlink_to(tmp_path / "base.py")
+    (tmp_path / "png_link").symlink_to(tmp_path / "existing.png")
+    (tmp_path / "dangling.py").symlink_to(tmp_path / "nowhere.py")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+CONFIG = ["config", "base.py", "--shift-mode", "latent"]
+HOSTILE = {
+    # inspect and plot: numbers
+    "frames 0": (["inspect", "--frames", "0"], "--frames"),
+    "frames -1": (["inspect", "--frames", "-1"], "--frames"),
+    "frames 1e9": (["inspect", "--frames", "1e9"], "--frames"),
+    "frames over the bound": (["inspect", "--frames", "100001"], "100000"),
+    "frames a word": (["inspect", "--frames", "sixteen"], "--frames"),
+    "resolution 0x0": (["inspect", "--resolution", "0x0"], "--resolution"),
+    "resolution 720x0": (["inspect", "--resolution", "720x0"], "--resolution"),
+    "resolution negative": (["inspect", "--resolution", "-720x1280"], "--resolution"),
+    "resolution huge": (["inspect", "--resolution", "100001x1"], "--resolution"),
+    "resolution 3 sides": (["inspect", "--resolution", "720x1280x3"], "--resolution"),
+    "resolution empty": (["inspect", "--resolution", ""], "--resolution"),
+    "loc inf": (["inspect", "--loc", "inf"], "--loc"),
+    "loc -inf": (["inspect", "--loc", "-inf"], "--loc"),
+    "loc nan": (["inspect", "--loc", "nan"], "--loc"),
+    "scale 0": (["inspect", "--scale", "0"], "scale"),
+    "scale -1": (["inspect", "--scale", "-1"], "scale"),
+    "scale nan": (["inspect", "--scale", "nan"], "--scale"),
+    "mode unknown": (["inspect", "--mode", "bogus"], "--mode"),
+    "sample method unknown": (["inspect", "--sample-method", "bogus"], "--sample-method"),
+    "no command": ([], "COMMAND"),
+    "unknown command": (["frobnicate"], "frobnicate"),
+    "plot onto a file": (["plot", "--out", "existing.png", "--frames", "16"], "not a directory"),
+    "plot onto a link to a file": (["plot", "--out", "png_link", "--frames", "16"], "not a directory"),
+    "plot under a file": (["plot", "--out", "existing.png/figs", "--frames", "16"], "--out"),
+    "plot samples 0": (["plot", "--out", "figs", "--samples", "0"], "--samples"),
+    "plot samples huge": (["plot", "--out", "figs", "--samples", "10000001"], "--samples"),
+    "plot dpi 0": (["plot", "--out", "figs", "--dpi", "0"], "--dpi"),
+    "plot dpi huge": (["plot", "--out", "figs", "--dpi", "100000"], "--dpi"),
+    "plot scale 0": (["plot", "--out", "figs", "--scale", "0"], "scale"),
+    "plot without out": (["plot"], "--out"),
+    # audit: files that are not what they claim
+    "audit nothing": (["audit"], "--csv"),
+    "csv directory": (["audit", "--csv", "adir"], "is a directory"),
+    "csv missing": (["audit", "--csv", "missing.csv"], "does not exist"),
+    "csv device": (["audit", "--csv", os.devnull], "not a regular file"),
+    "csv dangling link": (["audit", "--csv", "dangling.py"], "does not exist"),
+    "csv binary": (["audit", "--csv", "binary.csv"], "not UTF-8"),
+    "csv latin-1": (["audit", "--csv", "latin1.csv"], "not UTF-8"),
+    "csv utf-16": (["audit", "--csv", "utf16.csv"], "not UTF-8"),
+    "csv empty": (["audit", "--csv", "empty.csv"], "no header"),
+    "csv blank lines": (["audit", "--csv", "blank.csv"], "no header"),
+    "csv no columns": (["audit", "--csv", "nocols.csv"], "missing column"),
+    "csv duplicated column": (["audit", "--csv", "dup.csv"], "'height' appears 2 times"),
+    "csv bad row": (["audit", "--csv", "bad_rows.csv"], "row 3"),
+    "csv is a config": (["audit", "--csv", "base.py"], "missing column"),
+    "config syntax error": (["audit", "--config", "syntax.py"], "SyntaxError"),
+    "config raises": (["audit", "--config", "raises.py"], "boom"),
+    "config exits 0": (["audit", "--config", "exits.py"], "SystemExit"),
+    "config missing base": (["audit", "--config", "missing_base.py"], "does not load"),
+    "config .cfg": (["audit", "--config", "conf.cfg"], ".py"),
+    "config .txt": (["audit", "--config", "conf.txt"], ".py"),
+    "config no extension": (["audit", "--config", "conf"], ".py"),
+    "config is a csv": (["audit", "--config", "data.csv"], ".py"),
+    "config directory": (["audit", "--config", "adir"], "is a directory"),
+    "config missing": (["audit", "--config", "missing.py"], "does not exist"),
+    "opensora version": (["audit", "--config", "base.py", "--opensora-version", "2.0"], "--opensora-version"),
+    **{f"bucket_config {k}": (["audit", "--config", f"bucket_{k}.py"], "bucket_config")
+       for k in ("list", "str_frames", "zero", "negative", "bool", "huge", "name", "not_dict", "bare_prob", "prob",
+                 "nan", "batch", "float_batch", "triple")},
+    **{f"scheduler {k}": (["audit", "--config", f"sched_{k}.py"], "scheduler")
+       for k in ("int", "unknown", "untyped", "degenerate", "mode", "rng", "key", "truthy")},
+    # config: outputs onto inputs, and --set
+    "out onto the base": ([*CONFIG, "--out", "base.py", "--force"], "_base_"),
+    "out onto a link to the base": ([*CONFIG, "--out", "base_link.py", "--force"], "_base_"),
+    "out onto the base, spelled another way": ([*CONFIG, "--out", "adir/../base.py", "--force"], "_base_"),
+    "out onto a _base_ of the base": (["config", "child.py", "--shift-mode", "latent", "--out", "common/grand.py",
+                                       "--force"], "_base_"),
+    "out exists": ([*CONFIG, "--out", "existing.py"], "--force"),
+    "out is a dangling link": ([*CONFIG, "--out", "dangling.py"], "--force"),
+    "out forced but does not build": ([*CONFIG, "--out", "existing.py", "--force", "--set", "bogus_key=1"],
+                                      "bogus_key"),
+    "out new but does not build": ([*CONFIG, "--out", "new/dir/new.py", "--stratified"], "did not build"),
+    "out directory": ([*CONFIG, "--out", "adir"], "is a directory"),
+    "out not .py": ([*CONFIG, "--out", "new.txt"], ".py"),
+    "out under a file": ([*CONFIG, "--out", "existing.png/new.py"], "existing.png"),
+    "set without =": ([*CONFIG, "--out", "new.py", "--set", "timestep_seed"], "KEY=VALUE"),
+    "set with nothing": ([*CONFIG, "--out", "new.py", "--set"], "--set"),
+    "set empty value": ([*CONFIG, "--out", "new.py", "--set", "timestep_seed="], "literal"),
+    "set code in the key": ([*CONFIG, "--out", "new.py", "--set", "x=1),__import__('os').system('touch PWNED'"],
+                            "literal"),
+    "set a call": ([*CONFIG, "--out", "new.py", "--set", "x=__import__('os')"], "literal"),
+    "set key with spaces": ([*CONFIG, "--out", "new.py", "--set", "a b=1"], "identifier"),
+    "set keyword key": ([*CONFIG, "--out", "new.py", "--set", "class=1"], "identifier"),
+    "set non-ASCII key": ([*CONFIG, "--out", "new.py", "--set", "\ufb01eld=1"], "identifier"),
+    "set mmengine key": ([*CONFIG, "--out", "new.py", "--set", "_delete_=True"], "reserved"),
+    "set inf": ([*CONFIG, "--out", "new.py", "--set", "loc=1e999"], "finite"),
+    "set bare inf": ([*CONFIG, "--out", "new.py", "--set", "loc=inf"], "True, False or None"),
+    "set bare nan": ([*CONFIG, "--out", "new.py", "--set", "loc=nan"], "True, False or None"),
+    "set lower-case true": ([*CONFIG, "--out", "new.py", "--set", "stratified=true"], "True, False or None"),
+    "set a set": ([*CONFIG, "--out", "new.py", "--set", "x={1, 2}"], "lists, tuples or dicts"),
+    "set bytes": ([*CONFIG, "--out", "new.py", "--set", "x=b'a'"], "lists, tuples or dicts"),
+    "set complex": ([*CONFIG, "--out", "new.py", "--set", "x=1+2j"], "lists, tuples or dicts"),
+    "set deep nesting": ([*CONFIG, "--out", "new.py", "--set", "x=" + "[" * 5000 + "]" * 5000], "literal"),
+    "set twice": ([*CONFIG, "--out", "new.py", "--set", "timestep_seed=1", "timestep_seed=2"], "already set"),
+    "set over an option": ([*CONFIG, "--out", "new.py", "--set", "shift_mode=legacy"], "already set"),
+    "set the type": ([*CONFIG, "--out", "new.py", "--set", "type=rflow"], "already set"),
+    "set unknown key": ([*CONFIG, "--out", "new.py", "--set", "bogus_key=1"], "bogus_key"),
+    "base missing": (["config", "missing.py", "--shift-mode", "latent", "--out", "new.py"], "does not exist"),
+    "base directory": (["config", "adir", "--shift-mode", "latent", "--out", "new.py"], "is a directory"),
+    "base syntax error": (["config", "syntax.py", "--shift-mode", "latent", "--out", "new.py"], "SyntaxError"),
+    "base .cfg": (["config", "conf.cfg", "--shift-mode", "latent", "--out", "new.py"], ".py"),
+    "base custom_imports": (["config", "bad_imports.py", "--shift-mode", "latent", "--out", "new.py"],
+                            "does not load"),
+    "shift mode unknown": (["config", "base.py", "--shift-mode", "bogus", "--out", "new.py"], "--shift-mode"),
+    "config without out": (["config", "base.py", "--shift-mode", "latent"], "--out"),
+}
+
+
+@pytest.mark.parametrize("argv, words", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_hostile_input_is_one_line_and_exit_2(argv, words, workspace, capsys):
+    before = snapshot(workspace)
+    code, _, err = run_any(capsys, *argv)
+    assert code == 2, err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and err.strip(), err
+    assert "Traceback" not in err and words in err
+    assert snapshot(workspace) == before
