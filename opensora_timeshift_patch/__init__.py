@@ -11,14 +11,15 @@ from .policies import SHIFT_MODES, degenerate_frame_counts, register_policy, tem
 from .registry import SCHEDULERS, build_module
 from .sampling import SAMPLE_METHODS, TimestepDistribution, register_distribution
 from .scheduler import RFlowTimeShift
-from .shift import (ON_DEGENERATE, RESOLUTION_SHIFTS, SHIFT_FAMILIES, TimestepShift, exponential_shift,
+from .settings import SETTINGS, Setting, SettingError
+from .shift import (ON_DEGENERATE, RESOLUTION_SHIFTS, SHIFT_FAMILIES, MetaError, TimestepShift, exponential_shift,
                     rational_shift, timestep_transform)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SHIFT_MODES", "ON_DEGENERATE", "SAMPLE_METHODS", "SHIFT_FAMILIES", "RESOLUTION_SHIFTS", "SCHEDULERS",
-    "RFlowTimeShift", "TimestepShift", "TimestepDistribution", "build_module", "degenerate_frame_counts",
+    "SHIFT_MODES", "ON_DEGENERATE", "SAMPLE_METHODS", "SHIFT_FAMILIES", "RESOLUTION_SHIFTS", "SCHEDULERS", "SETTINGS",
+    "MetaError", "RFlowTimeShift", "Setting", "SettingError", "TimestepShift", "TimestepDistribution", "build_module", "degenerate_frame_counts",
     "exponential_shift", "is_patched", "patch", "patched", "rational_shift", "register_distribution",
     "register_policy", "temporal_size", "timestep_transform", "unpatch",
 ]

@@ -16,11 +16,11 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._functions import FunctionRegistry
+from .settings import POLICIES, Setting
 
-POLICIES = FunctionRegistry("shift_mode", "policy")
 register_policy = POLICIES.register
-"""Decorator registering ``fn(num_frames: Tensor, **params) -> T_eff`` as a ``shift_mode``."""
+"""Decorator registering ``fn(num_frames: Tensor, **params) -> T_eff`` as a ``shift_mode``; keyword arguments
+declare its parameters as :class:`~.settings.Setting` (undeclared ones are checked against their default's type)."""
 
 
 def _floordiv(n: Tensor, d: int) -> Tensor:
@@ -45,7 +45,13 @@ def v13(n: Tensor) -> Tensor:
     return _floordiv(n - 1, 4)
 
 
-@register_policy("latent")
+@register_policy(
+    "latent",
+    micro_frame_size=Setting("micro_frame_size", "int", 17, "frames per VAE micro-batch (None: whole clips)",
+                             low=1, high=100_000, optional=True),
+    temporal_compression=Setting("temporal_compression", "int", 4, "pixel frames per latent frame", low=1, high=64),
+    causal=Setting("causal", "bool", False, "the causal-VAE rule 1 + (n - 1) // temporal_compression"),
+)
 def latent(
     n: Tensor,
     micro_frame_size: Optional[int] = 17,
@@ -94,37 +100,26 @@ def get_policy(shift_mode: str) -> Callable[..., Tensor]:
     return POLICIES.get(shift_mode)  # a call, not a bound-method alias: torch 2.2's dynamo traces only the former
 
 
-def policy_params(shift_mode: str) -> Dict[str, object]:
-    """The keyword parameters of a policy with their defaults."""
-    return POLICIES.params(shift_mode)
-
-
-def check_policy_params(shift_mode: str, params: Dict[str, object]) -> None:
-    """Reject parameters the policy does not take, and invalid geometry, before any tensor is seen."""
-    known = policy_params(shift_mode)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        takes = ", ".join(known) if known else "no parameters"
-        raise TypeError(f"shift_mode={shift_mode!r} got unexpected parameter(s) {unknown}; it takes {takes}")
-    merged = {**known, **params}
-    for key in ("micro_frame_size", "temporal_compression"):
-        value = merged.get(key)
-        if key in merged and value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            hint = " or None to encode whole clips" if key == "micro_frame_size" else ""
-            raise ValueError(f"{key}={value!r} for shift_mode={shift_mode!r} must be a positive int{hint}")
-
-
 def temporal_size(num_frames: Tensor, shift_mode: str = "latent", **params: object) -> Tensor:
-    """``T_eff`` per sample, in the dtype of ``num_frames``: 1 for images, the policy otherwise.
+    """``T_eff`` per sample, in the floating dtype of ``num_frames`` (float32 for integer frame counts): 1 for
+    images, the policy otherwise.
 
     Unlike Open-Sora, which looks only at ``num_frames[0]``, every sample is classified on its own.
     """
+    if not num_frames.is_floating_point():  # the policies compute in place, and T_eff need not be whole
+        num_frames = num_frames.float()
+    return apply_policy(num_frames, shift_mode, POLICIES.check_params(shift_mode, params))
+
+
+def apply_policy(num_frames: Tensor, shift_mode: str, params: Dict[str, object]) -> Tensor:
+    """:func:`temporal_size` for float frame counts and parameters already validated: the per-step path."""
     t_eff = get_policy(shift_mode)(num_frames, **params)
     return torch.where(num_frames == 1, torch.ones_like(t_eff), t_eff)
 
 
 def degenerate_frame_counts(shift_mode: str, max_frames: int = 256, **params: object) -> Tuple[int, ...]:
     """The frame counts in ``2..max_frames`` for which the policy gives ``T_eff <= 0``."""
+    max_frames = Setting("max_frames", "int", 256, "", low=1, high=1_000_000).check(max_frames)
     n = torch.arange(2, max_frames + 1, dtype=torch.float64)
     bad = temporal_size(n, shift_mode, **params) <= 0
     return tuple(int(x) for x in n[bad].tolist())

@@ -7,12 +7,26 @@ from typing import Any
 
 from mmengine.registry import Registry
 
-from .scheduler import RFlowTimeShift
+from .scheduler import RFlowTimeShift, warn_partial_install
 
-try:  # Open-Sora 1.x: registering here lets its unchanged train.py build us from a config.
-    from opensora.registry import SCHEDULERS
-except ImportError:  # standalone, or Open-Sora 2.0, which has no scheduler registry
-    SCHEDULERS = Registry("scheduler")
+
+def _scheduler_registry() -> Registry:
+    """Open-Sora 1.x's ``SCHEDULERS`` (registering there lets its unchanged train.py build us), else our own."""
+    try:
+        from opensora.registry import SCHEDULERS as registry
+    except ImportError:  # standalone, or Open-Sora 2.0, which has no scheduler registry
+        return Registry("scheduler")
+    try:
+        # What its first build would do: import opensora.schedulers. With a dependency of Open-Sora's missing, that
+        # fails on every build, so a registry that cannot build anything is not used.
+        registry.import_from_location()
+    except ImportError as err:
+        warn_partial_install(f"opensora.schedulers failed to import ({err})")
+        return Registry("scheduler")
+    return registry
+
+
+SCHEDULERS = _scheduler_registry()
 
 SCHEDULER_NAME = "rflow-timeshift"
 

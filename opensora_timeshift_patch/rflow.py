@@ -57,19 +57,33 @@ class StandaloneRFlow:
 
     def training_losses(self, model: Callable[..., Tensor], x_start: Tensor, model_kwargs: Optional[Dict[str, Any]],
                         noise: Optional[Tensor], mask: Optional[Tensor], weights: Optional[Tensor],
-                        t: Tensor) -> Dict[str, Tensor]:
-        """Velocity-matching loss per sample at the given timesteps ``t``."""
-        model_kwargs = {} if model_kwargs is None else model_kwargs
+                        t: Tensor, x_gt: Optional[Tensor] = None, noise_disable_threshold: Optional[float] = None,
+                        text_uncond_prob: Optional[float] = None) -> Dict[str, Tensor]:
+        """Velocity-matching loss per sample at the given timesteps ``t``.
+
+        Open-Sora 1.3's keywords keep its meaning: the target is ``x_gt - noise`` when ``x_gt`` is given; samples
+        with ``t > noise_disable_threshold`` start from ``x_gt`` (stock writes into ``x_start``; this does not);
+        ``text_uncond_prob`` is handed to the model.
+        """
+        model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
         if noise is None:
             noise = torch.randn_like(x_start)
-        if noise.shape != x_start.shape:
-            raise ValueError(f"noise of shape {tuple(noise.shape)} must match x_start {tuple(x_start.shape)}")
+        for name, other in (("noise", noise), ("x_gt", x_gt)):
+            if other is not None and (not isinstance(other, Tensor) or other.shape != x_start.shape):
+                shape = tuple(other.shape) if isinstance(other, Tensor) else type(other).__name__
+                raise ValueError(f"{name} of shape {shape} must match x_start {tuple(x_start.shape)}")
+        if noise_disable_threshold is not None:
+            if x_gt is None:
+                raise ValueError("noise_disable_threshold needs x_gt (Open-Sora 1.3 swaps x_gt in above it)")
+            x_start = torch.where((t > noise_disable_threshold).view(-1, *([1] * (x_start.dim() - 1))), x_gt, x_start)
+        if text_uncond_prob is not None:
+            model_kwargs["text_uncond_prob"] = text_uncond_prob
         x_t = self.add_noise(x_start, noise, t)
         if mask is not None:
             # Frames outside the mask are conditioning frames and stay clean (t = 0).
             x_t = torch.where(mask[:, None, :, None, None], x_t, self.add_noise(x_start, noise, torch.zeros_like(t)))
         velocity = model(x_t, t, **model_kwargs).chunk(2, dim=1)[0]
-        error = (velocity - (x_start - noise)).pow(2)
+        error = (velocity - ((x_start if x_gt is None else x_gt) - noise)).pow(2)
         if weights is not None:
             error = error * weights.to(t.device)[t.long()].float().view(-1, *([1] * (x_start.dim() - 1)))
         return {"loss": mean_flat(error, mask=mask)}

@@ -16,12 +16,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._functions import FunctionRegistry
+from .settings import DISTRIBUTIONS, SETTINGS, Setting, SettingError
 
-DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution")
 register_distribution = DISTRIBUTIONS.register
 """Decorator registering an increasing ``F^-1(u: Tensor, **params) -> t``, mapping (0, 1) into [0, 1], as a
-``sample_method``."""
+``sample_method``; keyword arguments declare its parameters as :class:`~.settings.Setting`."""
 
 
 @register_distribution("uniform")
@@ -30,13 +29,23 @@ def uniform(u: Tensor) -> Tensor:
     return u
 
 
-@register_distribution("logit-normal")
+# Beyond these, float32 timesteps pile up at 0 or N (|loc| large) or at one value (scale small).
+@register_distribution(
+    "logit-normal",
+    loc=Setting("loc", "float", 0.0, "mean of the logit-normal's underlying normal", low=-5, high=5),
+    scale=Setting("scale", "float", 1.0, "standard deviation of the logit-normal's underlying normal",
+                  low=0.05, high=5),
+)
 def logit_normal(u: Tensor, loc: float = 0.0, scale: float = 1.0) -> Tensor:
     """logit(t) ~ N(loc, scale^2) (Esser et al., 2024, SD3; Open-Sora's ``logit-normal``)."""
     return torch.sigmoid(loc + scale * torch.special.ndtri(u))
 
 
-@register_distribution("mode")
+@register_distribution(
+    "mode",
+    mode_scale=Setting("mode_scale", "float", 1.29, "the heavy-tail scale s of mode sampling (SD3: 1.29)",
+                       low=-1, high=2 / (math.pi - 2)),
+)
 def mode(u: Tensor, mode_scale: float = 1.29) -> Tensor:
     """Mode sampling with heavy tails (Esser et al., 2024, SD3), written increasing in u.
 
@@ -55,10 +64,7 @@ def cosmap(u: Tensor) -> Tensor:
 SAMPLE_METHODS: Tuple[str, ...] = tuple(DISTRIBUTIONS)
 """Names of the built-in timestep distributions, the valid values of ``sample_method``."""
 
-T_RANGE_MODES = ("truncate", "rescale")
-
-
-distribution_params = DISTRIBUTIONS.params
+T_RANGE_MODES = tuple(SETTINGS["t_range_mode"].choices)  # type: ignore[arg-type]
 
 
 class TimestepDistribution:
@@ -70,37 +76,22 @@ class TimestepDistribution:
         t_range_mode: ``"truncate"`` draws from the distribution conditioned on the range (the density's
             shape inside the range is kept, its tails are cut); ``"rescale"`` maps the whole distribution
             affinely into the range (``t_min + (t_max - t_min) t``), squeezing its shape.
-        **params: the distribution's parameters (``loc``, ``scale`` for logit-normal, ``mode_scale`` for mode).
+        **params: the distribution's parameters (``loc``, ``scale`` for logit-normal, ``mode_scale`` for mode),
+            validated by their declarations; a distribution that would put (almost) every draw at one point, or
+            outside [0, 1], is refused here.
     """
 
     def __init__(self, sample_method: str = "uniform", t_range: Optional[Tuple[float, float]] = None,
                  t_range_mode: str = "truncate", **params: Any) -> None:
-        known = distribution_params(sample_method)
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise TypeError(f"sample_method={sample_method!r} got unexpected parameter(s) {unknown}; "
-                            f"it takes {', '.join(known) or 'none'}")
-        merged = {**known, **params}
-        if sample_method == "logit-normal" and not merged["scale"] > 0:
-            raise ValueError(f"scale={merged['scale']!r} (the logit-normal's standard deviation) must be > 0")
-        if sample_method == "mode" and not -1 <= merged["mode_scale"] <= 2 / (math.pi - 2):
-            raise ValueError(f"mode_scale={merged['mode_scale']!r} must be in [-1, {2 / (math.pi - 2):.4f}] "
-                             "for mode sampling to be a distribution (SD3 uses 1.29)")
-        if t_range_mode not in T_RANGE_MODES:
-            raise ValueError(f"t_range_mode={t_range_mode!r} is not valid; use 'truncate' or 'rescale'")
-        if t_range is not None:
-            t_min, t_max = _pair("t_range", t_range)
-            if not 0 <= t_min < t_max <= 1:
-                raise ValueError(f"t_range={tuple(t_range)!r} must satisfy 0 <= t_min < t_max <= 1 "
-                                 "(fractions of num_timesteps)")
-        self.sample_method = sample_method
-        self.params = dict(params)
-        self.t_range = None if t_range is None else (float(t_min), float(t_max))
-        self.t_range_mode = t_range_mode
+        self.sample_method = SETTINGS["sample_method"].check(sample_method)
+        self.params = DISTRIBUTIONS.check_params(sample_method, params)
+        self.t_range = SETTINGS["t_range"].check(t_range)
+        self.t_range_mode = SETTINGS["t_range_mode"].check(t_range_mode)
         self._inverse_cdf = DISTRIBUTIONS.get(sample_method)
         self._u_range = None
         if self.t_range is not None and t_range_mode == "truncate":
             self._u_range = tuple(self._cdf(t) for t in self.t_range)
+        self._check_spread()
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.params.items())
@@ -109,13 +100,33 @@ class TimestepDistribution:
 
     def __call__(self, u: Tensor) -> Tensor:
         """Map uniforms in (0, 1) to timesteps in [0, 1], increasing in ``u``."""
+        return self._unclamped(u).clamp(0, 1)  # ndtri and tan round to +-inf at the very ends of (0, 1)
+
+    def _unclamped(self, u: Tensor) -> Tensor:
         if self._u_range is not None:
             lo, hi = self._u_range
             u = lo + (hi - lo) * u
         t = self._inverse_cdf(u, **self.params)
         if self.t_range is not None and self.t_range_mode == "rescale":
             t = self.t_range[0] + (self.t_range[1] - self.t_range[0]) * t
-        return t.clamp(0, 1)  # ndtri and tan round to +-inf at the very ends of (0, 1)
+        return t
+
+    def _check_spread(self) -> None:
+        """Refuse a distribution that leaves [0, 1], decreases, or puts 98% of its draws within 1/1000."""
+        u = torch.arange(1, 1000, dtype=torch.float64) / 1000
+        with torch.no_grad():
+            t = self._unclamped(u)
+        what = f"sample_method={self.sample_method!r}" + "".join(f", {k}={v!r}" for k, v in self.params.items())
+        what += f", t_range={self.t_range!r}" if self.t_range is not None else ""
+        if not isinstance(t, Tensor) or t.shape != u.shape or not bool(((t >= 0) & (t <= 1)).all()):
+            raise SettingError(f"{what} does not map (0, 1) into [0, 1]: a distribution must return t in [0, 1] "
+                               "for every u in (0, 1)")
+        if not bool((t.diff() >= 0).all()):
+            raise SettingError(f"{what} is not increasing in u: register its inverse CDF")
+        spread = (t[989] - t[9]).item()
+        if not spread > 1e-3:
+            raise SettingError(f"{what} collapses: 98% of its timesteps fall within {spread:.2g} of "
+                               f"t = {t[499].item():.4g} (x N). Widen the distribution or the t_range.")
 
     def _cdf(self, t: float) -> float:
         """F(t) by bisection on the increasing inverse CDF, once per bound at set-up (float64, 60 halvings)."""
@@ -127,14 +138,6 @@ class TimestepDistribution:
             else:
                 hi = mid
         return (lo + hi) / 2
-
-
-def _pair(name: str, value: Any) -> Tuple[float, float]:
-    try:
-        a, b = value
-        return float(a), float(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a pair (low, high)") from None
 
 
 # --- the counter-based stream -----------------------------------------------------------------------------
@@ -183,14 +186,21 @@ def counter_uniform(seed: int, step: int, index: Tensor, lane: int = 0) -> Tenso
     return _to_unit(bits.to(torch.float64))
 
 
-def stratified_uniform(seed: int, step: int, index: Tensor, total: int) -> Tensor:
-    """``u_i = (u0 + i / N) mod 1`` over the N samples of the global batch (Kingma et al., 2021, VDM).
+def stratified_uniform(seed: int, step: int, dp_rank: int, dp_size: int, batch_size: int, device: Any = None) -> Tensor:
+    """Uniforms stratified over the global batch (Kingma et al., 2021, VDM), however many samples each rank holds.
 
-    One shared ``u0`` per (seed, step), so every rank computes the same stratification of the whole batch.
+    Data-parallel rank ``r`` of ``R`` owns the slice ``[r / R, (r + 1) / R)`` of the unit interval, shifted by one
+    ``u0`` per (seed, step) that every rank computes alike, and spreads its ``B_r`` samples evenly across it:
+    ``u = (u0 + (r + i / B_r) / R) mod 1``. Ranks never share a position, whatever their batch sizes (Open-Sora's
+    bucket sampler gives them different ones). When every rank holds ``B`` samples this is exactly
+    ``(u0 + k / (R B)) mod 1`` over ``k = 0 .. R B - 1``: one draw in each of the ``R B`` strata. When they differ,
+    each rank is stratified within its own slice; Open-Sora averages each rank's loss before averaging across
+    ranks, so every slice, and so the whole interval, still gets equal weight.
     """
     k1, k2 = _key(seed, step, lane=1)
     u0 = _to_unit(_mix32(_mix32(k1) ^ k2))
-    return torch.remainder(u0 + index.to(torch.float64) / total, 1.0)
+    i = torch.arange(batch_size, device=device, dtype=torch.float64)
+    return torch.remainder(u0 + (dp_rank + i / batch_size) / dp_size, 1.0)
 
 
 # --- where a rank's samples sit in the global batch -------------------------------------------------------
@@ -227,11 +237,9 @@ def _opensora_groups() -> Tuple[Any, Any]:
     return parallel_states.get_data_parallel_group(), parallel_states.get_sequence_parallel_group()
 
 
-def global_sample_index(batch_size: int, dp_rank: int, dp_size: int, device: Any = None) -> Tuple[Tensor, int]:
-    """Global indices of this rank's samples, interleaved (``i * dp_size + dp_rank``), and the global batch size.
+def global_sample_index(batch_size: int, dp_rank: int, dp_size: int, device: Any = None) -> Tensor:
+    """Global stream positions of this rank's samples, interleaved: ``i * dp_size + dp_rank``.
 
-    Interleaving keeps indices unique however many samples each rank holds; when every rank holds the same
-    number (fixed-size buckets), they are exactly ``0 .. N - 1``, so stratification covers the batch exactly.
+    Interleaving keeps positions unique however many samples each rank holds, with no communication.
     """
-    index = torch.arange(batch_size, device=device, dtype=torch.int64) * dp_size + dp_rank
-    return index, batch_size * dp_size
+    return torch.arange(batch_size, device=device, dtype=torch.int64) * dp_size + dp_rank

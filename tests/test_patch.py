@@ -75,7 +75,7 @@ def test_patched_context_restores_the_previous_patch(fake_opensora):
 
 
 def test_patch_validates_at_once(fake_opensora):
-    with pytest.raises(ValueError, match="shift_mode='frames15' is not a known policy"):
+    with pytest.raises(ValueError, match="shift_mode='frames15' is not allowed: use one of 'legacy'"):
         ots.patch(shift_mode="frames15")
     assert not ots.is_patched()
 

@@ -66,13 +66,13 @@ def test_rescaled_range_squeezes_the_whole_distribution():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not a known distribution"),
-        (dict(sample_method="logit-normal", scale=0), ValueError, "scale=0 .* must be > 0"),
-        (dict(sample_method="mode", mode_scale=2.0), ValueError, r"mode_scale=2.0 must be in \[-1, 1.7519\]"),
-        (dict(sample_method="uniform", loc=1.0), TypeError, r"'uniform' got unexpected parameter\(s\) \['loc'\]"),
-        (dict(t_range=(0.5, 0.2)), ValueError, r"t_range=\(0.5, 0.2\) must satisfy 0 <= t_min < t_max <= 1"),
-        (dict(t_range=0.5), ValueError, "t_range=0.5 must be a pair"),
-        (dict(t_range=(0, 1), t_range_mode="clip"), ValueError, "t_range_mode='clip' is not valid"),
+        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not allowed: use one of 'uniform'"),
+        (dict(sample_method="logit-normal", scale=0), ValueError, r"scale=0 is not allowed: use a finite number in \[0.05, 5\]"),
+        (dict(sample_method="mode", mode_scale=2.0), ValueError, r"mode_scale=2.0 is not allowed: use a finite number in \[-1, 1.751"),
+        (dict(sample_method="uniform", loc=1.0), TypeError, r"'uniform' got unexpected parameter\(s\) \['loc'\]; it takes no parameters"),
+        (dict(t_range=(0.5, 0.2)), ValueError, r"t_range=\(0.5, 0.2\) is not allowed: use None or a pair \(t_min, t_max\) of numbers with 0 <= t_min < t_max <= 1"),
+        (dict(t_range=0.5), ValueError, "t_range=0.5 is not allowed: use None or a pair"),
+        (dict(t_range=(0, 1), t_range_mode="clip"), ValueError, "t_range_mode='clip' is not allowed: use one of 'truncate', 'rescale'"),
     ],
 )
 def test_bad_distribution_settings(kwargs, error, match):
@@ -118,14 +118,20 @@ def test_opensora_2_alpha_times_sqrt_latent_frames():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(shift_family="cubic"), "shift_family='cubic' is not valid"),
-        (dict(resolution_shift="log"), "resolution_shift='log' is not valid"),
-        (dict(resolution_shift="constant"), "shift=None goes with resolution_shift='constant'"),
-        (dict(shift=3.0), "shift=3.0 goes with resolution_shift='constant' and only with it"),
-        (dict(resolution_shift="constant", shift=-1.0), "shift=-1.0 must be a finite number > 0"),
+        (dict(shift_family="cubic"), "shift_family='cubic' is not allowed: use one of 'rational', 'exponential'"),
+        (dict(resolution_shift="log"), "resolution_shift='log' is not allowed: use one of 'sqrt', 'linear'"),
+        (dict(resolution_shift="constant"), "resolution_shift='constant' needs shift"),
+        (dict(shift=3.0), "shift=3.0 only applies with resolution_shift='constant' \\(got resolution_shift='sqrt'\\)"),
+        (dict(resolution_shift="constant", shift=-1.0), "shift=-1 is not allowed for shift_family='rational'"),
+        (dict(resolution_shift="constant", shift=1000.0), "shift=1000.0 is not allowed: use None or a finite number"),
+        (dict(resolution_shift="constant", shift_family="exponential", shift=10.0),
+         r"shift=10 is not allowed for shift_family='exponential' \(mu, so a = e\^mu = 2.2e\+04\)"),
         (dict(resolution_shift="linear", max_seq_len=100), "max_seq_len=100 must exceed base_seq_len=256"),
-        (dict(shift_family="exponential", shift_sigma=0), "shift_sigma=0 must be"),
-        (dict(patch_size=0), "patch_size=0 must be a positive int"),
+        (dict(resolution_shift="linear", base_shift=3.0, max_shift=1.0), "max_shift=1 is below base_shift=3"),
+        (dict(shift_family="exponential", shift_sigma=0), r"shift_sigma=0 is not allowed: use a finite number in \[0.1, 10\]"),
+        (dict(shift_sigma=2.0), "shift_sigma=2.0 only applies with shift_family='exponential'"),
+        (dict(resolution_shift="linear", patch_size=0), r"patch_size=0 is not allowed: use an int in \[1, 64\]"),
+        (dict(patch_size=2), "patch_size=2 only applies with resolution_shift='linear'"),
     ],
 )
 def test_bad_shift_settings(kwargs, match):
@@ -133,10 +139,10 @@ def test_bad_shift_settings(kwargs, match):
         TimestepShift(**kwargs)
 
 
-def test_linear_rule_that_reaches_zero_is_refused():
-    s = TimestepShift("spatial", resolution_shift="linear", base_shift=0.1, max_shift=3.0)
-    with pytest.raises(ValueError, match="linear rule can reach 0 below its anchors"):
-        s(torch.tensor([0.5]), meta(64, 64, 1))  # 16 tokens: alpha < 0
+def test_linear_rule_that_reaches_zero_is_refused_when_built():
+    """alpha(1 token) = 0.1 - 2.9 / 3840 * 255 < 0: refused at construction, not at the first small batch."""
+    with pytest.raises(ValueError, match=r"the linear rule gives a = -0.09\d+ at 1 latent token"):
+        TimestepShift("spatial", resolution_shift="linear", base_shift=0.1, max_shift=3.0)
 
 
 # --- properties over every distribution x family -------------------------------------------------------------
@@ -187,17 +193,32 @@ def test_counter_uniform_statistics():
 
 
 def test_stratified_covers_every_stratum_once():
-    n = 24
-    u = stratified_uniform(5, 2, torch.arange(n), n)
+    """4 ranks of 6 samples: the 24 draws of a step fall one in each stratum [k/24, (k+1)/24)."""
+    n, ranks = 24, 4
+    u = torch.cat([stratified_uniform(5, 2, r, ranks, n // ranks) for r in range(ranks)])
     assert sorted(int(x) for x in (u * n).floor()) == list(range(n))
-    assert torch.equal(u, stratified_uniform(5, 2, torch.arange(n), n))
-    assert not torch.equal(u, stratified_uniform(5, 3, torch.arange(n), n))
+    assert torch.equal(u[:6], stratified_uniform(5, 2, 0, ranks, 6))
+    assert not torch.equal(u[:6], stratified_uniform(5, 3, 0, ranks, 6))
+
+
+@pytest.mark.parametrize("sizes", [(4, 2), (1, 7, 3), (5, 1, 1, 2), (8, 8, 1)])
+def test_stratified_never_shares_a_position_across_ranks_with_uneven_batches(sizes):
+    """Open-Sora's bucket sampler gives ranks different batch sizes at the same step: positions stay distinct and
+    each rank's draws lie in its own 1/R slice (after the shared offset), evenly spaced within it."""
+    ranks = len(sizes)
+    draws = [stratified_uniform(11, 4, r, ranks, b) for r, b in enumerate(sizes)]
+    every = torch.cat(draws)
+    assert len(set(every.tolist())) == len(every)
+    u0 = draws[0][0].item()  # rank 0's first draw is the shared offset itself
+    for r, (u, b) in enumerate(zip(draws, sizes)):
+        offset = torch.remainder(u - u0, 1.0) * ranks - r  # position within the rank's slice, in [0, 1)
+        torch.testing.assert_close(offset, torch.arange(b, dtype=torch.float64) / b, rtol=0, atol=1e-9)
 
 
 def test_single_process_layout_and_interleaved_indices():
     assert data_parallel_layout() == (0, 1)
-    index, total = global_sample_index(3, dp_rank=1, dp_size=4)
-    assert index.tolist() == [1, 5, 9] and total == 12
+    index = global_sample_index(3, dp_rank=1, dp_size=4)
+    assert index.tolist() == [1, 5, 9]
 
 
 def test_per_sample_scheduler_counts_steps_and_resumes():
@@ -241,10 +262,11 @@ def test_per_sample_discrete_and_threshold():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(timestep_rng="cuda"), "timestep_rng='cuda' is not valid"),
-        (dict(stratified=True), "stratified=True .* set timestep_rng='per_sample' too"),
-        (dict(timestep_seed=-1), "timestep_seed=-1 must be an int >= 0"),
-        (dict(timestep_start_step=1.5), "timestep_start_step=1.5 must be an int >= 0"),
+        (dict(timestep_rng="cuda"), "timestep_rng='cuda' is not allowed: use one of 'global', 'per_sample'"),
+        (dict(stratified=True), "stratified=True only applies with timestep_rng='per_sample'"),
+        (dict(timestep_rng="per_sample", timestep_seed=-1), r"timestep_seed=-1 is not allowed: use an int in \[0, "),
+        (dict(timestep_rng="per_sample", timestep_start_step=1.5), "timestep_start_step=1.5 is not allowed: use an int"),
+        (dict(timestep_seed=3), "timestep_seed=3 only applies with timestep_rng='per_sample'"),
     ],
 )
 def test_bad_stream_settings(kwargs, match):

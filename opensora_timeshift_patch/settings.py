@@ -1,0 +1,431 @@
+"""Every setting of ``rflow-timeshift``, declared once: name, type, allowed values, default and a one-line doc.
+
+The scheduler, the drop-in ``timestep_transform``, :class:`~.shift.TimestepShift`, the command line and ``audit``
+all validate through :meth:`Setting.check`, so they accept and refuse alike, with one message per setting.
+Types are strict: no bool where a number is meant, no string for a number, no truthy string for a bool.
+Ranges are chosen so that no accepted value can collapse every timestep to one point or leave [0, N].
+
+A policy's or distribution's own parameters are declared where the function is registered
+(:meth:`~._functions.FunctionRegistry.register`), so a user-registered one is validated the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
+
+import difflib
+import inspect
+from typing import Iterator, List
+
+
+class SettingError(ValueError):
+    """A setting's value is not allowed; the message names the setting, the value and what is allowed."""
+
+
+Choices = Union[Tuple[str, ...], "FunctionRegistry"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its type (``"int"``, ``"float"``, ``"bool"``, ``"choice"``, ``"range"``, ``"any"``) and bounds."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: Optional[Choices] = None
+    optional: bool = False  # None is allowed and means "off"
+
+    def allowed(self) -> str:
+        """What the setting accepts, in words."""
+        if self.type == "bool":
+            text = "True or False"
+        elif self.type == "choice":
+            text = "one of " + ", ".join(map(repr, self.choices or ()))
+        elif self.type == "range":
+            text = "a pair (t_min, t_max) of numbers with 0 <= t_min < t_max <= 1"
+        elif self.type == "any":
+            text = "any value"
+        else:
+            text = ("an int" if self.type == "int" else "a finite number") + self._bounds()
+        return f"None or {text}" if self.optional else text
+
+    def _bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f" in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f" {'>' if self.low_open else '>='} {_num(self.low)}"
+        if self.high is not None:
+            return f" {'<' if self.high_open else '<='} {_num(self.high)}"
+        return ""
+
+    def error(self, value: Any, why: str = "") -> SettingError:
+        return SettingError(f"{self.name}={_show(value)} is not allowed: {why or 'use ' + self.allowed()}")
+
+    def check(self, value: Any) -> Any:
+        """The value, normalised (ints stay ints, numbers become floats, pairs tuples), or a :class:`SettingError`."""
+        if value is None and self.optional:
+            return None
+        if self.type == "any":
+            return value
+        if self.type == "bool":
+            if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_ as mmengine may load it
+                return bool(value)
+            raise self.error(value)
+        if self.type == "choice":
+            if isinstance(value, str) and value in (self.choices or ()):
+                return value
+            raise self.error(value)
+        if self.type == "range":
+            return self._check_range(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise self.error(value)
+        if self.type == "int" and not isinstance(value, numbers.Integral):
+            raise self.error(value)
+        number = int(value) if self.type == "int" else float(value)
+        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
+        too_high = self.high is not None and (number >= self.high if self.high_open else number > self.high)
+        if too_low or too_high or not math.isfinite(number):
+            raise self.error(value)
+        return number
+
+    def _check_range(self, value: Any) -> Tuple[float, float]:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise self.error(value)
+        pair = list(value)
+        if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in pair):
+            raise self.error(value)
+        lo, hi = float(pair[0]), float(pair[1])
+        if not 0 <= lo < hi <= 1:  # NaN fails here too
+            raise self.error(value)
+        return lo, hi
+
+
+def _num(x: float) -> str:
+    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _show(value: Any) -> str:
+    """``repr`` for scalars; a short description for tensors, arrays and long values (never a whole tensor)."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, (str, bytes)):
+        return f"<{type(value).__name__} of shape {tuple(shape)}, dtype {getattr(value, 'dtype', '?')}>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def infer_setting(name: str, default: Any) -> Setting:
+    """A declaration for a registered function's parameter that declared none: strict in its default's type."""
+    kind = {bool: "bool", int: "int", float: "float"}.get(type(default), "any")
+    return Setting(name, kind, default, "")
+
+
+Fn = Callable[..., Any]
+
+
+class FunctionRegistry:
+    """Functions ``fn(x, **params)`` by name, for a setting such as ``shift_mode`` or ``sample_method``.
+
+    Each parameter is validated by the :class:`Setting` given at registration, or one inferred from its default.
+    """
+
+    def __init__(self, key: str, kind: str) -> None:
+        self.key, self.kind = key, kind
+        self._functions: Dict[str, Fn] = {}
+        self._params: Dict[str, Dict[str, Setting]] = {}
+
+    def register(self, name: str, **settings: Setting) -> Callable[[Fn], Fn]:
+        """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``."""
+        if not isinstance(name, str) or not name:
+            raise SettingError(f"{self.key} name {name!r} must be a non-empty string")
+
+        def wrap(fn: Fn) -> Fn:
+            if name in self._functions:
+                raise KeyError(f"{self.key} {name!r} is already registered ({self._functions[name].__qualname__})")
+            params = list(inspect.signature(fn).parameters.values())[1:]
+            undeclared = sorted(set(settings) - {p.name for p in params})
+            if undeclared:
+                raise TypeError(f"settings {undeclared} declared for {self.key} {name!r} are not parameters of "
+                                f"{fn.__qualname__}")
+            self._params[name] = {p.name: settings.get(p.name) or infer_setting(p.name, p.default) for p in params}
+            self._functions[name] = fn
+            return fn
+
+        return wrap
+
+    def get(self, name: str) -> Fn:
+        """The function for ``name``, or a :class:`SettingError` listing the valid names."""
+        try:
+            return self._functions[name]
+        except (KeyError, TypeError):
+            raise SettingError(f"{self.key}={_show(name)} is not allowed: use one of "
+                               f"{', '.join(map(repr, self._functions))}") from None
+
+    def params(self, name: str) -> Dict[str, Setting]:
+        """The declared keyword parameters of ``name``'s function."""
+        self.get(name)
+        return self._params[name]
+
+    def defaults(self, name: str) -> Dict[str, Any]:
+        return {k: s.default for k, s in self.params(name).items()}
+
+    def check_params(self, name: str, params: Dict[str, Any]) -> Dict[str, Any]:
+        """Validate parameters for ``name``'s function; unknown ones get a ``TypeError`` listing what it takes."""
+        declared = self.params(name)
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            takes = ", ".join(declared) or "no parameters"
+            raise TypeError(f"{self.key}={name!r} got unexpected parameter(s) {unknown}; it takes {takes}")
+        return {k: declared[k].check(v) for k, v in params.items()}
+
+    def owners(self, param: str) -> List[str]:
+        """The names whose function takes ``param``."""
+        return [name for name, params in self._params.items() if param in params]
+
+    def unregister(self, name: str) -> None:
+        del self._functions[name]
+        del self._params[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._functions))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._functions
+
+
+POLICIES = FunctionRegistry("shift_mode", "policy")
+"""Temporal-size policies by name (filled by :mod:`.policies`): the choices of ``shift_mode``."""
+
+DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution")
+"""Timestep distributions by name (filled by :mod:`.sampling`): the choices of ``sample_method``."""
+
+
+# Shift factors a (and Flux's mu = log a) are kept within [1/100, 100]: beyond, float32 rounds most shifted
+# timesteps to 0 or N, which is the silent collapse this package exists to prevent.
+MAX_SHIFT_FACTOR = 100.0
+
+_SETTINGS = (
+    # --- Open-Sora's rflow ------------------------------------------------------------------------------------
+    Setting("num_sampling_steps", "int", 10, "Euler steps in sample()", low=1, high=10_000),
+    Setting("num_timesteps", "int", 1000, "the time scale N; t = N is pure noise", low=1, high=1_000_000),
+    Setting("cfg_scale", "float", 4.0, "classifier-free guidance scale when sample() gets none", low=0, high=100),
+    Setting("use_discrete_timesteps", "bool", False, "integer training timesteps and a rounded sampling grid"),
+    Setting("use_timestep_transform", "bool", True,
+            "shift timesteps at all (stock rflow defaults to False; a timeshift scheduler that does not shift is rflow)"),
+    # --- the base distribution ------------------------------------------------------------------------------
+    Setting("sample_method", "choice", "uniform", "base distribution of training timesteps", choices=DISTRIBUTIONS),
+    Setting("t_range", "range", None, "(t_min, t_max), fractions of N, confining the base draw (before the shift)",
+            optional=True),
+    Setting("t_range_mode", "choice", "truncate",
+            "'truncate' conditions the distribution on t_range, 'rescale' squeezes it into t_range",
+            choices=("truncate", "rescale")),
+    # --- the shift ------------------------------------------------------------------------------------------
+    Setting("shift_mode", "choice", "latent", "temporal-size policy: how num_frames becomes T_eff", choices=POLICIES),
+    Setting("on_degenerate", "choice", "error",
+            "a sample with T_eff <= 0: 'error' raises, 'clamp' shifts it as T_eff = 1, 'ignore' keeps stock's collapse",
+            choices=("error", "clamp", "ignore")),
+    Setting("scale_temporal", "bool", True,
+            "False: Open-Sora 1.3's spatial-only shift (every sample treated as an image, as stock 1.3 does)"),
+    Setting("transform_scale", "float", 1.0, "extra multiplier on the shift factor (Open-Sora's transform_scale)",
+            low=1 / MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+    Setting("scale_images", "bool", True, "whether transform_scale applies to images too (1.2: yes; 1.3: videos only)"),
+    Setting("uniform_over_threshold", "float", None,
+            "Open-Sora 1.3: redraw shifted video timesteps above this fraction of N uniformly above it",
+            low=0, high=1, high_open=True, optional=True),
+    Setting("base_resolution", "float", 512 * 512, "H * W at which the spatial factor is 1 (resolution_shift='sqrt')",
+            low=1, high=1e9),
+    Setting("base_num_frames", "float", 1, "T_eff at which the temporal factor is 1", low=1e-3, high=1e5),
+    Setting("shift_family", "choice", "rational",
+            "'rational' a t / (1 + (a - 1) t) (SD3, Open-Sora) or 'exponential' (Flux, shift given as mu = log a)",
+            choices=("rational", "exponential")),
+    Setting("shift_sigma", "float", 1.0, "the exponent of the exponential family (Flux: 1)", low=0.1, high=10),
+    Setting("resolution_shift", "choice", "sqrt",
+            "'sqrt' of H W / base_resolution (Open-Sora 1.x), 'linear' in latent tokens (Flux, Open-Sora 2.0), "
+            "or 'constant' (shift)", choices=("sqrt", "linear", "constant")),
+    Setting("shift", "float", None, "the constant of resolution_shift='constant' (a, or mu for exponential)",
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+    Setting("base_shift", "float", None, "the linear rule's value at base_seq_len (a, or mu); default 1 / 0.5",
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+    Setting("max_shift", "float", None, "the linear rule's value at max_seq_len (a, or mu); default 3 / 1.15",
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+    Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7),
+    Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7),
+    Setting("patch_size", "int", 2, "latent pixels per token side, for the token count", low=1, high=64),
+    Setting("spatial_compression", "int", 8, "pixels per latent pixel side, for token counts from pixel meta",
+            low=1, high=64),
+    # --- the stream of random numbers -----------------------------------------------------------------------
+    Setting("timestep_rng", "choice", "global",
+            "'global' draws from torch's RNG as stock does; 'per_sample' from a counter-based stream keyed on "
+            "(timestep_seed, step, global sample index)", choices=("global", "per_sample")),
+    Setting("timestep_seed", "int", 0, "the per-sample stream's seed", low=0, high=2**64 - 1),
+    Setting("stratified", "bool", False, "stratify the uniforms of the whole global batch (per_sample only)"),
+    Setting("timestep_start_step", "int", 0,
+            "the step to resume the per-sample stream from, under a trainer that does not restore state_dict()",
+            low=0, high=2**63 - 1),
+    Setting("backend", "choice", "auto", "'auto' (Open-Sora's RFLOW when importable), 'opensora' or 'standalone'",
+            choices=("auto", "opensora", "standalone")),
+)
+
+SETTINGS: Dict[str, Setting] = {s.name: s for s in _SETTINGS}
+"""The scheduler's own settings by name; policy and distribution parameters live with their functions."""
+
+OPENSORA_ONLY: Dict[str, Setting] = {s.name: s for s in (
+    Setting("use_oscillation_guidance", "bool", False, "Open-Sora 1.3: oscillating guidance"),
+    Setting("use_flaw_fix", "bool", False, "Open-Sora 1.3: rescale guided velocities"),
+    Setting("scale_image_weight", "bool", False, "Open-Sora 1.3: image-guidance weight schedule"),
+    Setting("initial_image_scale", "float", 1.0, "Open-Sora 1.3: first image-guidance weight", low=0, high=100),
+    Setting("force_num", "int", 10, "Open-Sora 1.3: steps of full oscillating guidance", low=0, high=10_000),
+    Setting("drop_condition", "any", None, "Open-Sora 1.3: condition-dropout weights for i2v / v2v training"),
+    Setting("x_cond_weight", "float", 1, "Open-Sora 1.3: loss weight of conditioning frames", low=0, high=100),
+)}
+"""Open-Sora 1.3's RFLOW keywords for guidance variants and conditioning: passed to its RFLOW, which implements
+them; the standalone backend takes them only at these defaults."""
+
+# Settings that only mean something under another setting's value: given explicitly otherwise, they would be
+# silently ignored, so they are refused. name -> (the setting it depends on, the values under which it applies).
+APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
+    "t_range_mode": ("t_range", ()),  # () here: any value but None
+    "base_resolution": ("resolution_shift", ("sqrt",)),
+    "shift": ("resolution_shift", ("constant",)),
+    "base_shift": ("resolution_shift", ("linear",)),
+    "max_shift": ("resolution_shift", ("linear",)),
+    "base_seq_len": ("resolution_shift", ("linear",)),
+    "max_seq_len": ("resolution_shift", ("linear",)),
+    "patch_size": ("resolution_shift", ("linear",)),
+    "spatial_compression": ("resolution_shift", ("linear",)),
+    "shift_sigma": ("shift_family", ("exponential",)),
+    "timestep_seed": ("timestep_rng", ("per_sample",)),
+    "stratified": ("timestep_rng", ("per_sample",)),
+    "timestep_start_step": ("timestep_rng", ("per_sample",)),
+    # Stock 1.3 treats a scale_temporal=False batch as images: neither its scale nor its redraw applies.
+    "transform_scale": ("scale_temporal", (True,)),
+    "scale_images": ("scale_temporal", (True,)),
+    "uniform_over_threshold": ("scale_temporal", (True,)),
+}
+
+
+
+
+def resolve(given: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate the scheduler's own settings in ``given`` and fill in the defaults of the rest.
+
+    Also refuses the combinations that could not work or would silently ignore a setting. Keys that are not
+    scheduler settings must have been taken out by the caller (policy and distribution parameters).
+    """
+    values = {name: s.default for name, s in SETTINGS.items()}
+    values.update({name: SETTINGS[name].check(value) for name, value in given.items()})
+    for name, (on, applies) in APPLIES_ONLY_WITH.items():
+        if name in given and not (values[on] in applies if applies else values[on] is not None):
+            needs = f"{on}={applies[0]!r}" if len(applies) == 1 else f"a {on}"
+            raise SettingError(f"{name}={_show(given[name])} only applies with {needs} (got {on}={values[on]!r}); "
+                               "remove it or set that too")
+    if values["use_discrete_timesteps"] and values["sample_method"] != "uniform":
+        raise SettingError(f"use_discrete_timesteps=True needs sample_method='uniform' (as stock), "
+                           f"got sample_method={values['sample_method']!r}")
+    if not values["scale_temporal"] and "shift_mode" in given and values["shift_mode"] != "spatial":
+        raise SettingError(f"scale_temporal=False (Open-Sora 1.3's spatial-only shift) contradicts "
+                           f"shift_mode={values['shift_mode']!r}: remove one, or use shift_mode='spatial'")
+    if values["resolution_shift"] == "linear" and not values["max_seq_len"] > values["base_seq_len"]:
+        raise SettingError(f"max_seq_len={_num(values['max_seq_len'])} must exceed "
+                           f"base_seq_len={_num(values['base_seq_len'])}")
+    _check_shift_values(values)
+    return values
+
+
+LINEAR_DEFAULTS = {"rational": (1.0, 3.0), "exponential": (0.5, 1.15)}
+"""The linear rule's anchor values per family: Open-Sora 2.0's alpha 1 -> 3; Flux's mu 0.5 -> 1.15."""
+
+
+def _check_shift_values(values: Dict[str, Any]) -> None:
+    """The shift values must give a factor in [1/100, 100]: rational a directly, exponential a = e^mu."""
+    family = values["shift_family"]
+    if values["resolution_shift"] == "constant" and values["shift"] is None:
+        raise SettingError("resolution_shift='constant' needs shift (the constant factor; SD3 uses 3.0)")
+    if values["resolution_shift"] == "linear":
+        lo, hi = LINEAR_DEFAULTS[family]
+        values["base_shift"] = lo if values["base_shift"] is None else values["base_shift"]
+        values["max_shift"] = hi if values["max_shift"] is None else values["max_shift"]
+        if values["max_shift"] < values["base_shift"]:
+            raise SettingError(f"max_shift={_num(values['max_shift'])} is below base_shift={_num(values['base_shift'])}: "
+                               "the linear rule must not decrease with the token count (it would reach 0 for large "
+                               "latents)")
+        if family == "rational":  # below its lower anchor the line falls; a latent holds at least one token
+            slope = (values["max_shift"] - values["base_shift"]) / (values["max_seq_len"] - values["base_seq_len"])
+            smallest = values["base_shift"] - slope * (values["base_seq_len"] - 1)
+            if smallest < 1 / MAX_SHIFT_FACTOR:
+                raise SettingError(
+                    f"base_shift={_num(values['base_shift'])}, max_shift={_num(values['max_shift'])}: the linear rule "
+                    f"gives a = {smallest:.4g} at 1 latent token, below 0.01 (a collapse to t = 0). Raise base_shift, "
+                    "lower max_shift or base_seq_len")
+    for name in ("shift", "base_shift", "max_shift"):
+        value = values[name]
+        if value is None:
+            continue
+        a = math.exp(value) if family == "exponential" else value
+        if not 1 / MAX_SHIFT_FACTOR <= a <= MAX_SHIFT_FACTOR:
+            what = f"mu, so a = e^mu = {a:.3g}" if family == "exponential" else "the factor a"
+            raise SettingError(f"{name}={_num(value)} is not allowed for shift_family={family!r} ({what}): the shift "
+                               f"factor must lie in [0.01, 100], where float32 timesteps do not collapse to 0 or N")
+
+
+def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False
+          ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """Split keywords into the caller's own settings, the selected policy's parameters (validated), the selected
+    distribution's (validated, when ``distribution``), and the rest.
+
+    A parameter of another policy or distribution than the selected one is refused here, naming both.
+    """
+    own = set(own)
+    mode = SETTINGS["shift_mode"].check(given.get("shift_mode", "latent"))
+    if given.get("scale_temporal") is False and "shift_mode" not in given:
+        mode = "spatial"
+    method = SETTINGS["sample_method"].check(given.get("sample_method", "uniform")) if distribution else None
+    mine: Dict[str, Any] = {}
+    policy: Dict[str, Any] = {}
+    dist: Dict[str, Any] = {}
+    rest: Dict[str, Any] = {}
+    for key, value in given.items():
+        if key in own:
+            mine[key] = value
+        elif key in POLICIES.params(mode):
+            policy[key] = value
+        elif method is not None and key in DISTRIBUTIONS.params(method):
+            dist[key] = value
+        else:
+            for registry, selected in ((POLICIES, mode), (DISTRIBUTIONS, method)):
+                owners = registry.owners(key)
+                if owners and selected is not None:
+                    raise SettingError(f"{key}={_show(value)} is a parameter of {registry.key} "
+                                       f"{' / '.join(map(repr, owners))}, not of {registry.key}={selected!r}: remove "
+                                       f"it or select {registry.key}={owners[0]!r}")
+            rest[key] = value
+    return mine, POLICIES.check_params(mode, policy), (DISTRIBUTIONS.check_params(method, dist) if method else {}), rest
+
+
+def unknown_setting_error(who: str, key: str, value: Any, own: Iterable[str], shift_mode: str,
+                          sample_method: Optional[str] = None, also: Iterable[str] = ()) -> TypeError:
+    """A ``TypeError`` for a keyword nobody takes: a close match if there is one, and who accepts what."""
+    accepted = {f"{who}": sorted(own), f"shift_mode={shift_mode!r}": list(POLICIES.params(shift_mode))}
+    if sample_method is not None:
+        accepted[f"sample_method={sample_method!r}"] = list(DISTRIBUTIONS.params(sample_method))
+    if also:
+        accepted["Open-Sora's RFLOW (backend='opensora')"] = sorted(also)
+    every = [name for names in accepted.values() for name in names]
+    close = difflib.get_close_matches(str(key), every, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    takes = "; ".join(f"{k} takes {', '.join(v) or 'nothing'}" for k, v in accepted.items())
+    return TypeError(f"{who} got an unknown setting {key}={_show(value)}.{hint} {takes}")
+
+
+def settings_doc(names: Iterable[str]) -> str:
+    """Docstring lines for settings: ``name (allowed, default ...): doc``."""
+    return "\n".join(f"    {SETTINGS[n].name} ({SETTINGS[n].allowed()}; default {SETTINGS[n].default!r}): "
+                     f"{SETTINGS[n].doc}" for n in names)
+
