@@ -485,6 +485,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     too_short = 0
     if args.csv is not None:
         buckets, skipped, examples = read_csv_buckets(args.csv, not args.no_progress, args.skip_bad_rows)
+        if not buckets:  # an audit that saw nothing must not pass a launch gate as "OK"
+            raise UsageError(f"{args.csv} has no clips to audit"
+                             + (f": all {sum(skipped.values())} rows are malformed ({examples[0]})" if skipped else ""))
         if has_buckets:
             buckets, too_short = assign_to_config(buckets, sorted({f for *_, f in config_bucket_list}))
     else:

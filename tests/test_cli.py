@@ -441,6 +441,8 @@ def workspace(tmp_path, monkeypatch):
         "empty.csv": "",
         "blank.csv": "\n\n\n",
         "nocols.csv": "path,text\na,b\n",
+        "header_only.csv": "path,num_frames,height,width\n",
+        "all_bad.csv": "path,num_frames,height,width\na,0,256,256\nb,nan,256,256\n",
         "syntax.py": "bucket_config = (\n",
         "raises.py": "raise RuntimeError('boom')\n",
         "exits.py": "import sys\nsys.exit(0)\n",
@@ -529,6 +531,8 @@ HOSTILE = {
     "csv no columns": (["audit", "--csv", "nocols.csv"], "missing column"),
     "csv duplicated column": (["audit", "--csv", "dup.csv"], "'height' appears 2 times"),
     "csv bad row": (["audit", "--csv", "bad_rows.csv"], "row 3"),
+    "csv header only": (["audit", "--csv", "header_only.csv"], "no clips"),
+    "csv every row skipped": (["audit", "--csv", "all_bad.csv", "--skip-bad-rows"], "all 2 rows are malformed"),
     "csv is a config": (["audit", "--csv", "base.py"], "missing column"),
     "config syntax error": (["audit", "--config", "syntax.py"], "SyntaxError"),
     "config raises": (["audit", "--config", "raises.py"], "boom"),
@@ -601,3 +605,13 @@ def test_hostile_input_is_one_line_and_exit_2(argv, words, workspace, capsys):
     assert len([line for line in err.splitlines() if line.strip()]) == 1 and err.strip(), err
     assert "Traceback" not in err and words in err
     assert snapshot(workspace) == before
+
+
+def test_audit_takes_numbers_as_pandas_does(tmp_path, capsys):
+    # Python's float() also reads these; pandas leaves them as text, so Open-Sora would not get a frame count
+    odd = ["16_000", "\u0661\u0666", "nan", "Infinity", "0x10", "1e400", "16.5", "-16", "0"]
+    data = tmp_path / "odd.csv"
+    data.write_text("path,num_frames,height,width\n" + "".join(f"c,{n},256,256\n" for n in odd)
+                    + "a,16,256,256\nb, 17.0 ,256,256\nd,5.1e1,256,256\n", encoding="utf-8")
+    code, out, _ = run(capsys, "audit", "--csv", data, "--no-progress", "--skip-bad-rows")
+    assert code == 1 and "3 clips in 3 buckets" in out and f"skipped {len(odd)} malformed rows" in out
