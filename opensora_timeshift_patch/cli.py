@@ -53,14 +53,13 @@ BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*", re.ASCII)
 # A number as pandas parses it; Python's float() also takes "1_000", "nan" and non-ASCII digits, pandas does not.
 CSV_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
 
-EXIT_STATUS = """exit status:
-  0  done{audit}
-  2  bad input or usage: one line on stderr, nothing written
-  3  internal error: a traceback on stderr (a bug: please report it)"""
-AUDIT_EXIT_STATUS = EXIT_STATUS.format(audit=": no clip would train at t = 0\n"
-                                       "  1  some clip would train with every timestep at t = 0, or be refused by "
-                                       "the guard")
-PLAIN_EXIT_STATUS = EXIT_STATUS.format(audit="")
+_BAD_INPUT = "  2  bad input or usage: one line on stderr, no traceback\n"
+_BUG = "  3  internal error: a traceback on stderr (a bug: please report it)"
+_COLLAPSE = "some clip would train with every timestep at t = 0, or be refused by the guard"
+EXIT_STATUS = ("exit status:\n  0  done (audit: no clip would train at t = 0)\n"
+               f"  1  audit only: {_COLLAPSE}\n{_BAD_INPUT}{_BUG}")
+AUDIT_EXIT_STATUS = f"exit status:\n  0  no clip would train at t = 0\n  1  {_COLLAPSE}\n{_BAD_INPUT}{_BUG}"
+PLAIN_EXIT_STATUS = f"exit status:\n  0  done\n{_BAD_INPUT}{_BUG}"
 
 
 class UsageError(Exception):
@@ -709,7 +708,7 @@ def write_verified(out: Path, text: str, build: Callable[[Any], Any]) -> Tuple[A
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = Parser(
-        prog="opensora-timeshift", formatter_class=formatter, epilog=AUDIT_EXIT_STATUS,
+        prog="opensora-timeshift", formatter_class=formatter, epilog=EXIT_STATUS,
         description="See, audit and configure Open-Sora's timestep shift before spending GPU time.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -756,10 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="write a config deriving from an Open-Sora config, with rflow-timeshift",
                        formatter_class=formatter, epilog=PLAIN_EXIT_STATUS,
                        description="Writes an mmengine config whose _base_ is BASE_CONFIG and whose scheduler is\n"
-                                   "rflow-timeshift with the chosen options. It is written to a temporary file beside\n"
-                                   "--out, loaded with mmengine and its scheduler built through the registry, and only\n"
-                                   "then moved into place; on any failure nothing is written. --out may not be\n"
-                                   "BASE_CONFIG or any file in its _base_ chain, and an existing --out is replaced\n"
+                                   "rflow-timeshift with the chosen options. It is written to a temporary file\n"
+                                   "beside --out, loaded with mmengine and its scheduler built through the registry,\n"
+                                   "and only then moved into place; on any failure nothing is written. --out may not\n"
+                                   "be BASE_CONFIG or any file in its _base_ chain, and an existing --out is replaced\n"
                                    "only with --force.")
     p.add_argument("base_config", metavar="BASE_CONFIG", help="the Open-Sora config to derive from")
     p.add_argument("--shift-mode", choices=SHIFT_MODES, required=True, help="temporal-size policy")
