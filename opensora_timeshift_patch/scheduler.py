@@ -84,6 +84,11 @@ class RFlowTimeShift:
                 raise unknown_setting_error("rflow-timeshift", key, value, SETTINGS, values["shift_mode"],
                                             values["sample_method"], OPENSORA_ONLY)
         self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params}
+        unused = [f"{k}={values[k]!r}" for k in ("transform_scale", "uniform_over_threshold")
+                  if values[k] != SETTINGS[k].default]
+        if not values["scale_temporal"] and unused:
+            warnings.warn(f"scale_temporal=False: as in stock Open-Sora 1.3, every sample is shifted as an image, so "
+                          f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply", stacklevel=2)
         self.distribution = TimestepDistribution(values["sample_method"], values["t_range"], values["t_range_mode"],
                                                  **dist_params)
         self.shift = TimestepShift(**{k: v for k, v in own.items() if k in SHIFT_SETTINGS}, **policy_params)

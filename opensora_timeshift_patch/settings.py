@@ -304,10 +304,6 @@ APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
     "timestep_seed": ("timestep_rng", ("per_sample",)),
     "stratified": ("timestep_rng", ("per_sample",)),
     "timestep_start_step": ("timestep_rng", ("per_sample",)),
-    # Stock 1.3 treats a scale_temporal=False batch as images: neither its scale nor its redraw applies.
-    "transform_scale": ("scale_temporal", (True,)),
-    "scale_images": ("scale_temporal", (True,)),
-    "uniform_over_threshold": ("scale_temporal", (True,)),
 }
 
 

@@ -121,6 +121,9 @@ def main() -> int:
     check("patch: stock rflow trains 16 frames like frames16", torch.equal(t_patched, t_fixed))
     check("unpatch restores the original", rf.timestep_transform is original)
 
+    if v13:
+        goldens["v13_flags"] = check_v13_flags(SCHEDULERS, check)
+
     if args.json:
         print(json.dumps(goldens, indent=1))
     else:
@@ -128,6 +131,50 @@ def main() -> int:
         print(f"stock on 16 frames: training t = {t16.tolist()}, sampling t = {goldens['sixteen_frames']['stock_sampling_t']}")
         print(f"frames16 on 16 frames: training t = {t_fixed.tolist()}")
     return 1 if failures else 0
+
+
+def check_v13_flags(SCHEDULERS, check):
+    """Open-Sora 1.3's own flags and call keywords, as its configs and train.py use them; returns stock's numbers."""
+    out = {}
+    # scale_temporal=False: stock treats the batch as images, so transform_scale does not apply.
+    z = torch.randn(*latent_shape(2, 51), generator=torch.Generator().manual_seed(2))
+    flags = dict(use_timestep_transform=True, num_sampling_steps=4, transform_scale=2.0, scale_temporal=False)
+    ts_stock, _ = run_sampling(build_module(dict(type="rflow", **flags), SCHEDULERS), z, meta(2, 720, 1280, 51))
+    for backend in ("opensora", "standalone"):
+        ts_ours, _ = run_sampling(build_module(dict(type="rflow-timeshift", backend=backend, **flags), SCHEDULERS),
+                                  z, meta(2, 720, 1280, 51))
+        check(f"scale_temporal=False, transform_scale=2 {backend}: schedule",
+              all(torch.equal(a, b) for a, b in zip(ts_stock, ts_ours)))
+    out["scale_temporal_false_sampling_t"] = [t[0].item() for t in ts_stock]
+
+    # uniform_over_threshold: stock draws its redraw uniforms only for video batches; the RNG after must agree.
+    for n in (1, 51):
+        x = torch.randn(*latent_shape(3, n), generator=torch.Generator().manual_seed(1))
+        flags = dict(use_timestep_transform=True, uniform_over_threshold=0.5)
+        results = {}
+        for name, cfg in (("stock", dict(type="rflow", **flags)),
+                          ("ours", dict(type="rflow-timeshift", shift_mode="v13", scale_images=False,
+                                        backend="standalone", **flags))):
+            t, loss = run_training(build_module(cfg, SCHEDULERS), x, meta(3, 512, 512, n), seed=0)
+            results[name] = (t, loss, torch.rand(2))
+        stock, ours = results["stock"], results["ours"]
+        check(f"uniform_over_threshold n={n}: t, loss and the next random numbers",
+              torch.equal(stock[0], ours[0]) and torch.equal(stock[1], ours[1]) and torch.equal(stock[2], ours[2]))
+        out[f"uniform_over_threshold_{n}f"] = dict(t=stock[0].tolist(), next_rand=stock[2].tolist())
+
+    # train.py's call: model_args=, mask_index=[], x_gt, noise_disable_threshold, text_uncond_prob, x_noisy_ref.
+    x = torch.randn(*latent_shape(3, 17), generator=torch.Generator().manual_seed(1))
+    x_gt = torch.randn(*latent_shape(3, 17), generator=torch.Generator().manual_seed(4))
+    call = dict(model_args=meta(3, 256, 256, 17), mask=None, mask_index=[], x_gt=x_gt, noise_disable_threshold=500,
+                text_uncond_prob=0.0, x_noisy_ref=x)
+    losses = {}
+    for name, cfg in (("stock", dict(type="rflow", use_timestep_transform=True)),
+                      ("standalone", dict(type="rflow-timeshift", shift_mode="v13", backend="standalone"))):
+        torch.manual_seed(0)
+        losses[name] = build_module(cfg, SCHEDULERS).training_losses(StubModel(), x.clone(), **call)["loss"]
+    check("1.3 train.py call on the standalone backend: loss", torch.equal(losses["stock"], losses["standalone"]))
+    out["train_call_loss"] = losses["stock"].tolist()
+    return out
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import opensora_timeshift_patch as ots
-from opensora_timeshift_patch.testing import batch_meta, latent_shape, run_sampling, run_training
+from opensora_timeshift_patch.testing import StubModel, batch_meta, latent_shape, run_sampling, run_training
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "opensora_golden.json").read_text())
 RELEASES = [("opensora_1.2", "latent", True), ("opensora_1.3", "v13", False)]
@@ -107,3 +107,50 @@ def test_stock_1_3_on_sixteen_frames_is_v13():
     assert t.tolist() == stock["stock_training_t"]
     steps, _ = run_sampling(scheduler, x[:2], batch_meta(2, 256, 256, 16))
     assert [s[0].item() for s in steps] == stock["stock_sampling_t"]
+
+
+V13_FLAGS = GOLDEN["opensora_1.3"]["v13_flags"]
+
+
+def test_v13_scale_temporal_false_ignores_transform_scale_as_stock():
+    """Stock 1.3 treats a scale_temporal=False batch as images: a = sqrt(720 * 1280 / 512^2) = 1.875, no scale."""
+    z = torch.randn(*latent_shape(2, 51), generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="transform_scale=2.0 does not apply"):
+        scheduler = ots.RFlowTimeShift(num_sampling_steps=4, transform_scale=2.0, scale_temporal=False)
+    steps, _ = run_sampling(scheduler, z, batch_meta(2, 720, 1280, 51))
+    got = [s[0].item() for s in steps]
+    assert got == V13_FLAGS["scale_temporal_false_sampling_t"]
+    a = 1.875
+    assert got == pytest.approx([1000 * a * t / (1 + (a - 1) * t) for t in (1, 0.75, 0.5, 0.25)], rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 51])
+def test_v13_uniform_over_threshold_consumes_the_rng_as_stock(n):
+    """Stock draws the redraw uniforms for video batches only: t and every later random number agree with it."""
+    x = torch.randn(*latent_shape(3, n), generator=torch.Generator().manual_seed(1))
+    scheduler = ots.RFlowTimeShift(shift_mode="v13", scale_images=False, uniform_over_threshold=0.5)
+    t, _ = run_training(scheduler, x, batch_meta(3, 512, 512, n), seed=0)
+    want = V13_FLAGS[f"uniform_over_threshold_{n}f"]
+    assert t.tolist() == want["t"] and torch.rand(2).tolist() == want["next_rand"]
+
+
+def test_v13_train_call_keywords_on_the_standalone_backend():
+    """1.3's train.py passes model_args, mask_index=[], x_gt, noise_disable_threshold, text_uncond_prob, x_noisy_ref."""
+    x = torch.randn(*latent_shape(3, 17), generator=torch.Generator().manual_seed(1))
+    x_gt = torch.randn(*latent_shape(3, 17), generator=torch.Generator().manual_seed(4))
+    before = x.clone()
+    torch.manual_seed(0)
+    loss = ots.RFlowTimeShift(shift_mode="v13", backend="standalone").training_losses(
+        StubModel(), x, model_args=batch_meta(3, 256, 256, 17), mask=None, mask_index=[], x_gt=x_gt,
+        noise_disable_threshold=500, text_uncond_prob=0.0, x_noisy_ref=x)["loss"]
+    torch.testing.assert_close(loss, torch.tensor(V13_FLAGS["train_call_loss"]), rtol=1e-6, atol=0)
+    assert torch.equal(x, before)  # stock writes x_gt into x_start in place; this backend leaves the batch alone
+
+
+def test_v13_conditioning_on_the_standalone_backend_is_refused_briefly():
+    x = torch.randn(*latent_shape(2, 17))
+    with pytest.raises(ValueError) as err:
+        ots.RFlowTimeShift(backend="standalone").training_losses(
+            StubModel(), x, batch_meta(2, 256, 256, 17), mask_index=[0], x_noisy_ref=x)
+    assert "mask_index=[0]" in str(err.value) and "backend='opensora'" in str(err.value)
+    assert len(str(err.value)) < 300 and "tensor(" not in str(err.value)
