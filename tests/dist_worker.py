@@ -48,6 +48,20 @@ def make_groups(sp):
     return dp_group, sp_group
 
 
+def batch_size(step, dp_rank, uneven):
+    """BATCH everywhere, or a size that differs between data-parallel ranks and between steps (1 to BATCH)."""
+    return 1 + (step + 3 * dp_rank) % BATCH if uneven else BATCH
+
+
+def gather_uneven(t):
+    """Every rank's vector, whatever its length: padded with NaN to the longest for all_gather, then trimmed."""
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(t)]))
+    longest = max(int(s) for s in sizes)
+    padded = torch.cat([t.float(), torch.full((longest - len(t),), float("nan"))])
+    return [row[: int(n)] for row, n in zip(gather(padded), sizes)]
+
+
 def gather(t):
     out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t)
@@ -60,6 +74,9 @@ def main():
     parser.add_argument("--groups", choices=["explicit", "opensora"], default="explicit")
     parser.add_argument("--stratified", action="store_true")
     parser.add_argument("--colossalai", action="store_true")
+    parser.add_argument("--uneven", action="store_true",
+                        help="per-rank batch sizes that differ from rank to rank and step to step, as Open-Sora's "
+                             "bucket sampler gives them")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -72,6 +89,7 @@ def main():
     else:
         dist.init_process_group("gloo")
     torch.manual_seed(1024)  # the same seed on every rank, as Open-Sora's set_seed
+    global_rng = torch.rand(BATCH)  # what stock draws from it: the same on every rank
     dp_group, sp_group = make_groups(args.sp)
 
     cfg = dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample", timestep_seed=7,
@@ -91,24 +109,26 @@ def main():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     if args.colossalai:
         model, optimizer, *_ = Booster(plugin=TorchDDPPlugin()).boost(model, optimizer)
-    meta = batch_meta(BATCH, 256, 256, 17)
-    for _ in range(STEPS):
-        x = torch.randn(BATCH, 4, 5, 4, 4)
-        loss = scheduler.training_losses(model, x, meta)["loss"].mean()
+    dp_rank = dist.get_rank() // args.sp
+    sizes = [batch_size(step, dp_rank, args.uneven) for step in range(STEPS)]
+    for size in sizes:
+        x = torch.randn(size, 4, 5, 4, 4)
+        loss = scheduler.training_losses(model, x, batch_meta(size, 256, 256, 17))["loss"].mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    steps = [gather(t) for t in raw_model.seen]
+    steps = [gather_uneven(t) for t in raw_model.seen]
 
     checkpoint = scheduler.state_dict()
+    meta = batch_meta(BATCH, 256, 256, 17)
     uninterrupted = scheduler.sample_timesteps(torch.randn(BATCH, 4, 5, 4, 4), meta)
     resumed_scheduler = build_module(cfg, SCHEDULERS)
     if args.groups == "explicit":
         resumed_scheduler.set_process_groups(dp_group, sp_group)
     resumed_scheduler.load_state_dict(checkpoint)
     resumed = resumed_scheduler.sample_timesteps(torch.randn(BATCH, 4, 5, 4, 4), meta)
-    result = dict(world=dist.get_world_size(), sp=args.sp, steps=steps, checkpoint=checkpoint,
-                  uninterrupted=gather(uninterrupted), resumed=gather(resumed), global_rng=gather(torch.rand(BATCH)))
+    result = dict(world=dist.get_world_size(), sp=args.sp, steps=steps, sizes=gather(torch.tensor(sizes)), checkpoint=checkpoint,
+                  uninterrupted=gather(uninterrupted), resumed=gather(resumed), global_rng=gather(global_rng))
     if dist.get_rank() == 0:
         with open(args.out, "w") as f:
             json.dump(result, f)

@@ -71,6 +71,24 @@ def test_stratified_coverage_of_the_global_batch(tmp_path):
         assert max(gaps) - min(gaps) < 1e-4  # equally spaced, up to float32 rounding of t
 
 
+@pytest.mark.parametrize("stratified", [False, True], ids=["independent", "stratified"])
+def test_uneven_per_rank_batches_never_share_a_timestep(tmp_path, stratified):
+    """Open-Sora's bucket sampler gives data-parallel ranks different batch sizes at the same step. 4 ranks as
+    DP x SP = 2 x 2, batch sizes 1..4 differing by rank and step: no two samples on different data-parallel ranks
+    draw the same timestep, and each stratified rank stays in its own half of the unit interval."""
+    result = launch(tmp_path, 4, "--sp", "2", "--uneven", *(["--stratified"] if stratified else []))
+    sizes = result["sizes"]
+    assert any(len(set(step)) > 1 for step in zip(*sizes)), "the worker did not give ranks different sizes"
+    check_stream(result)
+    if stratified:
+        for step in result["steps"]:
+            for dp_rank, r in enumerate(range(0, 4, 2)):
+                u = step[r]
+                u0 = step[0][0] / 1000  # rank 0's first draw is the shared offset
+                slots = [((v / 1000 - u0) % 1.0) * 2 - dp_rank for v in u]
+                assert all(-1e-4 <= s < 1 + 1e-4 for s in slots), (dp_rank, slots)
+
+
 @pytest.mark.colossalai
 def test_colossalai_launch_and_booster(tmp_path):
     """As Open-Sora's train.py: colossalai.launch_from_torch, Booster(TorchDDPPlugin), 4 ranks, DP x SP = 2 x 2."""
