@@ -56,6 +56,14 @@ class RFLOW:
 '''
 
 
+# As Open-Sora 1.x's: the registry imports opensora.schedulers on its first lookup.
+REGISTRY = '''
+from mmengine.registry import Registry
+
+SCHEDULERS = Registry("scheduler", locations=["opensora.schedulers"])
+'''
+
+
 PARALLEL_STATES = '''
 import torch.distributed as dist
 
@@ -86,7 +94,7 @@ def write_fake_opensora(root, version="1.2"):
     rf = pkg / "schedulers" / "rf"
     rf.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "registry.py").write_text('from mmengine.registry import Registry\n\nSCHEDULERS = Registry("scheduler")\n')
+    (pkg / "registry.py").write_text(REGISTRY)
     (pkg / "schedulers" / "__init__.py").write_text("from .rf import RFLOW\n")
     (rf / f"{train_module}.py").write_text(textwrap.dedent(TRANSFORM).replace("{RULE}", rule))
     (rf / "__init__.py").write_text(RF_INIT.format(TRAIN_MODULE=train_module))

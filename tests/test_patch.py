@@ -120,3 +120,40 @@ def test_registers_into_opensora_registry_and_builds_from_config(tmp_path, versi
     assert out.returncode == 0, out.stderr
     # frames16 at 256 x 256, 4 latent frames: a = 1, the unshifted grid
     assert out.stdout.strip().splitlines()[-1] == "[1000.0, 900.0, 800.0, 700.0, 600.0, 500.0, 400.0, 300.0, 200.0, 100.0]"
+
+
+def test_partial_opensora_install_warns_once_and_falls_back(tmp_path):
+    """opensora imports but opensora.schedulers does not (a dependency of Open-Sora's missing, e.g. colossalai):
+    the package still imports, warns once naming the failing import, and builds on the standalone backend;
+    backend='opensora' is a clear ImportError."""
+    write_fake_opensora(tmp_path, "1.2")
+    (tmp_path / "opensora" / "schedulers" / "__init__.py").write_text("import colossalai_is_missing_here\n")
+    code = textwrap.dedent('''
+        import warnings
+        import torch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import opensora_timeshift_patch as ots
+            s = ots.build_module(dict(type="rflow-timeshift"), ots.SCHEDULERS)
+            s2 = ots.build_module(dict(type="rflow-timeshift"), ots.SCHEDULERS)
+        mine = [str(w.message) for w in caught if "opensora" in str(w.message)]
+        assert len(mine) == 1, mine
+        assert "colossalai_is_missing_here" in mine[0] and "standalone" in mine[0], mine[0]
+        assert s.backend == s2.backend == "standalone"
+        from opensora.registry import SCHEDULERS as theirs
+        assert ots.SCHEDULERS is not theirs  # a registry that cannot import its schedulers is not used
+        kw = dict(height=torch.full((2,), 256.0), width=torch.full((2,), 256.0), num_frames=torch.full((2,), 17.0))
+        loss = s.training_losses(lambda x, t, **k: torch.cat([x, x], 1), torch.zeros(2, 4, 5, 2, 2), kw)["loss"]
+        assert bool(loss.isfinite().all())
+        try:
+            ots.RFlowTimeShift(backend="opensora")
+        except ImportError as err:
+            assert "backend='opensora' needs Open-Sora" in str(err) and "colossalai_is_missing_here" in str(err)
+        else:
+            raise AssertionError("backend='opensora' built without Open-Sora's schedulers")
+        print("ok")
+    ''')
+    env = {"PYTHONPATH": str(tmp_path), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
