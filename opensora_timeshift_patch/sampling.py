@@ -116,7 +116,8 @@ class TimestepDistribution:
         u = torch.arange(1, 1000, dtype=torch.float64) / 1000
         with torch.no_grad():
             t = self._unclamped(u)
-        what = f"sample_method={self.sample_method!r}" + "".join(f", {k}={v!r}" for k, v in self.params.items())
+        params = {**DISTRIBUTIONS.defaults(self.sample_method), **self.params}
+        what = f"sample_method={self.sample_method!r}" + "".join(f", {k}={v!r}" for k, v in params.items())
         what += f", t_range={self.t_range!r}" if self.t_range is not None else ""
         if not isinstance(t, Tensor) or t.shape != u.shape or not bool(((t >= 0) & (t <= 1)).all()):
             raise SettingError(f"{what} does not map (0, 1) into [0, 1]: a distribution must return t in [0, 1] "

@@ -76,7 +76,7 @@ class Setting:
         if self.type == "any":
             return value
         if self.type == "bool":
-            if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_ as mmengine may load it
+            if isinstance(value, bool) or _is_numpy_bool(value):  # as a config built with numpy may hold it
                 return bool(value)
             raise self.error(value)
         if self.type == "choice":
@@ -97,7 +97,7 @@ class Setting:
         return number
 
     def _check_range(self, value: Any) -> Tuple[float, float]:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        if not isinstance(value, (list, tuple)):  # what a config can hold; a tensor or a string is a mistake
             raise self.error(value)
         pair = list(value)
         if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in pair):
@@ -112,10 +112,15 @@ def _num(x: float) -> str:
     return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
 
 
+def _is_numpy_bool(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+
+
 def _show(value: Any) -> str:
     """``repr`` for scalars; a short description for tensors, arrays and long values (never a whole tensor)."""
     shape = getattr(value, "shape", None)
-    if shape is not None and not isinstance(value, (str, bytes)):
+    is_array = shape is not None and (len(shape) > 0 or type(value).__module__.startswith("torch"))
+    if is_array and not isinstance(value, (str, bytes)):
         return f"<{type(value).__name__} of shape {tuple(shape)}, dtype {getattr(value, 'dtype', '?')}>"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -341,25 +346,13 @@ LINEAR_DEFAULTS = {"rational": (1.0, 3.0), "exponential": (0.5, 1.15)}
 
 def _check_shift_values(values: Dict[str, Any]) -> None:
     """The shift values must give a factor in [1/100, 100]: rational a directly, exponential a = e^mu."""
-    family = values["shift_family"]
-    if values["resolution_shift"] == "constant" and values["shift"] is None:
+    family, rule = values["shift_family"], values["resolution_shift"]
+    if rule == "constant" and values["shift"] is None:
         raise SettingError("resolution_shift='constant' needs shift (the constant factor; SD3 uses 3.0)")
-    if values["resolution_shift"] == "linear":
+    if rule == "linear":
         lo, hi = LINEAR_DEFAULTS[family]
         values["base_shift"] = lo if values["base_shift"] is None else values["base_shift"]
         values["max_shift"] = hi if values["max_shift"] is None else values["max_shift"]
-        if values["max_shift"] < values["base_shift"]:
-            raise SettingError(f"max_shift={_num(values['max_shift'])} is below base_shift={_num(values['base_shift'])}: "
-                               "the linear rule must not decrease with the token count (it would reach 0 for large "
-                               "latents)")
-        if family == "rational":  # below its lower anchor the line falls; a latent holds at least one token
-            slope = (values["max_shift"] - values["base_shift"]) / (values["max_seq_len"] - values["base_seq_len"])
-            smallest = values["base_shift"] - slope * (values["base_seq_len"] - 1)
-            if smallest < 1 / MAX_SHIFT_FACTOR:
-                raise SettingError(
-                    f"base_shift={_num(values['base_shift'])}, max_shift={_num(values['max_shift'])}: the linear rule "
-                    f"gives a = {smallest:.4g} at 1 latent token, below 0.01 (a collapse to t = 0). Raise base_shift, "
-                    "lower max_shift or base_seq_len")
     for name in ("shift", "base_shift", "max_shift"):
         value = values[name]
         if value is None:
@@ -369,6 +362,20 @@ def _check_shift_values(values: Dict[str, Any]) -> None:
             what = f"mu, so a = e^mu = {a:.3g}" if family == "exponential" else "the factor a"
             raise SettingError(f"{name}={_num(value)} is not allowed for shift_family={family!r} ({what}): the shift "
                                f"factor must lie in [0.01, 100], where float32 timesteps do not collapse to 0 or N")
+    if rule != "linear":
+        return
+    if values["max_shift"] < values["base_shift"]:
+        raise SettingError(f"max_shift={_num(values['max_shift'])} is below base_shift={_num(values['base_shift'])}: "
+                           "the linear rule must not decrease with the token count (it would reach 0 for large "
+                           "latents)")
+    if family == "rational":  # below its lower anchor the line falls; a latent holds at least one token
+        slope = (values["max_shift"] - values["base_shift"]) / (values["max_seq_len"] - values["base_seq_len"])
+        smallest = values["base_shift"] - slope * (values["base_seq_len"] - 1)
+        if smallest < 1 / MAX_SHIFT_FACTOR:
+            raise SettingError(
+                f"base_shift={_num(values['base_shift'])}, max_shift={_num(values['max_shift'])}: the linear rule "
+                f"gives a = {smallest:.4g} at 1 latent token, below 0.01 (a collapse to t = 0). Raise base_shift, "
+                "lower max_shift or base_seq_len")
 
 
 def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False
