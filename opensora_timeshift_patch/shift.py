@@ -223,18 +223,21 @@ class TimestepShift:
 
     def _diagnose(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int]) -> str:
         """Say which samples are invalid or degenerate and why; only runs once the check has already failed."""
-        h, w, n = (x.reshape(-1).tolist() for x in torch.broadcast_tensors(height, width, num_frames))
+        height, width, num_frames = torch.broadcast_tensors(height, width, num_frames)
+        valid = meta_is_valid(height, width, num_frames).reshape(-1).tolist()
+        h, w, n = (x.reshape(-1).tolist() for x in (height, width, num_frames))
         raw = self.temporal_size(torch.tensor(n, dtype=torch.float64), latent_frames).tolist()
-        for i, (hi, wi, ni, ti) in enumerate(zip(h, w, n, raw)):
-            if not (ni >= 1 and float(ni).is_integer()):
+        for i, (hi, wi, ni, ti, ok) in enumerate(zip(h, w, n, raw, valid)):
+            if not (ni >= 1 and math.isfinite(ni) and float(ni).is_integer()):
                 return (
                     f"num_frames={_num(ni)} (sample {i}) is not a valid frame count: it must be a whole number >= 1. "
                     "Check the dataset's num_frames column or the meta passed in model_kwargs."
                 )
-            if not (hi > 0 and wi > 0 and math.isfinite(hi * wi)):
+            if not ok:
                 return (
                     f"height x width = {_num(hi)} x {_num(wi)} (sample {i}) is not a valid resolution: both must be "
-                    "finite and > 0. Check the height/width meta passed in model_kwargs."
+                    f"> 0 and their product finite in {height.dtype}. Check the height/width meta passed in "
+                    "model_kwargs."
                 )
             if not ti > 0:
                 return (
@@ -258,7 +261,8 @@ _INVALID_META = ("timestep shift: invalid batch meta (num_frames must be whole n
 
 def meta_is_valid(height: Tensor, width: Tensor, num_frames: Tensor) -> Tensor:
     """Per sample: a whole frame count >= 1 and a finite, positive resolution. Pure tensor ops, no sync."""
-    return (num_frames >= 1) & (num_frames == num_frames.floor()) & (torch.minimum(height, width) > 0) & \
+    # n - floor(n) is NaN for NaN and inf, so one comparison also refuses those.
+    return (num_frames >= 1) & (num_frames - num_frames.floor() == 0) & (torch.minimum(height, width) > 0) & \
         (height * width).isfinite()
 
 
@@ -338,7 +342,9 @@ _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if math.isfinite(x) and float(x).is_integer() else str(x)
+    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.6g}"
 
 
 def _ranges(values: Tuple[int, ...]) -> str:

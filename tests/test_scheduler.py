@@ -194,3 +194,51 @@ def test_policy_parameters_reach_the_policy():
     scheduler = build(shift_mode="latent", causal=True, temporal_compression=4)
     assert scheduler.shift.policy_params == dict(causal=True, temporal_compression=4)
     assert "causal=True" in repr(scheduler)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda s: s.training_losses(StubModel(), torch.randn(3, 4, 5, 2, 2), batch_meta(2, 256, 256, 17)),
+         r"meta height has shape \(2,\): it must be \(3,\)"),
+        (lambda s: s.training_losses(StubModel(), torch.randn(2, 4, 0, 2, 2), batch_meta(2, 256, 256, 17)),
+         r"x_start of shape \(2, 4, 0, 2, 2\) is empty along T: the latent tensor has no samples, frames or pixels"),
+        (lambda s: s.training_losses(StubModel(), torch.randn(0, 4, 5, 2, 2), batch_meta(0, 256, 256, 17)),
+         "is empty along B"),
+        (lambda s: s.training_losses(StubModel(), torch.ones(2, 4, 5, 2, 2, dtype=torch.int64),
+                                     batch_meta(2, 256, 256, 17)), "latents must be a floating tensor"),
+        (lambda s: s.training_losses(StubModel(), torch.randn(2, 4, 5, 2, 2), batch_meta(2, 256, 256, 17),
+                                     mask=torch.ones(2, 4, dtype=torch.bool)), r"a frame mask is a tensor of shape"),
+        (lambda s: s.training_losses(StubModel(), torch.randn(2, 4, 5, 2, 2), batch_meta(2, 256, 256, 17),
+                                     t=torch.tensor([1.0])), r"pass one timestep per sample, shape \(2,\)"),
+        (lambda s: run_sampling_with(s, prompts=["only one"]), "give a list of 2 prompts, one per latent"),
+        (lambda s: run_sampling_with(s, prompts="ab"), "give a list of 2 prompts"),
+        (lambda s: run_sampling_with(s, mask=torch.ones(2, 9)), "a frame mask is a tensor of shape"),
+        (lambda s: run_sampling_with(s, guidance_scale=math.nan), "cfg_scale=nan is not allowed"),
+        (lambda s: run_sampling_with(s, additional_args=batch_meta(3, 256, 256, 17)),
+         r"meta height has shape \(3,\): it must be \(2,\)"),
+    ],
+)
+def test_wrong_shapes_and_counts_are_named_not_raw_torch_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(build())
+
+
+def run_sampling_with(scheduler, prompts=("a", "b"), **kwargs):
+    z = torch.randn(2, 4, 5, 2, 2)
+    call = dict(additional_args=batch_meta(2, 256, 256, 17), progress=False)
+    call.update(kwargs)
+    return scheduler.sample(StubModel(), StubTextEncoder(), z=z, prompts=prompts, device="cpu", **call)
+
+
+def test_bf16_meta_trains_exactly_as_float32_meta():
+    """Open-Sora's train.py casts the meta to bf16; the shift is computed in float32 whatever the meta's dtype."""
+    x = torch.randn(4, 4, 15, 2, 2)
+    kw = batch_meta(4, 720, 1280, 51)
+    ts = []
+    for dtype in (torch.float32, torch.bfloat16):
+        model = StubModel()
+        torch.manual_seed(3)
+        build(sample_method="logit-normal").training_losses(model, x, {k: v.to(dtype) for k, v in kw.items()})
+        ts.append(model.seen[0])
+    assert torch.equal(ts[0], ts[1])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import meta
-from opensora_timeshift_patch import SHIFT_MODES, TimestepShift, rational_shift, timestep_transform
+from opensora_timeshift_patch import SHIFT_MODES, TimestepShift, rational_shift, temporal_size, timestep_transform
 from test_policies import reference
 
 RESOLUTIONS = [(144, 256), (256, 256), (480, 854), (512, 512), (720, 1280), (1024, 1024)]
@@ -218,3 +218,88 @@ def test_latent_frames_of_the_tensor_win_in_latent_mode():
     assert timestep_transform(torch.tensor([0.5]), kw, latent_frames=9).item() == pytest.approx(0.75)  # a = 3
     assert timestep_transform(torch.tensor([0.5]), kw, latent_frames=9, shift_mode="frames16").item() == \
         pytest.approx(2 / 3)  # a = 2 from n // 16 * 4
+
+
+# --- meta validated on every path ------------------------------------------------------------------------------
+
+INVALID_META = [
+    (dict(num_frames=0), "num_frames=0 .* not a valid frame count"),
+    (dict(num_frames=-1), "num_frames=-1 .* not a valid frame count"),
+    (dict(num_frames=16.5), "num_frames=16.5 .* must be a whole number >= 1"),
+    (dict(num_frames=math.nan), "num_frames=nan"),
+    (dict(num_frames=math.inf), "num_frames=inf"),
+    (dict(height=0), "height x width = 0 x 256"),
+    (dict(height=math.nan), "height x width = nan x 256"),
+    (dict(width=-256), "height x width = 256 x -256"),
+    (dict(height=-256, width=-256), "height x width = -256 x -256"),  # a positive product is still no resolution
+    (dict(height=1e30, width=1e30), "height x width = 1e\\+30 x 1e\\+30"),  # overflows float32
+]
+
+
+@pytest.mark.parametrize("mode", ["latent", "spatial", "frames16"])
+@pytest.mark.parametrize("bad, match", INVALID_META)
+def test_invalid_meta_is_named_under_error(bad, match, mode):
+    kw = {**meta(256, 256, 17), **{k: torch.tensor([float(v)]) for k, v in bad.items()}}
+    with pytest.raises(ValueError, match=match):
+        TimestepShift(mode)(torch.tensor([0.5]), kw)
+
+
+@pytest.mark.parametrize("on_degenerate", ["clamp", "ignore"])
+@pytest.mark.parametrize("bad, match", INVALID_META)
+def test_invalid_meta_stops_the_sync_free_paths_with_a_device_assert(bad, match, on_degenerate):
+    """No host sync on these paths: torch._assert_async, which on the CPU raises at once (on a GPU it stops the run
+    with a device-side assert). Never a silent t = 0 or NaN."""
+    kw = {**meta(256, 256, 17), **{k: torch.tensor([float(v)]) for k, v in bad.items()}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shift = TimestepShift("latent", on_degenerate)
+    with pytest.raises(RuntimeError, match="timestep shift: invalid batch meta"):
+        shift(torch.tensor([0.5]), kw)
+
+
+def test_clamp_still_clamps_valid_degenerate_frames_without_a_sync():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = TimestepShift("legacy", "clamp")(torch.tensor([0.5]), meta(512, 512, 16))
+    assert got.item() == 0.5  # T_eff clamped to 1 at 512 x 512: the identity
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(height=torch.full((2, 1), 256.0)), r"meta height has shape \(2, 1\): it must be \(2,\)"),
+        (dict(num_frames=torch.full((3,), 17.0)), r"meta num_frames has shape \(3,\): it must be \(2,\)"),
+        (dict(height="720"), "meta height='720' is not allowed: it must be a real number or a tensor"),
+        (dict(height=None), "meta height=None is not allowed"),
+        (dict(num_frames=torch.tensor([True, True])), "meta num_frames=<Tensor of shape"),
+        (dict(width=[256, 256]), r"meta width=\[256, 256\] is not allowed"),
+    ],
+)
+def test_meta_of_the_wrong_type_or_shape_is_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        timestep_transform(torch.tensor([0.5, 0.5]), {**meta(256, 256, [17, 17]), **kw})
+
+
+def test_meta_may_be_a_single_number_for_the_whole_batch():
+    got = timestep_transform(torch.tensor([0.25, 0.5]), dict(height=512, width=512, num_frames=torch.tensor(16.0)),
+                             shift_mode="frames16")
+    torch.testing.assert_close(got, torch.tensor([0.4, 2 / 3]))  # a = 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16, torch.int64,
+                                   torch.int32])
+@pytest.mark.parametrize("h, w, n", [(720, 1280, 51), (512, 512, 16), (240, 424, 17), (1080, 1920, 102)])
+def test_result_does_not_depend_on_the_meta_dtype(dtype, h, w, n):
+    """Open-Sora casts the meta to bf16 (dtype="bf16") or fp16 before the scheduler sees them. For values that
+    dtype holds exactly, the shift is computed in float32 whatever the meta's dtype; stock computes the ratio in
+    the meta's dtype, so bit parity with stock holds for fp32 meta only."""
+    t = torch.linspace(0, 1000, 33)
+    want = timestep_transform(t, meta(h, w, [n] * 33), num_timesteps=1000, shift_mode="v13")
+    got = timestep_transform(t, meta(h, w, [n] * 33, dtype=dtype), num_timesteps=1000, shift_mode="v13")
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_temporal_size_takes_integer_frame_counts():
+    n = torch.tensor([1, 16, 17, 51], dtype=torch.int64)
+    assert temporal_size(n, "latent").tolist() == [1.0, 4.0, 5.0, 15.0]  # 1.2's VAE: (n // 17) 5 + ceil(n % 17 / 4)
+    assert temporal_size(n.int(), "v13").tolist() == [1.0, 3.0, 4.0, 12.0]  # (n - 1) // 4
