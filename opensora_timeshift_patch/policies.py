@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .settings import POLICIES, Setting
+from .settings import POLICIES, Setting, SettingError, _show
 
 register_policy = POLICIES.register
 """Decorator registering ``fn(num_frames: Tensor, **params) -> T_eff`` as a ``shift_mode``; keyword arguments
@@ -106,8 +106,16 @@ def temporal_size(num_frames: Tensor, shift_mode: str = "latent", **params: obje
 
     Unlike Open-Sora, which looks only at ``num_frames[0]``, every sample is classified on its own.
     """
+    if not isinstance(num_frames, Tensor):
+        num_frames = torch.as_tensor(num_frames, dtype=torch.float64) if _numbers(num_frames) else num_frames
+    if not isinstance(num_frames, Tensor) or num_frames.is_complex() or num_frames.dtype == torch.bool:
+        raise SettingError(f"num_frames={_show(num_frames)} is not allowed: use a tensor (or numbers) of frame counts")
     if not num_frames.is_floating_point():  # the policies compute in place, and T_eff need not be whole
         num_frames = num_frames.float()
+    bad = ~((num_frames >= 1) & (num_frames - num_frames.floor() == 0))
+    if bool(bad.any()):  # a utility, not the training path: one look at the values is fine here
+        raise SettingError(f"num_frames={_show(num_frames[bad][0].item())} is not allowed: frame counts are whole "
+                           "numbers >= 1")
     return apply_policy(num_frames, shift_mode, POLICIES.check_params(shift_mode, params))
 
 
@@ -115,6 +123,11 @@ def apply_policy(num_frames: Tensor, shift_mode: str, params: Dict[str, object])
     """:func:`temporal_size` for float frame counts and parameters already validated: the per-step path."""
     t_eff = get_policy(shift_mode)(num_frames, **params)
     return torch.where(num_frames == 1, torch.ones_like(t_eff), t_eff)
+
+
+def _numbers(value: object) -> bool:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items)
 
 
 def degenerate_frame_counts(shift_mode: str, max_frames: int = 256, **params: object) -> Tuple[int, ...]:

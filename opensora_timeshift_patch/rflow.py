@@ -73,6 +73,8 @@ class StandaloneRFlow:
                 shape = tuple(other.shape) if isinstance(other, Tensor) else type(other).__name__
                 raise ValueError(f"{name} of shape {shape} must match x_start {tuple(x_start.shape)}")
         if noise_disable_threshold is not None:
+            if isinstance(noise_disable_threshold, bool) or not isinstance(noise_disable_threshold, (int, float)):
+                raise ValueError(f"noise_disable_threshold={noise_disable_threshold!r} must be a number (a timestep)")
             if x_gt is None:
                 raise ValueError("noise_disable_threshold needs x_gt (Open-Sora 1.3 swaps x_gt in above it)")
             x_start = torch.where((t > noise_disable_threshold).view(-1, *([1] * (x_start.dim() - 1))), x_gt, x_start)
@@ -85,7 +87,8 @@ class StandaloneRFlow:
         velocity = model(x_t, t, **model_kwargs).chunk(2, dim=1)[0]
         error = (velocity - ((x_start if x_gt is None else x_gt) - noise)).pow(2)
         if weights is not None:
-            error = error * weights.to(t.device)[t.long()].float().view(-1, *([1] * (x_start.dim() - 1)))
+            index = t.long().clamp(max=len(weights) - 1)  # t = N is a timestep too (pure noise)
+            error = error * weights.to(t.device)[index].float().view(-1, *([1] * (x_start.dim() - 1)))
         return {"loss": mean_flat(error, mask=mask)}
 
     def sample(self, model: Callable[..., Tensor], text_encoder: Any, z: Tensor, prompts: Sequence[str], device: Any,

@@ -14,7 +14,7 @@ from .patch import swapped_transform
 from .rflow import StandaloneRFlow, sampling_grid
 from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
                        stratified_uniform)
-from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, _show, resolve, route, settings_doc,
+from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, _is_numpy_bool, _show, resolve, route, settings_doc,
                        unknown_setting_error)
 from .shift import SHIFT_SETTINGS, TimestepShift
 
@@ -83,6 +83,10 @@ class RFlowTimeShift:
             if key not in OPENSORA_ONLY:
                 raise unknown_setting_error("rflow-timeshift", key, value, SETTINGS, values["shift_mode"],
                                             values["sample_method"], OPENSORA_ONLY)
+        if policy_params and not values["use_timestep_transform"]:
+            key = next(iter(policy_params))
+            raise SettingError(f"{key}={_show(settings[key])} only applies with use_timestep_transform=True (got "
+                               "False): remove it or turn the shift on")
         self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params}
         unused = [f"{k}={values[k]!r}" for k in ("transform_scale", "uniform_over_threshold")
                   if values[k] != SETTINGS[k].default]
@@ -109,6 +113,10 @@ class RFlowTimeShift:
         # Stock's draws, kept call for call where they apply, so the same RNG state gives the same timesteps.
         self._stock_draw = (self.timestep_rng == "global" and values["t_range"] is None
                             and self.sample_method in ("uniform", "logit-normal"))
+        if self.use_discrete_timesteps and self.distribution.spread * self.num_timesteps < 2:
+            raise SettingError(f"use_discrete_timesteps=True with num_timesteps={self.num_timesteps} and "
+                               f"{self.distribution!r} leaves fewer than two integer timesteps: every draw would be "
+                               "the same. Widen t_range or raise num_timesteps")
         if self._stock_draw and self.sample_method == "logit-normal":
             loc, scale = self.distribution.params.get("loc", 0.0), self.distribution.params.get("scale", 1.0)
             self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
@@ -145,9 +153,9 @@ class RFlowTimeShift:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`; a different seed is refused, since it would silently change the stream."""
-        if not isinstance(state, Mapping) or "step" not in state:
+        if not isinstance(state, Mapping) or "step" not in state or set(state) - {"step", "timestep_seed"}:
             raise SettingError(f"state={_show(state)} is not allowed: load the dict that state_dict() returned "
-                               "(it has 'step' and 'timestep_seed')")
+                               "(it has 'step' and 'timestep_seed', nothing else)")
         seed = SETTINGS["timestep_seed"].check(state.get("timestep_seed", self.timestep_seed))
         if seed != self.timestep_seed:
             raise SettingError(f"the checkpoint's timestep_seed={seed!r} differs from this scheduler's "
@@ -164,9 +172,9 @@ class RFlowTimeShift:
         ``step`` keys the per-sample stream (default: this scheduler's count of ``training_losses`` calls).
         """
         n, device = _check_latents("x_start", x_start), x_start.device
+        step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
         resample_u = None
         if self.timestep_rng == "per_sample":
-            step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
             dp_rank, dp_size = data_parallel_layout(*self._groups)
             index = global_sample_index(n, dp_rank, dp_size, device)
             if self.stratified:
@@ -219,12 +227,14 @@ class RFlowTimeShift:
                 raise TypeError("pass the model arguments once, as model_kwargs (Open-Sora 1.2) or model_args (1.3)")
             model_kwargs = model_args
         batch = _check_latents("x_start", x_start)
-        _check_mask(mask, x_start)
-        if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,)):
-            raise SettingError(f"t={_show(t)} is not allowed: pass one timestep per sample, shape ({batch},)")
-        step, self.step = (self.step if step is None else step), self.step + 1
+        _check_mask(mask, x_start, torch.bool)
+        _check_weights(weights, self.num_timesteps)
+        if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,) or t.is_complex() or t.dtype == torch.bool):
+            raise SettingError(f"t={_show(t)} is not allowed: pass one real timestep per sample, shape ({batch},)")
+        step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
         if t is None:
             t = self.sample_timesteps(x_start, model_kwargs, step)
+        self.step += 1  # counted once the step's timesteps exist, so a refused batch does not advance the stream
         if self.backend == "opensora":
             return self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t, **kwargs)
         return self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t,
@@ -235,13 +245,14 @@ class RFlowTimeShift:
                guidance_scale: Optional[float] = None, progress: bool = True, **kwargs: Any) -> Tensor:
         """Open-Sora's ``sample``: Euler steps with classifier-free guidance over the shifted grid."""
         batch = _check_latents("z", z)
-        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) != batch:
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) != batch or \
+                not all(isinstance(p, str) for p in prompts):
             raise SettingError(f"prompts={_show(prompts)} is not allowed: give a list of {batch} prompts, one per "
                                f"latent in z (shape {tuple(z.shape)})")
-        _check_mask(mask, z)
+        _check_mask(mask, z, torch.float32)
         if guidance_scale is not None:
             guidance_scale = SETTINGS["cfg_scale"].check(guidance_scale)
-        if not isinstance(progress, bool):
+        if not isinstance(progress, bool) and not _is_numpy_bool(progress):
             raise SettingError(f"progress={_show(progress)} is not allowed: use True or False")
         shift = self._sampling_shift(z)
         call = dict(additional_args=additional_args, mask=mask, guidance_scale=guidance_scale, progress=progress)
@@ -268,8 +279,8 @@ RFlowTimeShift.__doc__ = (RFlowTimeShift.__doc__ or "") + settings_doc(SETTINGS)
 
 
 def _check_latents(name: str, x: Any) -> int:
-    """The batch size of latents ``(B, C, T, H, W)`` (or any tensor with a batch), refusing empty ones by name."""
-    if not isinstance(x, Tensor) or x.dim() < 1 or not x.is_floating_point():
+    """The batch size of latents ``(B, C, T, H, W)``, refusing other shapes and empty ones by name."""
+    if not isinstance(x, Tensor) or x.dim() != 5 or not x.is_floating_point():
         raise SettingError(f"{name}={_show(x)} is not allowed: latents must be a floating tensor (B, C, T, H, W)")
     if 0 in x.shape:
         axes = "BCTHW" if x.dim() == 5 else None
@@ -279,13 +290,24 @@ def _check_latents(name: str, x: Any) -> int:
     return x.shape[0]
 
 
-def _check_mask(mask: Any, x: Tensor) -> None:
+def _check_mask(mask: Any, x: Tensor, kind: torch.dtype) -> None:
+    """A frame mask (B, T): bool in training (which frames are noised), floating in sampling (when each is)."""
     if mask is None:
         return
-    want = (x.shape[0], x.shape[2]) if x.dim() == 5 else None
-    if not isinstance(mask, Tensor) or want is None or tuple(mask.shape) != want:
-        raise SettingError(f"mask={_show(mask)} is not allowed: a frame mask is a tensor of shape (B, T) = "
-                           f"{want if want else '(B, T) of 5-D latents'} for latents of shape {tuple(x.shape)}")
+    want = (x.shape[0], x.shape[2])
+    right_kind = isinstance(mask, Tensor) and (mask.dtype == torch.bool if kind == torch.bool else mask.is_floating_point())
+    if not right_kind or tuple(mask.shape) != want:
+        what = "bool" if kind == torch.bool else "floating"
+        raise SettingError(f"mask={_show(mask)} is not allowed: a frame mask is a {what} tensor of shape (B, T) = "
+                           f"{want} for latents of shape {tuple(x.shape)}")
+
+
+def _check_weights(weights: Any, num_timesteps: int) -> None:
+    """Open-Sora's per-timestep loss weights: one per integer timestep, indexed by t."""
+    if weights is not None and (not isinstance(weights, Tensor) or weights.shape != (num_timesteps + 1,) and
+                                weights.shape != (num_timesteps,)):
+        raise SettingError(f"weights={_show(weights)} is not allowed: give a tensor of {num_timesteps} or "
+                           f"{num_timesteps + 1} per-timestep loss weights (indexed by the integer timestep)")
 
 
 def _latent_frames(x: Tensor) -> Optional[int]:

@@ -89,7 +89,10 @@ class Setting:
             raise self.error(value)
         if self.type == "int" and not isinstance(value, numbers.Integral):
             raise self.error(value)
-        number = int(value) if self.type == "int" else float(value)
+        try:
+            number = int(value) if self.type == "int" else float(value)
+        except OverflowError:  # an int too large for a float
+            raise self.error(value) from None
         too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
         too_high = self.high is not None and (number >= self.high if self.high_open else number > self.high)
         if too_low or too_high or not math.isfinite(number):
@@ -122,7 +125,10 @@ def _show(value: Any) -> str:
     is_array = shape is not None and (len(shape) > 0 or type(value).__module__.startswith("torch"))
     if is_array and not isinstance(value, (str, bytes)):
         return f"<{type(value).__name__} of shape {tuple(shape)}, dtype {getattr(value, 'dtype', '?')}>"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # a huge int beyond Python's digit limit, or an object whose repr fails
+        return f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -149,16 +155,29 @@ class FunctionRegistry:
     def register(self, name: str, **settings: Setting) -> Callable[[Fn], Fn]:
         """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``."""
         if not isinstance(name, str) or not name:
-            raise SettingError(f"{self.key} name {name!r} must be a non-empty string")
+            raise SettingError(f"{self.key} name {_show(name)} must be a non-empty string")
 
         def wrap(fn: Fn) -> Fn:
             if name in self._functions:
-                raise KeyError(f"{self.key} {name!r} is already registered ({self._functions[name].__qualname__})")
-            params = list(inspect.signature(fn).parameters.values())[1:]
+                raise SettingError(f"{self.key} {name!r} is already registered "
+                                   f"({self._functions[name].__qualname__}): pick another name")
+            if not callable(fn):
+                raise TypeError(f"{self.key} {name!r}: {_show(fn)} is not a function")
+            params = list(inspect.signature(fn).parameters.values())
+            if not params or any(p.default is inspect.Parameter.empty for p in params[1:]):
+                raise TypeError(f"{self.key} {name!r}: {fn.__qualname__} must take the tensor first and then only "
+                                "keyword parameters with defaults")
+            params = params[1:]
             undeclared = sorted(set(settings) - {p.name for p in params})
             if undeclared:
                 raise TypeError(f"settings {undeclared} declared for {self.key} {name!r} are not parameters of "
                                 f"{fn.__qualname__}")
+            for p in params:  # every keyword of the scheduler dict must reach exactly one place
+                owners = [f"{r.key} {r.owners(p.name)[0]!r}" for r in _REGISTRIES if r is not self and r.owners(p.name)]
+                if p.name in SETTINGS or owners:
+                    taken = "a scheduler setting" if p.name in SETTINGS else f"a parameter of {owners[0]}"
+                    raise SettingError(f"{self.key} {name!r}: parameter name {p.name!r} is already {taken}; "
+                                       "rename it")
             self._params[name] = {p.name: settings.get(p.name) or infer_setting(p.name, p.default) for p in params}
             self._functions[name] = fn
             return fn
@@ -210,6 +229,8 @@ POLICIES = FunctionRegistry("shift_mode", "policy")
 
 DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution")
 """Timestep distributions by name (filled by :mod:`.sampling`): the choices of ``sample_method``."""
+
+_REGISTRIES = (POLICIES, DISTRIBUTIONS)
 
 
 # Shift factors a (and Flux's mu = log a) are kept within [1/100, 100]: beyond, float32 rounds most shifted
@@ -293,6 +314,11 @@ OPENSORA_ONLY: Dict[str, Setting] = {s.name: s for s in (
 """Open-Sora 1.3's RFLOW keywords for guidance variants and conditioning: passed to its RFLOW, which implements
 them; the standalone backend takes them only at these defaults."""
 
+# The settings of the shift itself: with use_timestep_transform=False nothing reads them.
+SHIFTING = ("shift_mode", "on_degenerate", "scale_temporal", "transform_scale", "scale_images", "uniform_over_threshold",
+            "base_resolution", "base_num_frames", "shift_family", "shift_sigma", "resolution_shift", "shift",
+            "base_shift", "max_shift", "base_seq_len", "max_seq_len", "patch_size", "spatial_compression")
+
 # Settings that only mean something under another setting's value: given explicitly otherwise, they would be
 # silently ignored, so they are refused. name -> (the setting it depends on, the values under which it applies).
 APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
@@ -327,6 +353,11 @@ def resolve(given: Dict[str, Any]) -> Dict[str, Any]:
             needs = f"{on}={applies[0]!r}" if len(applies) == 1 else f"a {on}"
             raise SettingError(f"{name}={_show(given[name])} only applies with {needs} (got {on}={values[on]!r}); "
                                "remove it or set that too")
+    if not values["use_timestep_transform"]:
+        shifting = sorted(set(given) & set(SHIFTING))
+        if shifting:
+            raise SettingError(f"{shifting[0]}={_show(given[shifting[0]])} only applies with "
+                               "use_timestep_transform=True (got False): remove it or turn the shift on")
     if values["use_discrete_timesteps"] and values["sample_method"] != "uniform":
         raise SettingError(f"use_discrete_timesteps=True needs sample_method='uniform' (as stock), "
                            f"got sample_method={values['sample_method']!r}")
@@ -387,7 +418,7 @@ def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False
     """
     own = set(own)
     mode = SETTINGS["shift_mode"].check(given.get("shift_mode", "latent"))
-    if given.get("scale_temporal") is False and "shift_mode" not in given:
+    if not SETTINGS["scale_temporal"].check(given.get("scale_temporal", True)) and "shift_mode" not in given:
         mode = "spatial"
     method = SETTINGS["sample_method"].check(given.get("sample_method", "uniform")) if distribution else None
     mine: Dict[str, Any] = {}

@@ -13,6 +13,7 @@ the dtype of the meta tensors, per sample, and without host syncs except the one
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -20,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .policies import apply_policy, degenerate_frame_counts, get_policy, temporal_size
-from .settings import SETTINGS, Setting, SettingError, _show, resolve, route, unknown_setting_error
+from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, _is_numpy_bool, _show, resolve,
+                       route, unknown_setting_error)
 
 ON_DEGENERATE: Tuple[str, ...] = tuple(SETTINGS["on_degenerate"].choices)  # type: ignore[arg-type]
 """What to do with a sample whose policy gives ``T_eff <= 0``."""
@@ -28,12 +30,9 @@ ON_DEGENERATE: Tuple[str, ...] = tuple(SETTINGS["on_degenerate"].choices)  # typ
 META_KEYS: Tuple[str, ...] = ("height", "width", "num_frames")
 """The per-sample meta the shift reads from ``model_kwargs``, as Open-Sora's loader provides them."""
 
-SHIFT_SETTINGS: Tuple[str, ...] = (
-    "shift_mode", "on_degenerate", "scale_temporal", "transform_scale", "scale_images", "base_resolution",
-    "base_num_frames", "shift_family", "shift_sigma", "resolution_shift", "shift", "base_shift", "max_shift",
-    "base_seq_len", "max_seq_len", "patch_size", "spatial_compression",
-)
-"""The settings (see :mod:`.settings`) that configure a :class:`TimestepShift`."""
+SHIFT_SETTINGS: Tuple[str, ...] = tuple(name for name in SHIFTING if name != "uniform_over_threshold")
+"""The settings (see :mod:`.settings`) that configure a :class:`TimestepShift`; Open-Sora passes
+``uniform_over_threshold`` per call instead."""
 
 
 class MetaError(ValueError):
@@ -92,6 +91,8 @@ class TimestepShift:
         # A policy that already maps n = 1 to 1 needs no image override: one op fewer per call. While
         # torch.compile traces a construction, nothing here may read a tensor, so the override stays.
         compiling = _is_compiling()
+        if not compiling:
+            _check_policy_output(self.shift_mode, policy_params)
         one = torch.ones(1, dtype=torch.float64)
         self._images_are_one = not compiling and bool(get_policy(self.shift_mode)(one, **policy_params) == 1)
         warn_key = (self.shift_mode, tuple(sorted(policy_params.items())))
@@ -159,15 +160,17 @@ class TimestepShift:
         ratio = self._factor(height, width, num_frames, latent_frames, latent_hw)
         valid = meta_is_valid(height, width, num_frames)
         if self.on_degenerate == "error":
-            # The one host sync this mode pays for: every sample has valid meta and a finite, positive factor.
-            if not bool((valid & (ratio > 0) & ratio.isfinite()).all()):
-                raise MetaError(self._diagnose(height, width, num_frames, latent_frames))
-        else:
-            # No host sync: a device-side assert. On a GPU it stops the run at this step (the message is then
-            # CUDA's "device-side assert triggered"); on the CPU it raises at once, with this message.
-            if self.on_degenerate == "clamp":
-                valid = valid & (ratio > 0) & ratio.isfinite()
-            torch._assert_async(valid.all(), _INVALID_META)
+            # The one host sync this mode pays for: valid meta, and a factor in [1/100, 100] (outside, float32
+            # timesteps pile up at 0 or N) for every sample.
+            if not bool((valid & (ratio >= 1 / MAX_SHIFT_FACTOR) & (ratio <= MAX_SHIFT_FACTOR)).all()):
+                raise MetaError(self._diagnose(height, width, num_frames, ratio, latent_frames))
+            return ratio
+        if self.on_degenerate == "clamp":  # degenerate T_eff was clamped to 1 above; extreme factors are clamped here
+            ratio = ratio.clamp(1 / MAX_SHIFT_FACTOR, MAX_SHIFT_FACTOR)
+        # No host sync: a device-side assert. On a GPU it stops the run at this step (the message is then CUDA's
+        # "device-side assert triggered"); on the CPU it raises at once, with this message. "ignore" lets stock's
+        # zero factor through, never a negative or non-finite one.
+        torch._assert_async((valid & (ratio >= 0) & ratio.isfinite()).all(), _INVALID_META)
         return ratio
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
@@ -206,14 +209,23 @@ class TimestepShift:
         num_timesteps = _NUM_TIMESTEPS.check(num_timesteps)
         ret_ratio = _RET_RATIO.check(ret_ratio)
         uniform_over_threshold = SETTINGS["uniform_over_threshold"].check(uniform_over_threshold)
+        latent_frames = None if latent_frames is None else _LATENT_SIZE.check(latent_frames)
+        if latent_hw is not None:
+            if not isinstance(latent_hw, (tuple, list)) or len(latent_hw) != 2:
+                raise SettingError(f"latent_hw={_show(latent_hw)} is not allowed: use the latent's (H, W)")
+            latent_hw = (_LATENT_SIZE.check(latent_hw[0]), _LATENT_SIZE.check(latent_hw[1]))
         t = _timesteps(t)
+        if resample_u is not None and (not isinstance(resample_u, Tensor) or resample_u.shape != t.shape):
+            raise SettingError(f"resample_u={_show(resample_u)} is not allowed: one uniform per timestep, shape "
+                               f"{tuple(t.shape)}")
         dtype = torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
         t = _as(t, dtype, None)
         if num_timesteps != 1:
             t = t / num_timesteps
         batch_size = t.shape[0] if t.dim() == 1 else None
         ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device, latent_hw, batch_size)
-        t = self.curve(t, ratio)
+        # In float32 a t / (1 + (a - 1) t) at t = 1 can round just above 1 (a < 1/2): keep every timestep in [0, N].
+        t = self.curve(t, ratio).clamp(0, 1)
         if uniform_over_threshold is not None and self.scale_temporal:
             num_frames = _as(model_kwargs["num_frames"], dtype, t.device)
             t = resample_over_threshold(t, uniform_over_threshold, num_frames, resample_u)
@@ -221,13 +233,14 @@ class TimestepShift:
             t = t * num_timesteps
         return (t, ratio) if ret_ratio else t
 
-    def _diagnose(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int]) -> str:
+    def _diagnose(self, height: Tensor, width: Tensor, num_frames: Tensor, ratio: Tensor,
+                  latent_frames: Optional[int]) -> str:
         """Say which samples are invalid or degenerate and why; only runs once the check has already failed."""
-        height, width, num_frames = torch.broadcast_tensors(height, width, num_frames)
+        height, width, num_frames, ratio = torch.broadcast_tensors(height, width, num_frames, ratio)
         valid = meta_is_valid(height, width, num_frames).reshape(-1).tolist()
-        h, w, n = (x.reshape(-1).tolist() for x in (height, width, num_frames))
+        h, w, n, a = (x.reshape(-1).tolist() for x in (height, width, num_frames, ratio))
         raw = self.temporal_size(torch.tensor(n, dtype=torch.float64), latent_frames).tolist()
-        for i, (hi, wi, ni, ti, ok) in enumerate(zip(h, w, n, raw, valid)):
+        for i, (hi, wi, ni, ti, ok, ai) in enumerate(zip(h, w, n, raw, valid, a)):
             if not (ni >= 1 and math.isfinite(ni) and float(ni).is_integer()):
                 return (
                     f"num_frames={_num(ni)} (sample {i}) is not a valid frame count: it must be a whole number >= 1. "
@@ -247,11 +260,17 @@ class TimestepShift:
                     f"{_num(temporal_size(torch.tensor([ni]), 'latent').item())} for {_num(ni)} frames), or "
                     "on_degenerate='clamp' to shift such samples as T_eff = 1."
                 )
-        return (f"the shift factor is not finite and > 0 for meta {dict(height=h, width=w, num_frames=n)} under "
-                f"{self!r}: the meta is too large for the shift rule (for example exp of a linear rule far "
-                "beyond its anchors)")
+            if not 1 / MAX_SHIFT_FACTOR <= ai <= MAX_SHIFT_FACTOR:
+                return (
+                    f"the shift factor a = {_num(ai)} for sample {i} ({_num(hi)} x {_num(wi)}, {_num(ni)} frames, "
+                    f"T_eff = {_num(ti)}) is outside [0.01, 100]: its timesteps would pile up at "
+                    f"{'N' if ai > 1 else '0'}. Check the meta, or the shift settings of {self!r}; "
+                    "on_degenerate='clamp' clamps the factor into that range"
+                )
+        return f"the shift factor is not finite for the meta given to {self!r}"
 
 
+_LATENT_SIZE = Setting("latent size", "int", None, "", low=1, high=1_000_000)
 # Open-Sora passes its time scale per call (as an int or a float), and 1 means t is already in [0, 1].
 _NUM_TIMESTEPS = Setting("num_timesteps", "float", 1, "", low=0, low_open=True, high=1e6)
 _RET_RATIO = Setting("ret_ratio", "bool", False, "")
@@ -282,10 +301,23 @@ def resample_over_threshold(t: Tensor, threshold: float, num_frames: Tensor, u: 
     return torch.where((t > threshold) & video, resampled, t)
 
 
+def _check_policy_output(shift_mode: str, params: Dict[str, Any]) -> None:
+    """A registered policy must map a frame-count tensor to a tensor of the same shape (checked once, at set-up)."""
+    n = torch.tensor([1.0, 2.0, 16.0, 17.0, 51.0])
+    out = get_policy(shift_mode)(n.clone(), **params)
+    if not isinstance(out, Tensor) or out.shape != n.shape or not out.is_floating_point():
+        raise SettingError(f"shift_mode={shift_mode!r} returned {_show(out)} for num_frames {n.tolist()}: a policy "
+                           "must return a floating tensor of T_eff, one per frame count")
+
+
+def _is_real_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not _is_numpy_bool(value)
+
+
 def _timesteps(t: Any) -> Tensor:
     if isinstance(t, Tensor) and not t.is_complex() and t.dtype != torch.bool and t.dim() <= 1:
         return t
-    if isinstance(t, (int, float)) and not isinstance(t, bool):
+    if _is_real_number(t):
         return torch.tensor(float(t))
     raise SettingError(f"t={_show(t)} is not allowed: timesteps must be a real vector, one per sample "
                        "(or a number)")
@@ -314,7 +346,7 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
         if isinstance(value, Tensor):
             ok = not value.is_complex() and value.dtype != torch.bool
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = _is_real_number(value)
         if not ok:
             raise MetaError(f"meta {key}={_show(value)} is not allowed: it must be a real number or a tensor of "
                             "real numbers, one per sample")
@@ -358,11 +390,11 @@ def _ranges(values: Tuple[int, ...]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
-_SHIFTS: Dict[Tuple[Tuple[str, Any], ...], TimestepShift] = {}  # one configured shift per setting
+_SHIFTS: Dict[Tuple[Tuple[str, type, Any], ...], TimestepShift] = {}  # one configured shift per setting
 
 
 def _cached_shift(settings: Dict[str, Any]) -> TimestepShift:
-    key = tuple(sorted(settings.items()))
+    key = tuple(sorted((k, type(v), v) for k, v in settings.items()))  # True == 1, but not as a setting
     try:
         shift = _SHIFTS.get(key)
     except TypeError:  # an unhashable value: let the validation name it
@@ -405,7 +437,7 @@ def timestep_transform(
     # (and a choice the selected rule does not read is refused).
     for name, value, default in (("base_resolution", base_resolution, 512 * 512), ("base_num_frames", base_num_frames, 1),
                                  ("transform_scale", scale, 1.0)):
-        if not (type(value) in (int, float) and value == default):
+        if not (_is_real_number(value) and value == default):
             settings[name] = value
     shift = _cached_shift(settings)
     return shift(t, model_kwargs, num_timesteps, latent_frames, uniform_over_threshold, ret_ratio)

@@ -93,7 +93,7 @@ def main():
     dp_group, sp_group = make_groups(args.sp)
 
     cfg = dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample", timestep_seed=7,
-               stratified=args.stratified, sample_method="uniform", shift_mode="latent")
+               stratified=args.stratified, sample_method="uniform")
     if args.stratified:
         cfg["use_timestep_transform"] = False  # so t / N is the stratified uniform itself
     scheduler = build_module(cfg, SCHEDULERS)

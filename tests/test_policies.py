@@ -101,7 +101,7 @@ def test_a_new_mode_is_one_registered_function():
 
     try:
         assert temporal_size(torch.tensor([1.0, 8.0]), "test-double").tolist() == [1, 16]
-        with pytest.raises(KeyError, match="already registered"):
+        with pytest.raises(ValueError, match="already registered"):
             register_policy("test-double")(double)
     finally:
         POLICIES.unregister("test-double")
