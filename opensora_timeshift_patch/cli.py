@@ -29,6 +29,7 @@ import torch
 
 from .policies import SHIFT_MODES, temporal_size
 from .sampling import SAMPLE_METHODS, TimestepDistribution
+from .settings import DISTRIBUTIONS, OPENSORA_ONLY, SETTINGS, Setting, SettingError
 from .shift import TimestepShift
 
 DEFAULT_FRAMES = [1, 8, 16, 17, 32, 51, 102]
@@ -99,16 +100,6 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
 def parse_resolution(text: str) -> Tuple[int, int]:
     """``"720x1280"`` (height x width) or an Open-Sora bucket name such as ``"720p"``."""
     if text in RESOLUTION_NAMES:
@@ -123,6 +114,23 @@ def parse_resolution(text: str) -> Tuple[int, int]:
     return h, w
 
 
+def setting_option(p: argparse.ArgumentParser, setting: Setting, **kwargs: Any) -> None:
+    """An option for a declared setting: its type, allowed values, default and doc come from the one declaration."""
+    if setting.type == "choice":
+        kwargs.setdefault("choices", list(setting.choices or ()))
+    elif setting.type in ("int", "float"):
+        def parse(text: str) -> Any:
+            try:
+                return setting.check(int(text) if setting.type == "int" else float(text))
+            except (ValueError, SettingError) as err:
+                raise argparse.ArgumentTypeError(str(err) if isinstance(err, SettingError) else
+                                                 f"{setting.name}={text!r} is not allowed: use {setting.allowed()}")
+        kwargs["type"] = parse
+    default = kwargs.get("default", setting.default)
+    kwargs.setdefault("help", f"{setting.doc} ({setting.allowed()}; default {default!r})")
+    p.add_argument("--" + setting.name.replace("_", "-"), **kwargs)
+
+
 def add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N",
                    help=f"pixel frame counts, 1 to {MAX_FRAMES} (default: {' '.join(map(str, DEFAULT_FRAMES))})")
@@ -134,8 +142,8 @@ def add_selection(p: argparse.ArgumentParser) -> None:
                    help="shift modes (default: all)")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal",
                    help="base distribution of t (default: logit-normal, as Open-Sora's training configs)")
-    p.add_argument("--loc", type=finite_float, default=0.0, help="logit-normal loc (default 0)")
-    p.add_argument("--scale", type=finite_float, default=1.0, help="logit-normal scale, > 0 (default 1)")
+    for name, setting in DISTRIBUTIONS.params("logit-normal").items():  # loc, scale
+        setting_option(p, setting, default=setting.default)
 
 
 def distribution_of(args: argparse.Namespace) -> TimestepDistribution:
@@ -446,6 +454,11 @@ def check_timeshift_scheduler(sched: Dict[str, Any]) -> None:
 
     settings = {k: v for k, v in sched.items() if k != "type"}
     settings["backend"] = "standalone"  # validation must not need (or import) Open-Sora
+    for key in [k for k in settings if k in OPENSORA_ONLY]:  # 1.3's own RFLOW implements these: type-check only
+        try:
+            OPENSORA_ONLY[key].check(settings.pop(key))
+        except SettingError as err:
+            raise UsageError(f"scheduler rflow-timeshift: {err}") from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -764,10 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-mode", choices=SHIFT_MODES, required=True, help="temporal-size policy")
     p.add_argument("--out", required=True, help="path of the .py config to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--on-degenerate", choices=["error", "clamp", "ignore"], default="error",
-                   help="guard for T_eff <= 0 (default error)")
+    setting_option(p, SETTINGS["on_degenerate"], default="error")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, help="base distribution (default: the base config's)")
-    p.add_argument("--timestep-rng", choices=["global", "per_sample"], help="timestep stream")
+    setting_option(p, SETTINGS["timestep_rng"], default=None, help="timestep stream (default: the base config's)")
     p.add_argument("--stratified", action="store_true", help="stratify the global batch (needs per_sample)")
     p.add_argument("--set", nargs="+", action="extend", type=parse_set_item, metavar="KEY=VALUE",
                    help="any other scheduler keyword; VALUE is a Python literal (7, 0.5, True, None, (0.1, 0.9), "

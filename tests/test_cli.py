@@ -615,3 +615,30 @@ def test_audit_takes_numbers_as_pandas_does(tmp_path, capsys):
                     + "a,16,256,256\nb, 17.0 ,256,256\nd,5.1e1,256,256\n", encoding="utf-8")
     code, out, _ = run(capsys, "audit", "--csv", data, "--no-progress", "--skip-bad-rows")
     assert code == 1 and "3 clips in 3 buckets" in out and f"skipped {len(odd)} malformed rows" in out
+
+
+def test_distribution_flags_come_from_the_declared_settings(capsys):
+    """--loc and --scale take their range and message from the logit-normal's own declaration."""
+    from opensora_timeshift_patch.sampling import DISTRIBUTIONS
+
+    loc = DISTRIBUTIONS.params("logit-normal")["loc"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", "--loc", "6"])
+    assert exit_.value.code == 2
+    assert f"loc=6.0 is not allowed: use {loc.allowed()}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    assert loc.doc in " ".join(capsys.readouterr().out.split())
+
+
+def test_audit_accepts_open_sora_1_3_guidance_keywords(tmp_path, capsys):
+    """use_oscillation_guidance=True is Open-Sora 1.3 RFLOW's: valid there, so audit type-checks it and goes on."""
+    cfg = tmp_path / "v13.py"
+    cfg.write_text('bucket_config = {"144p": {17: (1.0, 8)}}\n'
+                   'scheduler = dict(type="rflow-timeshift", use_oscillation_guidance=True, force_num=5)\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg, "--opensora-version", "1.3")
+    assert code == 0 and "OK" in out
+    cfg.write_text('bucket_config = {"144p": {17: (1.0, 8)}}\n'
+                   'scheduler = dict(type="rflow-timeshift", use_oscillation_guidance="yes")\n')
+    code, _, err = run(capsys, "audit", "--config", cfg)
+    assert code == 2 and "use_oscillation_guidance='yes' is not allowed: use True or False" in err
