@@ -112,7 +112,7 @@ class Setting:
 
 
 def _num(x: float) -> str:
-    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.6g}"
 
 
 def _is_numpy_bool(value: Any) -> bool:
@@ -456,6 +456,17 @@ def unknown_setting_error(who: str, key: str, value: Any, own: Iterable[str], sh
     hint = f" Did you mean {close[0]!r}?" if close else ""
     takes = "; ".join(f"{k} takes {', '.join(v) or 'nothing'}" for k, v in accepted.items())
     return TypeError(f"{who} got an unknown setting {key}={_show(value)}.{hint} {takes}")
+
+
+def settings_table() -> str:
+    """The README's table of every setting: the scheduler's, then each built-in policy's and distribution's."""
+    rows = [("", s) for s in SETTINGS.values()]
+    rows += [(f"{r.key}={name!r}", s) for r in _REGISTRIES for name in r for s in r.params(name).values()]
+    lines = ["| setting | allowed | default | what it does |", "|---|---|---|---|"]
+    for owner, s in rows:
+        doc = f"{s.doc} (with {owner})" if owner else s.doc
+        lines.append(f"| `{s.name}` | {s.allowed()} | `{s.default!r}` | {doc} |")
+    return "\n".join(lines)
 
 
 def settings_doc(names: Iterable[str]) -> str:

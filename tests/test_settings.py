@@ -231,3 +231,12 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def test_the_readme_lists_every_setting_as_declared():
+    from pathlib import Path
+
+    from opensora_timeshift_patch.settings import settings_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert settings_table() in readme
