@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .settings import POLICIES, Setting, SettingError, _show
+from .settings import POLICIES, Setting, SettingError, describe
 
 register_policy = POLICIES.register
 """Decorator registering ``fn(num_frames: Tensor, **params) -> T_eff`` as a ``shift_mode``; keyword arguments
@@ -109,12 +109,12 @@ def temporal_size(num_frames: Tensor, shift_mode: str = "latent", **params: obje
     if not isinstance(num_frames, Tensor):
         num_frames = torch.as_tensor(num_frames, dtype=torch.float64) if _numbers(num_frames) else num_frames
     if not isinstance(num_frames, Tensor) or num_frames.is_complex() or num_frames.dtype == torch.bool:
-        raise SettingError(f"num_frames={_show(num_frames)} is not allowed: use a tensor (or numbers) of frame counts")
+        raise SettingError(f"num_frames={describe(num_frames)} is not allowed: use a tensor (or numbers) of frame counts")
     if not num_frames.is_floating_point():  # the policies compute in place, and T_eff need not be whole
         num_frames = num_frames.float()
     bad = ~((num_frames >= 1) & (num_frames - num_frames.floor() == 0))
     if bool(bad.any()):  # a utility, not the training path: one look at the values is fine here
-        raise SettingError(f"num_frames={_show(num_frames[bad][0].item())} is not allowed: frame counts are whole "
+        raise SettingError(f"num_frames={describe(num_frames[bad][0].item())} is not allowed: frame counts are whole "
                            "numbers >= 1")
     return apply_policy(num_frames, shift_mode, POLICIES.check_params(shift_mode, params))
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .settings import DISTRIBUTIONS, SETTINGS, Setting, SettingError, _show
+from .settings import DISTRIBUTIONS, SETTINGS, Setting, SettingError, describe
 
 register_distribution = DISTRIBUTIONS.register
 """Decorator registering an increasing ``F^-1(u: Tensor, **params) -> t``, mapping (0, 1) into [0, 1], as a
@@ -101,7 +101,7 @@ class TimestepDistribution:
     def __call__(self, u: Tensor) -> Tensor:
         """Map uniforms in (0, 1) to timesteps in [0, 1], increasing in ``u``."""
         if not isinstance(u, Tensor) or not u.is_floating_point():
-            raise SettingError(f"u={_show(u)} is not allowed: uniforms are a floating tensor with values in (0, 1)")
+            raise SettingError(f"u={describe(u)} is not allowed: uniforms are a floating tensor with values in (0, 1)")
         return self._unclamped(u).clamp(0, 1)  # ndtri and tan round to +-inf at the very ends of (0, 1)
 
     def _unclamped(self, u: Tensor) -> Tensor:

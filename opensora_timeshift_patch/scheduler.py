@@ -14,7 +14,7 @@ from .patch import swapped_transform
 from .rflow import StandaloneRFlow, sampling_grid
 from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
                        stratified_uniform)
-from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, _is_numpy_bool, _show, resolve, route, settings_doc,
+from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, is_numpy_bool, describe, resolve, route, settings_doc,
                        unknown_setting_error)
 from .shift import SHIFT_SETTINGS, TimestepShift
 
@@ -85,7 +85,7 @@ class RFlowTimeShift:
                                             values["sample_method"], OPENSORA_ONLY)
         if policy_params and not values["use_timestep_transform"]:
             key = next(iter(policy_params))
-            raise SettingError(f"{key}={_show(settings[key])} only applies with use_timestep_transform=True (got "
+            raise SettingError(f"{key}={describe(settings[key])} only applies with use_timestep_transform=True (got "
                                "False): remove it or turn the shift on")
         self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params}
         unused = [f"{k}={values[k]!r}" for k in ("transform_scale", "uniform_over_threshold")
@@ -128,7 +128,7 @@ class RFlowTimeShift:
         if rflow is None:
             for key, value in opensora_only.items():
                 if value != OPENSORA_ONLY[key].default:
-                    raise SettingError(f"{key}={_show(value)} needs Open-Sora 1.3's RFLOW (backend='opensora'); the "
+                    raise SettingError(f"{key}={describe(value)} needs Open-Sora 1.3's RFLOW (backend='opensora'); the "
                                        "standalone backend implements plain classifier-free guidance. Remove it or "
                                        "install Open-Sora.")
             self.rflow: Any = StandaloneRFlow(**common)
@@ -154,7 +154,7 @@ class RFlowTimeShift:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`; a different seed is refused, since it would silently change the stream."""
         if not isinstance(state, Mapping) or "step" not in state or set(state) - {"step", "timestep_seed"}:
-            raise SettingError(f"state={_show(state)} is not allowed: load the dict that state_dict() returned "
+            raise SettingError(f"state={describe(state)} is not allowed: load the dict that state_dict() returned "
                                "(it has 'step' and 'timestep_seed', nothing else)")
         seed = SETTINGS["timestep_seed"].check(state.get("timestep_seed", self.timestep_seed))
         if seed != self.timestep_seed:
@@ -230,7 +230,7 @@ class RFlowTimeShift:
         _check_mask(mask, x_start, torch.bool)
         _check_weights(weights, self.num_timesteps)
         if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,) or t.is_complex() or t.dtype == torch.bool):
-            raise SettingError(f"t={_show(t)} is not allowed: pass one real timestep per sample, shape ({batch},)")
+            raise SettingError(f"t={describe(t)} is not allowed: pass one real timestep per sample, shape ({batch},)")
         step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
         if t is None:
             t = self.sample_timesteps(x_start, model_kwargs, step)
@@ -247,13 +247,13 @@ class RFlowTimeShift:
         batch = _check_latents("z", z)
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) != batch or \
                 not all(isinstance(p, str) for p in prompts):
-            raise SettingError(f"prompts={_show(prompts)} is not allowed: give a list of {batch} prompts, one per "
+            raise SettingError(f"prompts={describe(prompts)} is not allowed: give a list of {batch} prompts, one per "
                                f"latent in z (shape {tuple(z.shape)})")
         _check_mask(mask, z, torch.float32)
         if guidance_scale is not None:
             guidance_scale = SETTINGS["cfg_scale"].check(guidance_scale)
-        if not isinstance(progress, bool) and not _is_numpy_bool(progress):
-            raise SettingError(f"progress={_show(progress)} is not allowed: use True or False")
+        if not isinstance(progress, bool) and not is_numpy_bool(progress):
+            raise SettingError(f"progress={describe(progress)} is not allowed: use True or False")
         shift = self._sampling_shift(z)
         call = dict(additional_args=additional_args, mask=mask, guidance_scale=guidance_scale, progress=progress)
         if self.backend == "opensora":
@@ -281,7 +281,7 @@ RFlowTimeShift.__doc__ = (RFlowTimeShift.__doc__ or "") + settings_doc(SETTINGS)
 def _check_latents(name: str, x: Any) -> int:
     """The batch size of latents ``(B, C, T, H, W)``, refusing other shapes and empty ones by name."""
     if not isinstance(x, Tensor) or x.dim() != 5 or not x.is_floating_point():
-        raise SettingError(f"{name}={_show(x)} is not allowed: latents must be a floating tensor (B, C, T, H, W)")
+        raise SettingError(f"{name}={describe(x)} is not allowed: latents must be a floating tensor (B, C, T, H, W)")
     if 0 in x.shape:
         axes = "BCTHW" if x.dim() == 5 else None
         empty = ", ".join(axes[i] if axes else str(i) for i, size in enumerate(x.shape) if size == 0)
@@ -298,7 +298,7 @@ def _check_mask(mask: Any, x: Tensor, kind: torch.dtype) -> None:
     right_kind = isinstance(mask, Tensor) and (mask.dtype == torch.bool if kind == torch.bool else mask.is_floating_point())
     if not right_kind or tuple(mask.shape) != want:
         what = "bool" if kind == torch.bool else "floating"
-        raise SettingError(f"mask={_show(mask)} is not allowed: a frame mask is a {what} tensor of shape (B, T) = "
+        raise SettingError(f"mask={describe(mask)} is not allowed: a frame mask is a {what} tensor of shape (B, T) = "
                            f"{want} for latents of shape {tuple(x.shape)}")
 
 
@@ -306,7 +306,7 @@ def _check_weights(weights: Any, num_timesteps: int) -> None:
     """Open-Sora's per-timestep loss weights: one per integer timestep, indexed by t."""
     if weights is not None and (not isinstance(weights, Tensor) or weights.shape != (num_timesteps + 1,) and
                                 weights.shape != (num_timesteps,)):
-        raise SettingError(f"weights={_show(weights)} is not allowed: give a tensor of {num_timesteps} or "
+        raise SettingError(f"weights={describe(weights)} is not allowed: give a tensor of {num_timesteps} or "
                            f"{num_timesteps + 1} per-timestep loss weights (indexed by the integer timestep)")
 
 
@@ -321,7 +321,7 @@ def _latent_hw(x: Tensor) -> Optional[Tuple[int, int]]:
 def _inert_or_refuse(key: str, value: Any) -> None:
     inert = value is None or value is False or (isinstance(value, (list, tuple)) and len(value) == 0)
     if not inert:
-        raise SettingError(f"{key}={_show(value)} (image/video conditioning or guidance variants) needs Open-Sora "
+        raise SettingError(f"{key}={describe(value)} (image/video conditioning or guidance variants) needs Open-Sora "
                            "1.3's RFLOW: install Open-Sora and use backend='opensora'")
 
 

@@ -6,19 +6,17 @@ Types are strict: no bool where a number is meant, no string for a number, no tr
 Ranges are chosen so that no accepted value can collapse every timestep to one point or leave [0, N].
 
 A policy's or distribution's own parameters are declared where the function is registered
-(:meth:`~._functions.FunctionRegistry.register`), so a user-registered one is validated the same way.
+(:meth:`FunctionRegistry.register`), so a user-registered one is validated the same way.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
-
-import difflib
-import inspect
-from typing import Iterator, List
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 
 class SettingError(ValueError):
@@ -67,7 +65,7 @@ class Setting:
         return ""
 
     def error(self, value: Any, why: str = "") -> SettingError:
-        return SettingError(f"{self.name}={_show(value)} is not allowed: {why or 'use ' + self.allowed()}")
+        return SettingError(f"{self.name}={describe(value)} is not allowed: {why or 'use ' + self.allowed()}")
 
     def check(self, value: Any) -> Any:
         """The value, normalised (ints stay ints, numbers become floats, pairs tuples), or a :class:`SettingError`."""
@@ -76,7 +74,7 @@ class Setting:
         if self.type == "any":
             return value
         if self.type == "bool":
-            if isinstance(value, bool) or _is_numpy_bool(value):  # as a config built with numpy may hold it
+            if isinstance(value, bool) or is_numpy_bool(value):  # as a config built with numpy may hold it
                 return bool(value)
             raise self.error(value)
         if self.type == "choice":
@@ -115,12 +113,12 @@ def _num(x: float) -> str:
     return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.6g}"
 
 
-def _is_numpy_bool(value: Any) -> bool:
+def is_numpy_bool(value: Any) -> bool:
     return type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
 
 
-def _show(value: Any) -> str:
-    """``repr`` for scalars; a short description for tensors, arrays and long values (never a whole tensor)."""
+def describe(value: Any) -> str:
+    """A user's value for an error message: ``repr`` for scalars; a short description for tensors, arrays and long values (never a whole tensor)."""
     shape = getattr(value, "shape", None)
     is_array = shape is not None and (len(shape) > 0 or type(value).__module__.startswith("torch"))
     if is_array and not isinstance(value, (str, bytes)):
@@ -155,14 +153,14 @@ class FunctionRegistry:
     def register(self, name: str, **settings: Setting) -> Callable[[Fn], Fn]:
         """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``."""
         if not isinstance(name, str) or not name:
-            raise SettingError(f"{self.key} name {_show(name)} must be a non-empty string")
+            raise SettingError(f"{self.key} name {describe(name)} must be a non-empty string")
 
         def wrap(fn: Fn) -> Fn:
             if name in self._functions:
                 raise SettingError(f"{self.key} {name!r} is already registered "
                                    f"({self._functions[name].__qualname__}): pick another name")
             if not callable(fn):
-                raise TypeError(f"{self.key} {name!r}: {_show(fn)} is not a function")
+                raise TypeError(f"{self.key} {name!r}: {describe(fn)} is not a function")
             params = list(inspect.signature(fn).parameters.values())
             if not params or any(p.default is inspect.Parameter.empty for p in params[1:]):
                 raise TypeError(f"{self.key} {name!r}: {fn.__qualname__} must take the tensor first and then only "
@@ -189,7 +187,7 @@ class FunctionRegistry:
         try:
             return self._functions[name]
         except (KeyError, TypeError):
-            raise SettingError(f"{self.key}={_show(name)} is not allowed: use one of "
+            raise SettingError(f"{self.key}={describe(name)} is not allowed: use one of "
                                f"{', '.join(map(repr, self._functions))}") from None
 
     def params(self, name: str) -> Dict[str, Setting]:
@@ -351,12 +349,12 @@ def resolve(given: Dict[str, Any]) -> Dict[str, Any]:
     for name, (on, applies) in APPLIES_ONLY_WITH.items():
         if name in given and not (values[on] in applies if applies else values[on] is not None):
             needs = f"{on}={applies[0]!r}" if len(applies) == 1 else f"a {on}"
-            raise SettingError(f"{name}={_show(given[name])} only applies with {needs} (got {on}={values[on]!r}); "
+            raise SettingError(f"{name}={describe(given[name])} only applies with {needs} (got {on}={values[on]!r}); "
                                "remove it or set that too")
     if not values["use_timestep_transform"]:
         shifting = sorted(set(given) & set(SHIFTING))
         if shifting:
-            raise SettingError(f"{shifting[0]}={_show(given[shifting[0]])} only applies with "
+            raise SettingError(f"{shifting[0]}={describe(given[shifting[0]])} only applies with "
                                "use_timestep_transform=True (got False): remove it or turn the shift on")
     if values["use_discrete_timesteps"] and values["sample_method"] != "uniform":
         raise SettingError(f"use_discrete_timesteps=True needs sample_method='uniform' (as stock), "
@@ -436,7 +434,7 @@ def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False
             for registry, selected in ((POLICIES, mode), (DISTRIBUTIONS, method)):
                 owners = registry.owners(key)
                 if owners and selected is not None:
-                    raise SettingError(f"{key}={_show(value)} is a parameter of {registry.key} "
+                    raise SettingError(f"{key}={describe(value)} is a parameter of {registry.key} "
                                        f"{' / '.join(map(repr, owners))}, not of {registry.key}={selected!r}: remove "
                                        f"it or select {registry.key}={owners[0]!r}")
             rest[key] = value
@@ -455,7 +453,7 @@ def unknown_setting_error(who: str, key: str, value: Any, own: Iterable[str], sh
     close = difflib.get_close_matches(str(key), every, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     takes = "; ".join(f"{k} takes {', '.join(v) or 'nothing'}" for k, v in accepted.items())
-    return TypeError(f"{who} got an unknown setting {key}={_show(value)}.{hint} {takes}")
+    return TypeError(f"{who} got an unknown setting {key}={describe(value)}.{hint} {takes}")
 
 
 def settings_table() -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .policies import apply_policy, degenerate_frame_counts, get_policy, temporal_size
-from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, _is_numpy_bool, _show, resolve,
+from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, is_numpy_bool, describe, resolve,
                        route, unknown_setting_error)
 
 ON_DEGENERATE: Tuple[str, ...] = tuple(SETTINGS["on_degenerate"].choices)  # type: ignore[arg-type]
@@ -158,8 +158,9 @@ class TimestepShift:
         """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says."""
         height, width, num_frames = read_meta(model_kwargs, dtype, device, batch_size)
         ratio = self._factor(height, width, num_frames, latent_frames, latent_hw)
-        valid = meta_is_valid(height, width, num_frames)
+        frames_ok, resolution_ok = meta_checks(height, width, num_frames)
         if self.on_degenerate == "error":
+            valid = frames_ok & resolution_ok
             # The one host sync this mode pays for: valid meta, and a factor in [1/100, 100] (outside, float32
             # timesteps pile up at 0 or N) for every sample.
             if not bool((valid & (ratio >= 1 / MAX_SHIFT_FACTOR) & (ratio <= MAX_SHIFT_FACTOR)).all()):
@@ -167,10 +168,12 @@ class TimestepShift:
             return ratio
         if self.on_degenerate == "clamp":  # degenerate T_eff was clamped to 1 above; extreme factors are clamped here
             ratio = ratio.clamp(1 / MAX_SHIFT_FACTOR, MAX_SHIFT_FACTOR)
-        # No host sync: a device-side assert. On a GPU it stops the run at this step (the message is then CUDA's
-        # "device-side assert triggered"); on the CPU it raises at once, with this message. "ignore" lets stock's
-        # zero factor through, never a negative or non-finite one.
-        torch._assert_async((valid & (ratio >= 0) & ratio.isfinite()).all(), _INVALID_META)
+        # No host sync: device-side asserts. On a GPU one stops the run at this step (CUDA then reports a
+        # "device-side assert"); on the CPU it raises at once, with its message. "ignore" lets stock's zero factor
+        # through, never a negative or non-finite one.
+        torch._assert_async(frames_ok.all(), _INVALID_FRAMES)
+        torch._assert_async(resolution_ok.all(), _INVALID_RESOLUTION)
+        torch._assert_async(((ratio >= 0) & ratio.isfinite()).all(), _INVALID_FACTOR)
         return ratio
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
@@ -212,11 +215,11 @@ class TimestepShift:
         latent_frames = None if latent_frames is None else _LATENT_SIZE.check(latent_frames)
         if latent_hw is not None:
             if not isinstance(latent_hw, (tuple, list)) or len(latent_hw) != 2:
-                raise SettingError(f"latent_hw={_show(latent_hw)} is not allowed: use the latent's (H, W)")
+                raise SettingError(f"latent_hw={describe(latent_hw)} is not allowed: use the latent's (H, W)")
             latent_hw = (_LATENT_SIZE.check(latent_hw[0]), _LATENT_SIZE.check(latent_hw[1]))
         t = _timesteps(t)
         if resample_u is not None and (not isinstance(resample_u, Tensor) or resample_u.shape != t.shape):
-            raise SettingError(f"resample_u={_show(resample_u)} is not allowed: one uniform per timestep, shape "
+            raise SettingError(f"resample_u={describe(resample_u)} is not allowed: one uniform per timestep, shape "
                                f"{tuple(t.shape)}")
         dtype = torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
         t = _as(t, dtype, None)
@@ -237,7 +240,8 @@ class TimestepShift:
                   latent_frames: Optional[int]) -> str:
         """Say which samples are invalid or degenerate and why; only runs once the check has already failed."""
         height, width, num_frames, ratio = torch.broadcast_tensors(height, width, num_frames, ratio)
-        valid = meta_is_valid(height, width, num_frames).reshape(-1).tolist()
+        frames_ok, resolution_ok = meta_checks(height, width, num_frames)
+        valid = (frames_ok & resolution_ok).reshape(-1).tolist()
         h, w, n, a = (x.reshape(-1).tolist() for x in (height, width, num_frames, ratio))
         raw = self.temporal_size(torch.tensor(n, dtype=torch.float64), latent_frames).tolist()
         for i, (hi, wi, ni, ti, ok, ai) in enumerate(zip(h, w, n, raw, valid, a)):
@@ -274,15 +278,16 @@ _LATENT_SIZE = Setting("latent size", "int", None, "", low=1, high=1_000_000)
 # Open-Sora passes its time scale per call (as an int or a float), and 1 means t is already in [0, 1].
 _NUM_TIMESTEPS = Setting("num_timesteps", "float", 1, "", low=0, low_open=True, high=1e6)
 _RET_RATIO = Setting("ret_ratio", "bool", False, "")
-_INVALID_META = ("timestep shift: invalid batch meta (num_frames must be whole numbers >= 1, height and width "
-                 "finite and > 0) or a non-finite shift factor")
+_INVALID_FRAMES = "timestep shift: a num_frames in the batch meta is not a whole number >= 1"
+_INVALID_RESOLUTION = "timestep shift: a height or width in the batch meta is not > 0 (or their product not finite)"
+_INVALID_FACTOR = "timestep shift: a shift factor is negative or not finite (the meta is too large for the rule)"
 
 
-def meta_is_valid(height: Tensor, width: Tensor, num_frames: Tensor) -> Tensor:
-    """Per sample: a whole frame count >= 1 and a finite, positive resolution. Pure tensor ops, no sync."""
+def meta_checks(height: Tensor, width: Tensor, num_frames: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per sample: a whole frame count >= 1; a positive resolution with a finite H * W. Tensor ops, no sync."""
     # n - floor(n) is NaN for NaN and inf, so one comparison also refuses those.
-    return (num_frames >= 1) & (num_frames - num_frames.floor() == 0) & (torch.minimum(height, width) > 0) & \
-        (height * width).isfinite()
+    frames_ok = (num_frames >= 1) & (num_frames - num_frames.floor() == 0)
+    return frames_ok, (torch.minimum(height, width) > 0) & (height * width).isfinite()
 
 
 def resample_over_threshold(t: Tensor, threshold: float, num_frames: Tensor, u: Optional[Tensor] = None) -> Tensor:
@@ -306,12 +311,12 @@ def _check_policy_output(shift_mode: str, params: Dict[str, Any]) -> None:
     n = torch.tensor([1.0, 2.0, 16.0, 17.0, 51.0])
     out = get_policy(shift_mode)(n.clone(), **params)
     if not isinstance(out, Tensor) or out.shape != n.shape or not out.is_floating_point():
-        raise SettingError(f"shift_mode={shift_mode!r} returned {_show(out)} for num_frames {n.tolist()}: a policy "
+        raise SettingError(f"shift_mode={shift_mode!r} returned {describe(out)} for num_frames {n.tolist()}: a policy "
                            "must return a floating tensor of T_eff, one per frame count")
 
 
 def _is_real_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not _is_numpy_bool(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not is_numpy_bool(value)
 
 
 def _timesteps(t: Any) -> Tensor:
@@ -319,7 +324,7 @@ def _timesteps(t: Any) -> Tensor:
         return t
     if _is_real_number(t):
         return torch.tensor(float(t))
-    raise SettingError(f"t={_show(t)} is not allowed: timesteps must be a real vector, one per sample "
+    raise SettingError(f"t={describe(t)} is not allowed: timesteps must be a real vector, one per sample "
                        "(or a number)")
 
 
@@ -331,7 +336,7 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
     """
     if not isinstance(model_kwargs, Mapping):
         raise MetaError(
-            f"model_kwargs={_show(model_kwargs)}: the timestep shift needs the batch meta height, width and "
+            f"model_kwargs={describe(model_kwargs)}: the timestep shift needs the batch meta height, width and "
             "num_frames; pass the model_args dict that Open-Sora's training loop builds from the batch"
         )
     missing = [k for k in META_KEYS if k not in model_kwargs]
@@ -348,7 +353,7 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
         else:
             ok = _is_real_number(value)
         if not ok:
-            raise MetaError(f"meta {key}={_show(value)} is not allowed: it must be a real number or a tensor of "
+            raise MetaError(f"meta {key}={describe(value)} is not allowed: it must be a real number or a tensor of "
                             "real numbers, one per sample")
         tensor = _as(value, dtype, device)
         if tensor.dim() > 1 or (tensor.dim() == 1 and batch_size is not None and tensor.shape[0] != batch_size):

@@ -253,7 +253,8 @@ def test_invalid_meta_stops_the_sync_free_paths_with_a_device_assert(bad, match,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         shift = TimestepShift("latent", on_degenerate)
-    with pytest.raises(RuntimeError, match="timestep shift: invalid batch meta"):
+    what = "num_frames" if "num_frames" in bad else "height or width"
+    with pytest.raises(RuntimeError, match=f"timestep shift: a {what} in the batch meta is not"):
         shift(torch.tensor([0.5]), kw)
 
 
