@@ -108,7 +108,7 @@ def temporal_size(num_frames: Tensor, shift_mode: str = "latent", **params: obje
     """
     if not isinstance(num_frames, Tensor):
         num_frames = torch.as_tensor(num_frames, dtype=torch.float64) if _numbers(num_frames) else num_frames
-    if not isinstance(num_frames, Tensor) or num_frames.is_complex() or num_frames.dtype == torch.bool:
+    if not isinstance(num_frames, Tensor) or num_frames.dtype.is_complex or num_frames.dtype == torch.bool:
         raise SettingError(f"num_frames={describe(num_frames)} is not allowed: use a tensor (or numbers) of frame counts")
     if not num_frames.is_floating_point():  # the policies compute in place, and T_eff need not be whole
         num_frames = num_frames.float()

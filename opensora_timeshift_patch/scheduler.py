@@ -229,7 +229,7 @@ class RFlowTimeShift:
         batch = _check_latents("x_start", x_start)
         _check_mask(mask, x_start, torch.bool)
         _check_weights(weights, self.num_timesteps)
-        if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,) or t.is_complex() or t.dtype == torch.bool):
+        if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,) or t.dtype.is_complex or t.dtype == torch.bool):
             raise SettingError(f"t={describe(t)} is not allowed: pass one real timestep per sample, shape ({batch},)")
         step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
         if t is None:

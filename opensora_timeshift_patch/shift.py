@@ -316,11 +316,13 @@ def _check_policy_output(shift_mode: str, params: Dict[str, Any]) -> None:
 
 
 def _is_real_number(value: Any) -> bool:
+    if type(value) in (int, float):  # what Open-Sora passes; decided first, which torch 2.2's dynamo can trace
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and not is_numpy_bool(value)
 
 
 def _timesteps(t: Any) -> Tensor:
-    if isinstance(t, Tensor) and not t.is_complex() and t.dtype != torch.bool and t.dim() <= 1:
+    if isinstance(t, Tensor) and not t.dtype.is_complex and t.dtype != torch.bool and t.dim() <= 1:
         return t
     if _is_real_number(t):
         return torch.tensor(float(t))
@@ -349,7 +351,7 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
     for key in META_KEYS:
         value = model_kwargs[key]
         if isinstance(value, Tensor):
-            ok = not value.is_complex() and value.dtype != torch.bool
+            ok = not value.dtype.is_complex and value.dtype != torch.bool
         else:
             ok = _is_real_number(value)
         if not ok:
@@ -395,11 +397,11 @@ def _ranges(values: Tuple[int, ...]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
-_SHIFTS: Dict[Tuple[Tuple[str, type, Any], ...], TimestepShift] = {}  # one configured shift per setting
+_SHIFTS: Dict[Tuple[Tuple[str, bool, Any], ...], TimestepShift] = {}  # one configured shift per setting
 
 
 def _cached_shift(settings: Dict[str, Any]) -> TimestepShift:
-    key = tuple(sorted((k, type(v), v) for k, v in settings.items()))  # True == 1, but not as a setting
+    key = tuple(sorted((k, isinstance(v, bool), v) for k, v in settings.items()))  # True == 1, not as a setting
     try:
         shift = _SHIFTS.get(key)
     except TypeError:  # an unhashable value: let the validation name it
