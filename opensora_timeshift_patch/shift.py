@@ -17,6 +17,7 @@ import numbers
 import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -158,14 +159,15 @@ class TimestepShift:
         """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says."""
         height, width, num_frames = read_meta(model_kwargs, dtype, device, batch_size)
         ratio = self._factor(height, width, num_frames, latent_frames, latent_hw)
-        frames_ok, resolution_ok = meta_checks(height, width, num_frames)
         if self.on_degenerate == "error":
-            valid = frames_ok & resolution_ok
-            # The one host sync this mode pays for: valid meta, and a factor in [1/100, 100] (outside, float32
-            # timesteps pile up at 0 or N) for every sample.
-            if not bool((valid & (ratio >= 1 / MAX_SHIFT_FACTOR) & (ratio <= MAX_SHIFT_FACTOR)).all()):
+            # The one host sync this mode pays for: one copy of the meta and the factors, checked on the host (a
+            # dozen tiny kernels would cost more than the shift itself): valid meta, and a factor in [1/100, 100]
+            # (outside, float32 timesteps pile up at 0 or N) for every sample.
+            host = torch.stack(torch.broadcast_tensors(height, width, num_frames, ratio)).cpu().numpy()
+            if not _host_checks(*host):
                 raise MetaError(self._diagnose(height, width, num_frames, ratio, latent_frames))
             return ratio
+        frames_ok, resolution_ok = meta_checks(height, width, num_frames)
         if self.on_degenerate == "clamp":  # degenerate T_eff was clamped to 1 above; extreme factors are clamped here
             ratio = ratio.clamp(1 / MAX_SHIFT_FACTOR, MAX_SHIFT_FACTOR)
         # No host sync: device-side asserts. On a GPU one stops the run at this step (CUDA then reports a
@@ -281,6 +283,13 @@ _RET_RATIO = Setting("ret_ratio", "bool", False, "")
 _INVALID_FRAMES = "timestep shift: a num_frames in the batch meta is not a whole number >= 1"
 _INVALID_RESOLUTION = "timestep shift: a height or width in the batch meta is not > 0 (or their product not finite)"
 _INVALID_FACTOR = "timestep shift: a shift factor is negative or not finite (the meta is too large for the rule)"
+
+
+def _host_checks(h: Any, w: Any, n: Any, a: Any) -> bool:
+    """:func:`meta_checks` and the factor's range, on numpy arrays (in the shift's own dtype)."""
+    with np.errstate(all="ignore"):
+        return bool(np.all((n >= 1) & (n == np.floor(n)) & np.isfinite(n) & (np.minimum(h, w) > 0) & np.isfinite(h * w)
+                           & (a >= 1 / MAX_SHIFT_FACTOR) & (a <= MAX_SHIFT_FACTOR)))
 
 
 def meta_checks(height: Tensor, width: Tensor, num_frames: Tensor) -> Tuple[Tensor, Tensor]:
