@@ -103,7 +103,10 @@ class Setting:
         pair = list(value)
         if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in pair):
             raise self.error(value)
-        lo, hi = float(pair[0]), float(pair[1])
+        try:
+            lo, hi = float(pair[0]), float(pair[1])
+        except OverflowError:
+            raise self.error(value) from None
         if not 0 <= lo < hi <= 1:  # NaN fails here too
             raise self.error(value)
         return lo, hi

@@ -155,17 +155,22 @@ class TimestepShift:
         device: Optional[torch.device] = None,
         latent_hw: Optional[Tuple[int, int]] = None,
         batch_size: Optional[int] = None,
+        t: Optional[Tensor] = None,
     ) -> Tensor:
-        """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says."""
+        """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says (with the timesteps ``t`` in
+        [0, 1] about to be shifted, when given: they are checked in the same pass)."""
         height, width, num_frames = read_meta(model_kwargs, dtype, device, batch_size)
         ratio = self._factor(height, width, num_frames, latent_frames, latent_hw)
         if self.on_degenerate == "error":
             # The one host sync this mode pays for: one copy of the meta and the factors, checked on the host (a
             # dozen tiny kernels would cost more than the shift itself): valid meta, and a factor in [1/100, 100]
             # (outside, float32 timesteps pile up at 0 or N) for every sample.
-            host = torch.stack(torch.broadcast_tensors(height, width, num_frames, ratio)).cpu().numpy()
-            if not _host_checks(*host):
+            host = torch.stack(torch.broadcast_tensors(height, width, num_frames, ratio,
+                                                       ratio if t is None else t.to(ratio.dtype))).cpu().numpy()
+            if not _host_checks(*host[:4]):
                 raise MetaError(self._diagnose(height, width, num_frames, ratio, latent_frames))
+            if t is not None and not _timesteps_ok(host[4]):
+                raise MetaError(_BAD_TIMESTEPS)
             return ratio
         frames_ok, resolution_ok = meta_checks(height, width, num_frames)
         if self.on_degenerate == "clamp":  # degenerate T_eff was clamped to 1 above; extreme factors are clamped here
@@ -176,6 +181,8 @@ class TimestepShift:
         torch._assert_async(frames_ok.all(), _INVALID_FRAMES)
         torch._assert_async(resolution_ok.all(), _INVALID_RESOLUTION)
         torch._assert_async(((ratio >= 0) & ratio.isfinite()).all(), _INVALID_FACTOR)
+        if t is not None:
+            torch._assert_async(((t >= 0) & (t <= 1)).all(), _BAD_TIMESTEPS)
         return ratio
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
@@ -214,11 +221,11 @@ class TimestepShift:
         num_timesteps = _NUM_TIMESTEPS.check(num_timesteps)
         ret_ratio = _RET_RATIO.check(ret_ratio)
         uniform_over_threshold = SETTINGS["uniform_over_threshold"].check(uniform_over_threshold)
-        latent_frames = None if latent_frames is None else _LATENT_SIZE.check(latent_frames)
+        latent_frames = None if latent_frames is None else _LATENT_FRAMES.check(latent_frames)
         if latent_hw is not None:
             if not isinstance(latent_hw, (tuple, list)) or len(latent_hw) != 2:
                 raise SettingError(f"latent_hw={describe(latent_hw)} is not allowed: use the latent's (H, W)")
-            latent_hw = (_LATENT_SIZE.check(latent_hw[0]), _LATENT_SIZE.check(latent_hw[1]))
+            latent_hw = (_LATENT_HW.check(latent_hw[0]), _LATENT_HW.check(latent_hw[1]))
         t = _timesteps(t)
         if resample_u is not None and (not isinstance(resample_u, Tensor) or resample_u.shape != t.shape):
             raise SettingError(f"resample_u={describe(resample_u)} is not allowed: one uniform per timestep, shape "
@@ -228,7 +235,7 @@ class TimestepShift:
         if num_timesteps != 1:
             t = t / num_timesteps
         batch_size = t.shape[0] if t.dim() == 1 else None
-        ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device, latent_hw, batch_size)
+        ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device, latent_hw, batch_size, t)
         # In float32 a t / (1 + (a - 1) t) at t = 1 can round just above 1 (a < 1/2): keep every timestep in [0, N].
         t = self.curve(t, ratio).clamp(0, 1)
         if uniform_over_threshold is not None and self.scale_temporal:
@@ -276,13 +283,20 @@ class TimestepShift:
         return f"the shift factor is not finite for the meta given to {self!r}"
 
 
-_LATENT_SIZE = Setting("latent size", "int", None, "", low=1, high=1_000_000)
+_LATENT_FRAMES = Setting("latent_frames", "int", None, "", low=1, high=1_000_000)
+_LATENT_HW = Setting("latent_hw", "int", None, "", low=1, high=1_000_000)
+_BAD_TIMESTEPS = "timestep shift: a timestep is outside [0, num_timesteps] or not finite"
 # Open-Sora passes its time scale per call (as an int or a float), and 1 means t is already in [0, 1].
 _NUM_TIMESTEPS = Setting("num_timesteps", "float", 1, "", low=0, low_open=True, high=1e6)
 _RET_RATIO = Setting("ret_ratio", "bool", False, "")
 _INVALID_FRAMES = "timestep shift: a num_frames in the batch meta is not a whole number >= 1"
 _INVALID_RESOLUTION = "timestep shift: a height or width in the batch meta is not > 0 (or their product not finite)"
 _INVALID_FACTOR = "timestep shift: a shift factor is negative or not finite (the meta is too large for the rule)"
+
+
+def _timesteps_ok(t: Any) -> bool:
+    with np.errstate(all="ignore"):
+        return bool(np.all((t >= 0) & (t <= 1)))
 
 
 def _host_checks(h: Any, w: Any, n: Any, a: Any) -> bool:
@@ -347,8 +361,8 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
     """
     if not isinstance(model_kwargs, Mapping):
         raise MetaError(
-            f"model_kwargs={describe(model_kwargs)}: the timestep shift needs the batch meta height, width and "
-            "num_frames; pass the model_args dict that Open-Sora's training loop builds from the batch"
+            f"the batch meta (model_kwargs / additional_args) is {describe(model_kwargs)}: the timestep shift needs "
+            "height, width and num_frames; pass the model_args dict that Open-Sora's training loop builds"
         )
     missing = [k for k in META_KEYS if k not in model_kwargs]
     if missing:

@@ -74,10 +74,10 @@ def test_the_drop_in_cache_tells_true_from_one():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(latent_frames=0), r"latent size=0 is not allowed: use an int in \[1, 1000000\]"),
-        (dict(latent_frames=2.5), "latent size=2.5 is not allowed"),
+        (dict(latent_frames=0), r"latent_frames=0 is not allowed: use an int in \[1, 1000000\]"),
+        (dict(latent_frames=2.5), "latent_frames=2.5 is not allowed"),
         (dict(latent_hw=(4,)), r"latent_hw=\(4,\) is not allowed"),
-        (dict(latent_hw=("a", "b")), "latent size='a' is not allowed"),
+        (dict(latent_hw=("a", "b")), "latent_hw='a' is not allowed"),
         (dict(resample_u=torch.rand(3)), r"resample_u=<Tensor of shape \(3,\).* one uniform per timestep"),
     ],
 )
@@ -175,3 +175,17 @@ def test_a_policy_returning_no_tensor_is_refused_when_built():
 def test_distribution_call_needs_a_tensor():
     with pytest.raises(SettingError, match="u=0.5 is not allowed"):
         ots.TimestepDistribution("uniform")(0.5)
+
+
+@pytest.mark.parametrize("t", [[math.nan], [-5.0], [1500.0], [math.inf]])
+def test_timesteps_outside_the_range_are_refused_on_every_path(t):
+    kw = meta(256, 256, 17)
+    with pytest.raises(ValueError, match=r"a timestep is outside \[0, num_timesteps\] or not finite"):
+        TimestepShift()(torch.tensor(t), kw, num_timesteps=1000)
+    with pytest.raises(RuntimeError, match=r"a timestep is outside \[0, num_timesteps\] or not finite"):
+        TimestepShift(on_degenerate="clamp")(torch.tensor(t), kw, num_timesteps=1000)
+
+
+def test_a_huge_t_range_bound_is_named():
+    with pytest.raises(SettingError, match=r"t_range=\(0.1, 1000000000"):
+        RFlowTimeShift(t_range=(0.1, 10**400))

@@ -97,7 +97,7 @@ def test_missing_meta_key_is_named():
     del kw["num_frames"]
     with pytest.raises(ValueError, match="model_kwargs is missing 'num_frames'"):
         timestep_transform(torch.tensor([0.5]), kw)
-    with pytest.raises(ValueError, match="model_kwargs=None"):
+    with pytest.raises(ValueError, match=r"the batch meta \(model_kwargs / additional_args\) is None"):
         timestep_transform(torch.tensor([0.5]), None)
 
 
@@ -140,7 +140,7 @@ def test_low_precision_meta_gives_the_float32_answer(dtype):
 def test_output_dtype():
     kw = meta(256, 256, 17)
     assert timestep_transform(torch.tensor([500]), kw, num_timesteps=1000).dtype == torch.float32
-    assert timestep_transform(torch.tensor([500.0], dtype=torch.float64), kw).dtype == torch.float64
+    assert timestep_transform(torch.tensor([0.5], dtype=torch.float64), kw).dtype == torch.float64
     assert timestep_transform(torch.tensor([0.5], dtype=torch.bfloat16), kw).dtype == torch.float32
 
 
