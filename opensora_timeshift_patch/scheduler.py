@@ -108,8 +108,6 @@ class RFlowTimeShift:
         self.stratified: bool = values["stratified"]
         self.step: int = values["timestep_start_step"]
         self._groups: Tuple[Any, Any] = (None, None)
-        if self.stratified and self.timestep_rng != "per_sample":  # unreachable through resolve; kept for clarity
-            raise SettingError("stratified=True needs timestep_rng='per_sample'")
         # Stock's draws, kept call for call where they apply, so the same RNG state gives the same timesteps.
         self._stock_draw = (self.timestep_rng == "global" and values["t_range"] is None
                             and self.sample_method in ("uniform", "logit-normal"))
@@ -120,20 +118,7 @@ class RFlowTimeShift:
         if self._stock_draw and self.sample_method == "logit-normal":
             loc, scale = self.distribution.params.get("loc", 0.0), self.distribution.params.get("scale", 1.0)
             self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
-
-        rflow = _stock_rflow(values["backend"])
-        self.backend = "standalone" if rflow is None else "opensora"
-        common = dict(num_sampling_steps=self.num_sampling_steps, num_timesteps=self.num_timesteps,
-                      cfg_scale=self.cfg_scale, use_discrete_timesteps=self.use_discrete_timesteps)
-        if rflow is None:
-            for key, value in opensora_only.items():
-                if value != OPENSORA_ONLY[key].default:
-                    raise SettingError(f"{key}={describe(value)} needs Open-Sora 1.3's RFLOW (backend='opensora'); the "
-                                       "standalone backend implements plain classifier-free guidance. Remove it or "
-                                       "install Open-Sora.")
-            self.rflow: Any = StandaloneRFlow(**common)
-        else:
-            self.rflow = rflow(**common, use_timestep_transform=self.use_timestep_transform, **opensora_only)
+        self.backend, self.rflow = _backend(values, opensora_only)
 
     def __repr__(self) -> str:
         stream = f", timestep_seed={self.timestep_seed}, stratified={self.stratified}" * (self.timestep_rng == "per_sample")
@@ -276,6 +261,20 @@ class RFlowTimeShift:
 
 
 RFlowTimeShift.__doc__ = (RFlowTimeShift.__doc__ or "") + settings_doc(SETTINGS)
+
+
+def _backend(values: Dict[str, Any], opensora_only: Dict[str, Any]) -> Tuple[str, Any]:
+    """Open-Sora's own RFLOW with its 1.3-only keywords, or the standalone rectified flow (which refuses them)."""
+    common = {k: values[k] for k in ("num_sampling_steps", "num_timesteps", "cfg_scale", "use_discrete_timesteps")}
+    rflow = _stock_rflow(values["backend"])
+    if rflow is not None:
+        return "opensora", rflow(**common, use_timestep_transform=values["use_timestep_transform"], **opensora_only)
+    for key, value in opensora_only.items():
+        if value != OPENSORA_ONLY[key].default:
+            raise SettingError(f"{key}={describe(value)} needs Open-Sora 1.3's RFLOW (backend='opensora'); the "
+                               "standalone backend implements plain classifier-free guidance. Remove it or install "
+                               "Open-Sora.")
+    return "standalone", StandaloneRFlow(**common)
 
 
 def _check_latents(name: str, x: Any) -> int:
