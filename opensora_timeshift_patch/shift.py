@@ -71,10 +71,11 @@ class TimestepShift:
     ``on_degenerate`` says what a sample with ``T_eff <= 0`` gets: ``"error"`` raises a ``ValueError`` naming the
     frame count and the fix (one host sync per call: the price of the check); ``"clamp"`` shifts it as
     ``T_eff = 1`` without looking at tensor values (so it warns once, here, which frame counts it will clamp);
-    ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. Invalid meta (frame counts
-    that are not positive integers, resolutions that are not positive and finite) is refused on every path:
-    ``"error"`` raises; ``"clamp"`` and ``"ignore"`` stop the run with a device-side assert
-    (``torch._assert_async``), which costs no host sync on a GPU.
+    ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. A factor outside [0.01, 100]
+    (where float32 timesteps pile up at 0 or N) is refused under ``"error"`` and clamped under ``"clamp"``. Invalid
+    meta (frame counts that are not whole numbers >= 1, resolutions that are not positive with a finite product) and
+    timesteps outside [0, N] are refused on every path: ``"error"`` raises; ``"clamp"`` and ``"ignore"`` stop the
+    run with a device-side assert (``torch._assert_async``), which costs no host sync on a GPU.
     """
 
     def __init__(self, shift_mode: Optional[str] = None, on_degenerate: Optional[str] = None, **settings: Any) -> None:
@@ -82,8 +83,9 @@ class TimestepShift:
         given.update({k: v for k, v in (("shift_mode", shift_mode), ("on_degenerate", on_degenerate)) if v is not None})
         own, policy_params, _, unknown = route(given, SHIFT_SETTINGS)
         values = resolve(own)
-        for key, value in unknown.items():
-            raise unknown_setting_error("TimestepShift", key, value, SHIFT_SETTINGS, values["shift_mode"])
+        if unknown:
+            key = next(iter(unknown))
+            raise unknown_setting_error("TimestepShift", key, unknown[key], SHIFT_SETTINGS, values["shift_mode"])
         self.settings: Dict[str, Any] = {k: values[k] for k in SHIFT_SETTINGS}
         for key, value in self.settings.items():
             setattr(self, key, value)
