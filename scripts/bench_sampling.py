@@ -60,14 +60,13 @@ def global_uniforms(stream: str, step: int, ranks: int, batch: int) -> torch.Ten
     """The uniforms of the whole global batch, rank by rank, as each rank would compute its own."""
     parts = []
     for rank in range(ranks):
-        index, total = global_sample_index(batch, rank, ranks)
         if stream == "stock":
             torch.manual_seed(1024 + step)  # the same seed on every rank: the same draws
             parts.append(torch.rand(batch, dtype=torch.float64))
         elif stream == "stratified":
-            parts.append(stratified_uniform(0, step, index, total))
+            parts.append(stratified_uniform(0, step, rank, ranks, batch))
         else:
-            parts.append(counter_uniform(0, step, index))
+            parts.append(counter_uniform(0, step, global_sample_index(batch, rank, ranks)))
     return torch.cat(parts)
 
 

@@ -282,3 +282,24 @@ def test_new_distributions_under_the_global_rng_use_one_uniform_each():
     torch.manual_seed(0)
     u = torch.rand(8, dtype=torch.float64)
     torch.testing.assert_close(t, (1000 * (1 - 1 / (torch.tan(math.pi * u / 2) + 1))).float())
+
+
+def test_the_sampling_benchmark_draws_its_streams_through_the_current_api():
+    """scripts/bench_sampling.py builds each rank's uniforms as the scheduler does; keep it in step with the API."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_sampling", scripts / "bench_sampling.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(scripts))
+    for stream in ("stock", "per_sample", "stratified"):
+        u = bench.global_uniforms(stream, step=3, ranks=4, batch=2)
+        assert u.shape == (8,) and bool(((u > 0) & (u < 1)).all())
+    stratified = bench.global_uniforms("stratified", step=3, ranks=4, batch=2)
+    assert sorted(int(x) for x in stratified * 8) == list(range(8))
