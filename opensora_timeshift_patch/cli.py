@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import keyword
+import logging
 import math
 import os
 import re
@@ -583,6 +584,10 @@ def parse_set_item(text: str) -> Tuple[str, Any]:
     if not _plain_literal(value):
         raise argparse.ArgumentTypeError(f"{key}={short(raw)}: use None, True/False, ints, finite floats, strings, "
                                          "and lists, tuples or dicts of them")
+    found = _placeholder_in(value)
+    if found is not None:  # mmengine substitutes {{$VAR:...}} and {{ fileDirname }} in the file's text as it loads
+        raise argparse.ArgumentTypeError(f"{key}={short(raw)}: the string {short(found)} holds '{{{{' or '}}}}', "
+                                         "which mmengine would substitute when the config loads; remove them")
     return key, value
 
 
@@ -599,33 +604,108 @@ def _plain_literal(value: Any) -> bool:
     return False
 
 
+def _placeholder_in(value: Any) -> Optional[str]:
+    """The first string in ``value`` (keys included) holding ``{{`` or ``}}``, which mmengine would substitute."""
+    if isinstance(value, str):
+        return value if "{{" in value or "}}" in value else None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _placeholder_in(item)
+            if found is not None:
+                return found
+    return None
+
+
 def base_chain(path: str) -> List[str]:
     """Real paths of ``path`` and every file it inherits from through ``_base_``, recursively.
 
-    Resolved by mmengine's own helpers, so that the files found are the ones mmengine loads.
+    Resolved as mmengine 0.10's ``Config._file2dict`` resolves them, with its own static helpers: each file's
+    ``{{ fileDirname }}``-style and ``{{$VAR:default}}`` placeholders are substituted (on a temporary copy) before
+    its ``_base_`` is read, and each entry is taken relative to the file naming it.
     """
     from mmengine.config import Config
 
     chain: List[str] = []
-    todo = [os.path.abspath(path)]
+    todo = [path]
     while todo:
-        current = todo.pop()
+        current = os.path.abspath(os.path.expanduser(todo.pop()))
         real = os.path.realpath(current)
         if real in chain:
             continue
         chain.append(real)
-        if not os.path.isfile(current):  # e.g. a {{ fileDirname }} path mmengine substitutes: nothing to read
+        if not os.path.isfile(current):
             continue
-        for entry in Config._get_base_files(current):
-            todo.append(Config._get_cfg_path(entry, current)[0])
+        with tempfile.TemporaryDirectory(prefix="opensora-timeshift-") as scratch, _quiet_mmengine():
+            copy = os.path.join(scratch, "config" + os.path.splitext(current)[1])
+            Config._substitute_predefined_vars(current, copy)
+            Config._substitute_env_variables(copy, copy)  # logs each variable it uses: loading the base did already
+            Config._pre_substitute_base_vars(copy, copy)
+            entries = Config._get_base_files(copy)
+        todo.extend(Config._get_cfg_path(entry, current)[0] for entry in entries)
     return chain
 
 
-def cmd_config(args: argparse.Namespace) -> int:
-    from .registry import SCHEDULERS, build_module
+@contextlib.contextmanager
+def _quiet_mmengine() -> Iterator[None]:
+    """Hold back mmengine's INFO log lines (one per environment variable substituted) for a while."""
+    from mmengine.logging import MMLogger
 
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def base_reference(base: str, out_dir: Path) -> str:
+    """How the derived config names its base: relative to ``out_dir`` where that reaches the base, else absolute.
+
+    Computed from real paths, so a symlinked directory in ``--out`` does not send ``..`` to the wrong parent.
+    mmengine opens the joined path both as it is (the kernel follows symlinks before ``..``) and after
+    ``os.path.abspath`` (which drops ``dir/..`` by spelling): the relative form is kept only where both reach the
+    base, otherwise its absolute real path is written.
+    """
+    real_base = os.path.realpath(base)
+    try:
+        rel = os.path.relpath(real_base, os.path.realpath(out_dir))
+    except ValueError:  # another drive on Windows
+        return real_base
+    joined = os.path.join(str(out_dir), rel)
+    if os.path.realpath(joined) == os.path.realpath(os.path.normpath(joined)) == real_base:
+        return rel
+    return real_base
+
+
+def build_timeshift(sched: Dict[str, Any]) -> Any:
+    """The ``RFlowTimeShift`` a config's ``scheduler = dict(type="rflow-timeshift", ...)`` builds, without Open-Sora.
+
+    One validation for ``audit`` and ``config``: Open-Sora 1.3's own RFLOW keywords (``OPENSORA_ONLY``:
+    ``use_oscillation_guidance``, ``drop_condition``, ...) are type-checked and set aside (its RFLOW implements them;
+    the written config keeps them), ``backend`` is type-checked, and the rest builds on the standalone backend.
+    Raises ``ValueError``, ``TypeError`` or ``ImportError`` naming the setting.
+    """
+    from .scheduler import RFlowTimeShift
+
+    settings = {k: v for k, v in sched.items() if k != "type"}
+    if "backend" in settings:
+        SETTINGS["backend"].check(settings["backend"])
+    settings["backend"] = "standalone"  # validation must not need (or import) Open-Sora
+    for key in [k for k in settings if k in OPENSORA_ONLY]:
+        OPENSORA_ONLY[key].check(settings.pop(key))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RFlowTimeShift(**settings)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
     base = os.path.abspath(args.base_config)
     base_cfg = load_config(args.base_config, "base config")
+    if not args.out:
+        raise UsageError("--out is empty: give the path of the .py file to write")
     out = Path(os.path.abspath(args.out))
     if os.path.isdir(out):
         raise UsageError(f"--out {args.out!r} is a directory: give the path of the .py file to write")
@@ -658,32 +738,71 @@ def cmd_config(args: argparse.Namespace) -> int:
             raise UsageError(f"--set {key}=...: {key} is already set (by its own option, or an earlier --set)")
         options[key] = value
 
-    try:
-        rel = os.path.relpath(base, out.parent)
-    except ValueError:  # another drive on Windows
-        rel = base
+    rel = base_reference(base, out.parent)
+    # The file's text goes through mmengine's {{...}} substitution when it loads: only the base's path is not ours.
+    for what, text in (("path", rel), ("file name", os.path.basename(base))):
+        if "{{" in text or "}}" in text or not text.isprintable():
+            raise UsageError(f"the base config's {what} {short(text)} holds '{{{{', '}}}}' or a control character, "
+                             "which mmengine would substitute or misread in the derived config: rename or move it")
+    found = _placeholder_in(imports)
+    if found is not None:
+        raise UsageError(f"base config custom_imports holds {short(found)}: '{{{{' and '}}}}' would be substituted "
+                         "by mmengine in the derived config")
     body = "".join(f"    {k}={v!r},\n" for k, v in options.items())
     text = (f"# Derived from {os.path.basename(base)!r} by `opensora-timeshift config`: its scheduler switched to "
             f"rflow-timeshift.\n# Keys below merge into the base's scheduler dict; the rest of the base is unchanged.\n"
             f"_base_ = [{rel!r}]\n\n"
             f"custom_imports = dict(imports={imports!r}, allow_failed_imports=False)\n\n"
             f"scheduler = dict(\n{body})\n")
-    cfg, scheduler = write_verified(out, text, lambda cfg: build_module(cfg.scheduler, SCHEDULERS))
+    if "{{" in text:  # every piece was checked above; a literal's repr cannot make one
+        raise UsageError("the derived config would hold '{{', which mmengine substitutes when it loads")
+    cfg, scheduler = write_verified(out, text, verify_scheduler)
     print(f"wrote {out}")
-    print(f"loaded it with mmengine and built the scheduler: {scheduler!r}")
+    print(f"loaded it with mmengine and built the scheduler (standalone backend; Open-Sora 1.3's own RFLOW keywords "
+          f"type-checked): {scheduler!r}")
     print(f"merged scheduler config: {dict(cfg.scheduler)}")
     return 0
+
+
+def verify_scheduler(cfg: Any) -> Any:
+    """Build the derived config's scheduler as ``audit`` validates one: the registered class, standalone."""
+    from .registry import SCHEDULERS
+    from .scheduler import RFlowTimeShift
+
+    sched = cfg.get("scheduler")
+    if not isinstance(sched, dict) or sched.get("type") != "rflow-timeshift":
+        raise ValueError(f"its scheduler is {short(sched)}, not dict(type='rflow-timeshift', ...)")
+    if SCHEDULERS.get("rflow-timeshift") is not RFlowTimeShift:
+        raise ImportError("custom_imports did not register rflow-timeshift in the scheduler registry")
+    return build_timeshift(dict(sched))
+
+
+def _load_recording(path: str) -> Tuple[Any, List[str]]:
+    """``Config.fromfile(path)``, and the real path of every file mmengine read for it (the file and its bases)."""
+    from mmengine.config import Config
+
+    original = Config.__dict__["_file2dict"]
+    read: List[str] = []
+
+    def recording(filename: str, *args: Any, **kwargs: Any) -> Any:
+        read.append(os.path.realpath(os.path.abspath(os.path.expanduser(filename))))
+        return original.__func__(filename, *args, **kwargs)
+
+    Config._file2dict = staticmethod(recording)  # type: ignore[assignment]
+    try:
+        return Config.fromfile(path), read
+    finally:
+        Config._file2dict = original  # type: ignore[assignment]
 
 
 def write_verified(out: Path, text: str, build: Callable[[Any], Any]) -> Tuple[Any, Any]:
     """Write ``text`` to ``out`` only once it loads with mmengine and ``build(cfg)`` succeeds.
 
     The text goes to a temporary file beside ``out`` (so its relative ``_base_`` resolves as it will), is loaded and
-    built there, and then atomically replaces ``out``. On any failure only the temporary file (and directories made
-    for it) is removed: ``out`` is never left half-written or deleted.
+    built there, and then atomically replaces ``out``, unless mmengine read ``out`` itself while loading it (then
+    ``out`` is part of what the new config derives from). On any failure only the temporary file (and directories
+    made for it) is removed: ``out`` is never left half-written or deleted.
     """
-    from mmengine.config import Config
-
     new_dirs = [d for d in out.parents if not d.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -691,19 +810,32 @@ def write_verified(out: Path, text: str, build: Callable[[Any], Any]) -> Tuple[A
     except OSError as err:
         raise UsageError(f"cannot write in {str(out.parent)!r}: {err.strerror or err}") from err
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a config is a file like any other
         try:
-            cfg = Config.fromfile(tmp)  # imports custom_imports, which the base may list without installing
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a config is a file like any other
+        except OSError as err:
+            raise UsageError(f"cannot write in {str(out.parent)!r}: {err.strerror or err}") from err
+        try:
+            cfg, read = _load_recording(tmp)  # imports custom_imports, which the base may list without installing
+        except (Exception, SystemExit) as err:  # the base chain is the user's program: whatever it raises
+            raise UsageError(f"the derived config does not load, so {out} was not written: "
+                             f"{type(err).__name__}: {err}") from err
+        if os.path.realpath(out) in read:
+            raise UsageError(f"--out {str(out)!r} is a file the derived config reads (its base or one of its _base_ "
+                             "files): writing it would destroy what the new config derives from; choose another path")
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 built = build(cfg)
         except (ValueError, TypeError, KeyError, ImportError) as err:
             raise UsageError(f"the derived config did not build, so {out} was not written: {err}") from err
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as err:
+            raise UsageError(f"cannot write {str(out)!r}: {err.strerror or err}") from err
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 
 from opensora_timeshift_patch import cli
 from opensora_timeshift_patch.cli import main
@@ -642,3 +643,124 @@ def test_audit_accepts_open_sora_1_3_guidance_keywords(tmp_path, capsys):
                    'scheduler = dict(type="rflow-timeshift", use_oscillation_guidance="yes")\n')
     code, _, err = run(capsys, "audit", "--config", cfg)
     assert code == 2 and "use_oscillation_guidance='yes' is not allowed: use True or False" in err
+
+
+# --- config: the _base_ chain as mmengine resolves it, placeholders, paths -----------------------------------
+
+@pytest.mark.parametrize("entry, env", [
+    ("{{$OPENSORA_TIMESHIFT_TEST_UNSET:base_real.py}}", {}),  # the default of an unset variable
+    ("{{$OPENSORA_TIMESHIFT_TEST_BASE:nothing.py}}", {"OPENSORA_TIMESHIFT_TEST_BASE": "ABS"}),  # a set variable
+    ("{{ fileDirname }}/base_real.py", {}),  # a predefined variable
+    ("{{fileBasenameNoExtension}}_real.py", {}),
+])
+def test_config_never_writes_a_base_named_by_a_placeholder(entry, env, tmp_path, monkeypatch, capsys):
+    base_real = tmp_path / "base_real.py"
+    base_real.write_text(BASE.read_text())
+    (tmp_path / "base.py").write_text(f"_base_ = [{entry!r}]\nlr = 2e-5\n")
+    monkeypatch.delenv("OPENSORA_TIMESHIFT_TEST_UNSET", raising=False)
+    MMLogger.get_instance(f"test-{id(tmp_path)}")  # mmengine logs each variable it uses: to this test's stdout
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(base_real) if value == "ABS" else value)
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, "config", tmp_path / "base.py", "--shift-mode", "latent", "--out", base_real,
+                       "--force")
+    assert code == 2 and "_base_" in err and len(err.splitlines()) == 1, err
+    assert snapshot(tmp_path) == before
+
+
+def test_config_never_writes_the_default_base_of_the_example(tmp_path, capsys, monkeypatch):
+    """configs/examples/derive_from_opensora.py names its base {{$OPENSORA_CONFIG:../../tests/fixtures/...}}."""
+    monkeypatch.delenv("OPENSORA_CONFIG", raising=False)
+    example = Path(__file__).parents[1] / "configs" / "examples" / "derive_from_opensora.py"
+    (tmp_path / "configs" / "examples").mkdir(parents=True)
+    (tmp_path / "tests" / "fixtures").mkdir(parents=True)
+    (tmp_path / "configs" / "examples" / example.name).write_text(example.read_text())
+    target = tmp_path / "tests" / "fixtures" / BASE.name
+    target.write_text(BASE.read_text())
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, "config", tmp_path / "configs" / "examples" / example.name, "--shift-mode",
+                       "frames16", "--out", target, "--force")
+    assert code == 2 and "_base_" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_config_refuses_an_out_that_mmengine_read_even_if_the_chain_missed_it(tmp_path, monkeypatch, capsys):
+    """Belt and braces: after verification, an --out that mmengine read while loading the new config is kept."""
+    base = tmp_path / "base.py"
+    base.write_text('_base_ = ["grand.py"]\n')
+    (tmp_path / "grand.py").write_text(BASE.read_text())
+    monkeypatch.setattr(cli, "base_chain", lambda path: [])  # a chain resolution that saw nothing
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "grand.py", "--force")
+    assert code == 2 and "a file the derived config reads" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("item", [
+    "sample_method='{{$OPENSORA_TIMESHIFT_EVIL:uniform}}'",
+    "resolution_shift='{{ fileDirname }}'",
+    "x={'{{a': 1}",
+    "x=['ok', ('}}',)]",
+])
+def test_config_set_refuses_mmengine_placeholders(item, tmp_path, monkeypatch, capsys):
+    pwned = tmp_path / "PWNED"
+    monkeypatch.setenv("OPENSORA_TIMESHIFT_EVIL", f"uniform'+__import__('os').system('touch {pwned}')+'")
+    code, _, err = run_any(capsys, "config", BASE, "--shift-mode", "latent", "--out", tmp_path / "out.py", "--set",
+                           item)
+    assert code == 2 and len(err.splitlines()) == 1 and "--set" in err and "mmengine" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["we{{ird}}.py", "a}}b.py", "line\nbreak.py"])
+def test_config_refuses_a_base_path_mmengine_would_substitute(name, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    base = tmp_path / "in" / name
+    base.write_text(BASE.read_text())
+    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "out.py")
+    assert code == 2 and len(err.splitlines()) == 1 and "base config's" in err, err
+    assert not (tmp_path / "out.py").exists()
+
+
+def test_config_keeps_open_sora_1_3_keywords(tmp_path, capsys):
+    """A 1.3 config's RFLOW keywords are type-checked and kept, as audit does, without Open-Sora installed."""
+    base = tmp_path / "v13.py"
+    base.write_text('scheduler = dict(type="rflow", use_timestep_transform=True, use_oscillation_guidance=True,\n'
+                    '                 scale_image_weight=True, initial_image_scale=0.0, force_num=5,\n'
+                    '                 drop_condition={"cond": 0.05, "text": 0.05, "null": 0.05, "keep": 0.85})\n')
+    code, out, err = run(capsys, "config", base, "--shift-mode", "v13", "--out", tmp_path / "out.py")
+    assert code == 0, err
+    scheduler = Config.fromfile(str(tmp_path / "out.py")).scheduler
+    assert scheduler.use_oscillation_guidance is True and scheduler.drop_condition["keep"] == 0.85
+    assert scheduler.type == "rflow-timeshift" and scheduler.shift_mode == "v13"
+    base.write_text('scheduler = dict(type="rflow", use_oscillation_guidance="yes")\n')
+    code, _, err = run(capsys, "config", base, "--shift-mode", "v13", "--out", tmp_path / "out2.py")
+    assert code == 2 and "use_oscillation_guidance='yes' is not allowed" in err
+    assert not (tmp_path / "out2.py").exists()
+
+
+def test_config_out_through_a_symlinked_directory(tmp_path, capsys):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "elsewhere" / "real").mkdir(parents=True)
+    (tmp_path / "proj" / "base.py").write_text(BASE.read_text())
+    (tmp_path / "proj" / "mine").symlink_to(tmp_path / "elsewhere" / "real")
+    out_path = tmp_path / "proj" / "mine" / "derived.py"
+    code, _, err = run(capsys, "config", tmp_path / "proj" / "base.py", "--shift-mode", "latent", "--out", out_path)
+    assert code == 0, err
+    assert Config.fromfile(str(out_path)).bucket_config == Config.fromfile(str(BASE)).bucket_config
+    assert (tmp_path / "elsewhere" / "real" / "derived.py").exists()
+
+
+def test_config_out_name_too_long_is_bad_input(tmp_path, capsys):
+    code, _, err = run(capsys, "config", BASE, "--shift-mode", "latent", "--out", tmp_path / ("c" * 300 + ".py"))
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_whose_base_chain_fails_to_load_is_bad_input(tmp_path, capsys):
+    """A derived config that does not load (here a lazy-import base, which mmengine will not mix) is exit 2."""
+    (tmp_path / "other.py").write_text("lr = 1\n")
+    base = tmp_path / "lazy.py"
+    base.write_text("from mmengine.config import read_base\n\nwith read_base():\n    from .other import *\n")
+    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "out.py")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out.py").exists()
