@@ -24,24 +24,34 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from .policies import SHIFT_MODES, temporal_size
 from .sampling import SAMPLE_METHODS, TimestepDistribution
-from .settings import DISTRIBUTIONS, OPENSORA_ONLY, SETTINGS, Setting, SettingError
+from .settings import DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, SETTINGS, Setting, SettingError
 from .shift import TimestepShift
 
 DEFAULT_FRAMES = [1, 8, 16, 17, 32, 51, 102]
 DEFAULT_RESOLUTIONS = ["256x256", "512x512", "720x1280"]
 QUANTILES = (0.05, 0.5, 0.95)
-# Open-Sora's bucket names and the pixel counts they stand for (opensora/datasets/aspect.py); the shift reads
-# H * W only, so a nominal 16:9 (or square) size with that pixel count stands for every aspect ratio.
-RESOLUTION_NAMES = {
-    "144p": (144, 256), "240p": (240, 426), "360p": (360, 640), "480p": (480, 854), "720p": (720, 1280),
-    "1080p": (1080, 1920), "256": (256, 256), "512": (512, 512), "1024": (1024, 1024), "2048": (2048, 2048),
+# Open-Sora's bucket resolution names (opensora/datasets/aspect.py, the same numbers in 1.2 and 1.3): the pixel
+# count its Bucket compares a clip's H * W with, and the size of the name's base aspect ratio (9:16, or 1:1 for the
+# square names), which the audit uses for every aspect ratio of that name (the shift reads H * W only).
+BUCKET_RESOLUTIONS: Dict[str, Tuple[int, Tuple[int, int]]] = {
+    "144p": (36864, (144, 256)), "256": (65536, (256, 256)), "240p": (102240, (240, 426)),
+    "360p": (230400, (360, 640)), "512": (262144, (512, 512)), "480p": (409920, (480, 854)),
+    "720p": (921600, (720, 1280)), "1024": (1048576, (1024, 1024)), "1080p": (2073600, (1080, 1920)),
+    "2k": (3686400, (1440, 2560)), "2048": (4194304, (2048, 2048)), "2880": (8294400, (2880, 2880)),
+    "4k": (8294400, (2160, 3840)),
 }
+# Open-Sora 1.3 also names each one with "_16d": the same pixel count, its sides rounded down to multiples of 16.
+BUCKET_RESOLUTIONS_16D = {f"{name}_16d": (pixels, (h // 16 * 16, w // 16 * 16))
+                          for name, (pixels, (h, w)) in BUCKET_RESOLUTIONS.items()}
+RESOLUTION_NAMES = {name: hw for name, (_, hw) in {**BUCKET_RESOLUTIONS, **BUCKET_RESOLUTIONS_16D}.items()}
+RESOLUTION_PIXELS = {name: pixels for name, (pixels, _) in {**BUCKET_RESOLUTIONS, **BUCKET_RESOLUTIONS_16D}.items()}
+BUCKET_FIT = 0.8  # a clip fits a resolution when H * W >= 0.8 of its pixel count (Open-Sora's approx)
 CSV_COLUMNS = ("num_frames", "height", "width")
 CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # what mmengine's Config.fromfile reads
 # Bounds far beyond any real video, so that a typo fails fast instead of allocating or plotting for minutes.
@@ -108,7 +118,8 @@ def parse_resolution(text: str) -> Tuple[int, int]:
     match = re.fullmatch(r"(\d+)[xX](\d+)", text, re.ASCII)
     if not match:
         raise argparse.ArgumentTypeError(
-            f"resolution {text!r} is not HxW (e.g. 720x1280) or one of {', '.join(RESOLUTION_NAMES)}")
+            f"resolution {text!r} is not HxW (e.g. 720x1280) or one of {', '.join(BUCKET_RESOLUTIONS)} "
+            "(or Open-Sora 1.3's NAME_16d)")
     h, w = int(match[1]), int(match[2])
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise argparse.ArgumentTypeError(f"resolution {text!r} must have a height and width from 1 to {MAX_SIDE}")
@@ -387,15 +398,36 @@ def _bucket_of(row: Dict[Optional[str], Any]) -> Tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-def config_buckets(bucket_config: Any) -> List[Tuple[int, int, int]]:
-    """(height, width, frames) for each bucket of an Open-Sora ``bucket_config``, checked as Open-Sora reads it."""
+class ConfigBucket(NamedTuple):
+    """One ``bucket_config[name][frames] = (keep, batch size)`` entry, as Open-Sora's ``Bucket`` reads it."""
+
+    name: str
+    frames: int
+    keep: float  # keep probability: the value itself, or the first of a pair
+    consider: float  # probability that a video considers this frame count: the second of a pair, else 1
+    pair: bool
+    batch: Optional[int]
+
+    @property
+    def on(self) -> bool:
+        """Whether a clip can train here (with every probability above 0 taken as drawn)."""
+        return self.keep > 0 and (self.frames == 1 or self.consider > 0)
+
+
+def config_buckets(bucket_config: Any, version: str) -> List[ConfigBucket]:
+    """The buckets of an Open-Sora ``bucket_config``, checked as Open-Sora ``version`` reads it."""
     shape = "a dict {resolution name: {frames: (keep probability, batch size)}}"
+    names = BUCKET_RESOLUTIONS if version == "1.2" else {**BUCKET_RESOLUTIONS, **BUCKET_RESOLUTIONS_16D}
     if not isinstance(bucket_config, dict):
         raise UsageError(f"bucket_config must be {shape}, got {short(bucket_config)}")
     out = []
     for name, frame_map in bucket_config.items():
-        if name not in RESOLUTION_NAMES:
-            raise UsageError(f"bucket_config resolution {short(name)} is not one of {', '.join(RESOLUTION_NAMES)}")
+        if name not in names:
+            if name in BUCKET_RESOLUTIONS_16D:
+                raise UsageError(f"bucket_config resolution {name!r} is Open-Sora 1.3's (1.2 has no *_16d names): "
+                                 "pass --opensora-version 1.3")
+            raise UsageError(f"bucket_config resolution {short(name)} is not one of {', '.join(BUCKET_RESOLUTIONS)}"
+                             + (" or NAME_16d" if version == "1.3" else f" (Open-Sora {version})"))
         if not isinstance(frame_map, dict):
             raise UsageError(f"bucket_config[{name!r}] must be a dict {{frames: (keep probability, batch size)}}, "
                              f"got {short(frame_map)}")
@@ -403,30 +435,105 @@ def config_buckets(bucket_config: Any) -> List[Tuple[int, int, int]]:
             if type(frames) is not int or not 1 <= frames <= MAX_FRAMES:
                 raise UsageError(f"bucket_config[{name!r}] frame count {short(frames)} must be a whole number from 1 "
                                  f"to {MAX_FRAMES}")
-            if not _bucket_value_ok(value):
+            parsed = _bucket_value(value)
+            if parsed is None:
                 raise UsageError(f"bucket_config[{name!r}][{frames}] = {short(value)} must be (keep probability, "
-                                 "batch size), e.g. (1.0, 24) or ((1.0, 0.33), 24)")
-            out.append((*RESOLUTION_NAMES[name], frames))
+                                 "batch size), e.g. (1.0, 24), ((1.0, 0.33), 24) or (0.0, None) for a bucket that is off")
+            keep, consider, pair, batch = parsed
+            if batch is None and keep > 0:
+                raise UsageError(f"bucket_config[{name!r}][{frames}] = {short(value)}: a batch size of None switches a "
+                                 "bucket off only with keep probability 0, as in (0.0, None); Open-Sora's sampler fails "
+                                 "on it as soon as a clip lands there")
+            out.append(ConfigBucket(name, frames, keep, consider, pair, batch))
     return out
 
 
-def _bucket_value_ok(value: Any) -> bool:
+def _bucket_value(value: Any) -> Optional[Tuple[float, float, bool, Optional[int]]]:
+    """(keep, consider, pair, batch) of a bucket value, or None when it is not one."""
     def probability(p: Any) -> bool:
         return type(p) in (int, float) and 0 <= p <= 1
 
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        return False
+        return None
     keep, batch = value
-    # Open-Sora 1.2 also writes the keep probability as a pair (keep, keep this frame count when longer)
-    keep_ok = probability(keep) or (isinstance(keep, (tuple, list)) and len(keep) == 2 and all(map(probability, keep)))
-    return keep_ok and type(batch) is int and batch >= 1
+    if batch is not None and not (type(batch) is int and batch >= 1):
+        return None
+    if probability(keep):
+        return float(keep), 1.0, False, batch
+    # Open-Sora 1.2 also writes the keep probability as a pair (keep, consider this frame count for a video)
+    if isinstance(keep, (tuple, list)) and len(keep) == 2 and all(map(probability, keep)):
+        return float(keep[0]), float(keep[1]), True, batch
+    return None
 
 
-def current_scheduler(cfg: Optional[Any], version: str) -> Tuple[Optional[str], str, str]:
-    """(shift_mode or None when no shift, on_degenerate, description) of a config's ``scheduler``, validated."""
+class BucketRule:
+    """Which bucket Open-Sora puts a clip in: ``Bucket.get_bucket_id`` (opensora/datasets/bucket.py, the same in 1.2
+    and 1.3), made deterministic by taking every probability above 0 as drawn and 0 as never drawn.
+
+    Resolutions are tried from the largest pixel count down (ties in config order); a clip fits one when its H * W is
+    at least 0.8 of the resolution's pixel count. An image (1 frame) takes that resolution's 1-frame bucket if it is
+    kept, else tries the next resolution. A video takes the largest frame count t of that resolution, other than 1,
+    with more frames than t * frame_interval (strictly); if that bucket's keep probability is 0 it tries the next
+    resolution (not a smaller frame count). A clip that fits nothing is dropped.
+    """
+
+    def __init__(self, buckets: Sequence[ConfigBucket], frame_interval: int) -> None:
+        names = list(dict.fromkeys(b.name for b in buckets))
+        self.pixels = {name: RESOLUTION_PIXELS[name] for name in names}
+        self.order = sorted(names, key=lambda name: self.pixels[name], reverse=True)  # stable: ties keep config order
+        self.frames = {name: sorted((b for b in buckets if b.name == name), key=lambda b: b.frames, reverse=True)
+                       for name in names}
+        self.frame_interval = frame_interval
+
+    def assign(self, height: int, width: int, num_frames: int) -> Optional[ConfigBucket]:
+        for name in self.order:
+            if height * width < self.pixels[name] * BUCKET_FIT:
+                continue
+            if num_frames == 1:
+                image = next((b for b in self.frames[name] if b.frames == 1), None)
+                if image is not None and image.pair:
+                    raise UsageError(f"bucket_config[{name!r}][1] has a pair of keep probabilities: Open-Sora compares "
+                                     "an image's draw with it directly, which fails; give one probability")
+                if image is not None and image.keep > 0:
+                    return image
+                continue
+            chosen = next((b for b in self.frames[name]
+                           if b.consider > 0 and b.frames != 1 and num_frames > b.frames * self.frame_interval), None)
+            if chosen is not None and chosen.keep > 0:
+                return chosen
+        return None
+
+
+def bucket_rule_of(cfg: Any, buckets: Sequence[ConfigBucket], version: str) -> BucketRule:
+    """The bucket rule of a config: its ``dataset``'s frame_interval, and Open-Sora's default ``Bucket`` class."""
+    dataset = cfg.get("dataset")
+    dataset = dataset if isinstance(dataset, dict) else {}
+    frame_interval = dataset.get("frame_interval", 1)
+    if type(frame_interval) is not int or frame_interval < 1:
+        raise UsageError(f"dataset frame_interval={short(frame_interval)} must be a whole number >= 1 (Open-Sora's "
+                         "bucket rule compares a clip's frames with frame_interval * the bucket's)")
+    bucket_class = dataset.get("bucket_class", "Bucket")
+    if bucket_class != "Bucket":
+        raise UsageError(f"dataset bucket_class={short(bucket_class)}: audit follows Open-Sora's default Bucket only "
+                         f"(Open-Sora {version}" + (" has no bucket_class" if version == "1.2" else
+                                                     "'s Bucket_ar_first picks by aspect ratio first, not modelled here")
+                         + ")")
+    return BucketRule(buckets, frame_interval)
+
+
+class Current(NamedTuple):
+    """The config's scheduler as the audit sees it: the shift it applies (None: no shift), and in words."""
+
+    shift: Optional[TimestepShift]
+    description: str
+
+
+def current_scheduler(cfg: Optional[Any], version: str) -> Current:
+    """The shift of a config's ``scheduler``, validated as training would validate it."""
     stock_mode = "legacy" if version == "1.2" else "v13"
     if cfg is None or "scheduler" not in cfg:
-        return stock_mode, "ignore", f"no config: stock Open-Sora {version} rflow with use_timestep_transform=True"
+        return Current(TimestepShift(stock_mode, "ignore"),
+                       f"no config: stock Open-Sora {version} rflow with use_timestep_transform=True")
     if not isinstance(cfg["scheduler"], dict):
         raise UsageError(f"scheduler must be a dict such as dict(type='rflow', ...), got {short(cfg['scheduler'])}")
     sched = dict(cfg["scheduler"])
@@ -436,124 +543,176 @@ def current_scheduler(cfg: Optional[Any], version: str) -> Tuple[Optional[str], 
     kind = sched.get("type")
     if kind == "rflow":
         if not sched.get("use_timestep_transform", False):
-            return None, "ignore", "stock rflow with use_timestep_transform=False: no shift"
-        mode = stock_mode if sched.get("scale_temporal", True) else "spatial"
-        return mode, "ignore", f"stock Open-Sora {version} rflow, shift on: shift_mode {mode!r} without a guard"
+            return Current(None, "stock rflow with use_timestep_transform=False: no shift")
+        try:
+            scale = SETTINGS["transform_scale"].check(sched.get("transform_scale", 1.0))
+        except SettingError as err:
+            raise UsageError(f"scheduler rflow: {err}") from err
+        # scale_temporal=False (1.3): every sample is shifted as an image, transform_scale unused
+        shift = (TimestepShift(stock_mode, "ignore", transform_scale=scale) if sched.get("scale_temporal", True)
+                 else TimestepShift("spatial", "ignore"))
+        return Current(shift, f"stock Open-Sora {version} rflow, shift on: shift_mode {shift.shift_mode!r} without a "
+                              "guard")
     if kind == "rflow-timeshift":
-        check_timeshift_scheduler(sched)
-        if not sched.get("use_timestep_transform", True):
-            return None, "ignore", "rflow-timeshift with use_timestep_transform=False: no shift"
-        mode = sched.get("shift_mode", "latent") if sched.get("scale_temporal", True) else "spatial"
-        guard = sched.get("on_degenerate", "error")
-        return mode, guard, f"rflow-timeshift, shift_mode {mode!r}, on_degenerate {guard!r}"
+        try:
+            built = build_timeshift(sched)
+        except (ValueError, TypeError, ImportError) as err:
+            raise UsageError(f"scheduler rflow-timeshift: {err}") from err
+        if not built.use_timestep_transform:
+            return Current(None, "rflow-timeshift with use_timestep_transform=False: no shift")
+        shift = built.shift
+        return Current(shift, f"rflow-timeshift, shift_mode {shift.shift_mode!r}, on_degenerate "
+                              f"{shift.on_degenerate!r}")
     raise UsageError(f"scheduler type {short(kind)} is not audited: only 'rflow' and 'rflow-timeshift' shift timesteps")
 
 
-def check_timeshift_scheduler(sched: Dict[str, Any]) -> None:
-    """Build the config's rflow-timeshift, so that settings training would refuse are not reported OK."""
-    from .scheduler import RFlowTimeShift
+class Verdict(NamedTuple):
+    kind: str  # "ok", "clamped", "collapsed", "refused", "no shift", "off"
+    factor: float  # the shift factor the scheduler uses (nan: none, or refused)
+    message: Optional[str]  # the guard's, when it refuses
 
-    settings = {k: v for k, v in sched.items() if k != "type"}
-    settings["backend"] = "standalone"  # validation must not need (or import) Open-Sora
-    for key in [k for k in settings if k in OPENSORA_ONLY]:  # 1.3's own RFLOW implements these: type-check only
-        try:
-            OPENSORA_ONLY[key].check(settings.pop(key))
-        except SettingError as err:
-            raise UsageError(f"scheduler rflow-timeshift: {err}") from err
+
+def judge(shift: Optional[TimestepShift], height: int, width: int, frames: int) -> Verdict:
+    """What the scheduler's shift does with a batch of this bucket: call it, as a training step would."""
+    if shift is None:
+        return Verdict("no shift", math.nan, None)
+    meta = {k: torch.tensor([float(v)]) for k, v in zip(("height", "width", "num_frames"), (height, width, frames))}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            RFlowTimeShift(**settings)
-    except (ValueError, TypeError, ImportError) as err:
-        raise UsageError(f"scheduler rflow-timeshift: {err}") from err
+            _, ratio = shift(torch.tensor([0.5]), meta, ret_ratio=True)
+    except (ValueError, RuntimeError) as err:  # the guard's refusal, or a device-side assert stopping the run
+        return Verdict("refused", math.nan, one_line(err))
+    factor = float(ratio[0])
+    if shift.temporal_size(meta["num_frames"]).item() <= 0:
+        return Verdict("clamped" if shift.on_degenerate == "clamp" else "collapsed", factor, None)
+    if shift.on_degenerate == "clamp" and not 1 / MAX_SHIFT_FACTOR < factor < MAX_SHIFT_FACTOR:
+        return Verdict("clamped", factor, None)
+    return Verdict("ok", factor, None)
 
 
-def assign_to_config(buckets: Counter, frame_counts: List[int]) -> Tuple[Counter, int]:
-    """Each clip trains at the largest configured frame count it can fill (Open-Sora cuts clips down to a bucket).
-
-    A deterministic stand-in for Open-Sora's bucket choice, which also draws keep-probabilities per bucket.
-    Returns the counts per (height, width, trained frames) and the number of clips too short for every bucket.
-    """
-    out: Counter = Counter()
-    too_short = 0
-    for (h, w, n), count in buckets.items():
-        fitting = [f for f in frame_counts if f <= n]
-        if fitting:
-            out[(h, w, max(fitting))] += count
-        else:
-            too_short += count
-    return out, too_short
+STATUS = {"ok": "ok", "clamped": "clamped", "collapsed": "t = 0 !", "refused": "refused", "no shift": "no shift",
+          "off": "off"}
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.csv is None and args.config is None:
         raise UsageError("give --csv PATH, --config PATH or both")
     cfg = None if args.config is None else load_config(args.config, "--config")
-    mode, guard, description = current_scheduler(cfg, args.opensora_version)
+    current = current_scheduler(cfg, args.opensora_version)
     has_buckets = cfg is not None and cfg.get("bucket_config") is not None
-    config_bucket_list = config_buckets(cfg["bucket_config"]) if has_buckets else []
+    config_bucket_list = config_buckets(cfg["bucket_config"], args.opensora_version) if has_buckets else []
+    rule = bucket_rule_of(cfg, config_bucket_list, args.opensora_version) if has_buckets else None
 
     skipped: Counter = Counter()
     examples: List[str] = []
-    too_short = 0
+    dropped: Counter = Counter()
+    # (height, width, frames, bucket name or None) -> clips (None without a CSV); the bucket's own size with a config
+    groups: Dict[Tuple[int, int, int, Optional[str]], Optional[int]] = {}
+    off: set = set()
     if args.csv is not None:
-        buckets, skipped, examples = read_csv_buckets(args.csv, not args.no_progress, args.skip_bad_rows)
-        if not buckets:  # an audit that saw nothing must not pass a launch gate as "OK"
+        clips, skipped, examples = read_csv_buckets(args.csv, not args.no_progress, args.skip_bad_rows)
+        if not clips:  # an audit that saw nothing must not pass a launch gate as "OK"
             raise UsageError(f"{args.csv} has no clips to audit"
                              + (f": all {sum(skipped.values())} rows are malformed ({examples[0]})" if skipped else ""))
-        if has_buckets:
-            buckets, too_short = assign_to_config(buckets, sorted({f for *_, f in config_bucket_list}))
+        for (h, w, n), count in clips.items():
+            if rule is None:
+                groups[(h, w, n, None)] = count
+                continue
+            bucket = rule.assign(h, w, n)
+            if bucket is None:
+                dropped["images" if n == 1 else "videos"] += count
+                continue
+            key = (*RESOLUTION_NAMES[bucket.name], bucket.frames, bucket.name)
+            groups[key] = (groups.get(key) or 0) + count
+        if not groups:
+            raise UsageError(f"none of the {sum(dropped.values())} clips in {args.csv} fits a bucket of bucket_config: "
+                             "Open-Sora would drop them all")
     else:
-        buckets = Counter({b: 0 for b in config_bucket_list})
-        if not buckets:
+        if not has_buckets:
             raise UsageError(f"{args.config} has no bucket_config: give --csv too")
+        for b in config_bucket_list:
+            key = (*RESOLUTION_NAMES[b.name], b.frames, b.name)
+            groups[key] = None
+            if not b.on:
+                off.add(key)
 
-    total = sum(buckets.values())
-    headers = ["resolution", "frames", "clips", "current"] + [f"{m}" for m in SHIFT_MODES]
-    rows, collapsed, refused, degenerate = [], 0, 0, set()
-    for (h, w, n), count in sorted(buckets.items()):
+    headers = ["resolution", "frames", "clips", "current", "factor", *SHIFT_MODES] + (["bucket"] if has_buckets else [])
+    rows: List[List[Any]] = []
+    counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS}
+    extreme: List[Tuple[int, int, int, Optional[str]]] = []  # not refused, but timesteps pile up at one end
+    messages: List[str] = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
+        h, w, n, name = key
+        count = groups[key]
+        verdict = Verdict("off", math.nan, None) if key in off else judge(current.shift, h, w, n)
+        counted[verdict.kind].append((key, 1 if count is None else count))
+        if verdict.kind == "ok" and not 1 / MAX_SHIFT_FACTOR < verdict.factor < MAX_SHIFT_FACTOR:
+            extreme.append(key)
+        if verdict.message and verdict.message not in messages:
+            messages.append(verdict.message)
         n_t = torch.tensor([float(n)])
         cells = []
         for m in SHIFT_MODES:
             t = temporal_size(n_t, m).item()
             cells.append(f"{t:.2f}" if m == "continuous" else f"{int(t)}" + ("!" if t <= 0 else ""))
-        status = "no shift" if mode is None else "ok"
-        if mode is not None and temporal_size(n_t, mode).item() <= 0:
-            degenerate.add(n)
-            if guard == "ignore":
-                status, collapsed = "t = 0 !", collapsed + count
-            elif guard == "error":
-                status, refused = "refused", refused + count
-            else:
-                status = "clamped"
-        rows.append([f"{h}x{w}", n, count if args.csv is not None else "-", status] + cells)
+        rows.append([f"{h}x{w}", n, "-" if count is None else count, STATUS[verdict.kind],
+                     "-" if math.isnan(verdict.factor) else f"{verdict.factor:.3f}", *cells]
+                    + ([name] if has_buckets else []))
+    collapsed, refused = counted["collapsed"], counted["refused"]
+    code = 1 if collapsed or refused else 0
+    args.verdict = code  # what a broken stdout pipe still exits with
 
-    print(f"current scheduler: {description}")
+    print(f"current scheduler: {current.description}")
+    if rule is not None:
+        print(f"buckets: Open-Sora's Bucket rule, every keep probability above 0 taken as kept (frame_interval "
+              f"{rule.frame_interval}); sizes are each resolution's base aspect ratio")
     if args.csv is not None:
-        print(f"{total} clips in {len(buckets)} buckets from {args.csv}")
-    print("T_eff per mode ('!' marks T_eff <= 0: every timestep of such a clip collapses to t = 0)")
+        print(f"{sum(c for c in groups.values() if c)} clips in {len(groups)} buckets from {args.csv}")
+    print("T_eff per mode ('!' marks T_eff <= 0: every timestep of such a clip collapses to t = 0); factor: the "
+          "current scheduler's shift factor")
     print(format_table(headers, rows))
-    if too_short:
-        print(f"\n{too_short} clips are shorter than every bucket_config frame count: Open-Sora drops them")
+    if dropped:
+        print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
+              + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items()))
+              + "): a video needs more frames than a frame count other than 1 (T > t), at a resolution whose pixel "
+                "count it reaches to 0.8; an image needs a kept 1-frame bucket")
     if skipped:
         print(f"\nskipped {sum(skipped.values())} malformed rows: "
               + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
         for example in examples:
             print(f"  {example}")
+    if extreme:
+        print(f"\nnote: the shift factor is outside [0.01, 100] for {_buckets_text(extreme)}: timesteps pile up at "
+              "one end (on_degenerate='error' would refuse such batches)")
 
-    if collapsed or (args.csv is None and degenerate and guard == "ignore"):
-        what = f"{collapsed} clips" if args.csv is not None else f"buckets with {sorted(degenerate)} frames"
+    def frames_of(items: List[Tuple[Tuple[int, int, int, Optional[str]], int]]) -> List[int]:
+        return sorted({k[2] for k, _ in items})
+
+    if collapsed:
+        what = (f"{sum(c for _, c in collapsed)} clips" if args.csv is not None
+                else f"buckets with {frames_of(collapsed)} frames")
         print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler. "
               "Recommendation: scheduler = dict(type='rflow-timeshift', shift_mode='latent'), which matches the "
               "VAE's latent length and equals the stock rule on 17k-frame clips.")
-        return 1
-    if refused or (args.csv is None and degenerate and guard == "error"):
-        print(f"\nFAIL: the guard would stop training at the first batch with {sorted(degenerate)} frames "
-              f"(shift_mode {mode!r} gives T_eff <= 0). Recommendation: shift_mode='latent'.")
-        return 1
-    print("\nOK: no clip would train at t = 0." + (" Clamped clips train as T_eff = 1; shift_mode='latent' needs no "
-                                                     "clamping." if guard == "clamp" and degenerate else ""))
+    if refused:
+        what = (f"{sum(c for _, c in refused)} clips in {_buckets_text([k for k, _ in refused])}"
+                if args.csv is not None else _buckets_text([k for k, _ in refused]))
+        print(f"\nFAIL: the guard would stop training at the first batch from {what}: {messages[0]}"
+              + (f" ({len(messages) - 1} more such messages)" if len(messages) > 1 else ""))
+    if code:
+        return code
+    clamped = counted["clamped"]
+    print("\nOK: no clip would train at t = 0 or be refused by the guard."
+          + (f" Clamped clips ({_buckets_text([k for k, _ in clamped])}) train as T_eff = 1 where T_eff <= 0, with "
+             "factors held to [0.01, 100]; shift_mode='latent' needs no clamping." if clamped else ""))
     return 0
+
+
+def _buckets_text(keys: Sequence[Tuple[int, int, int, Optional[str]]], limit: int = 4) -> str:
+    """Buckets in words: "720x1280 x 16 frames, ..." (the first few)."""
+    parts = [f"{h}x{w} x {n} frames" + (f" ({name})" if name else "") for h, w, n, name in keys[:limit]]
+    return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 # --- config ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -764,3 +765,139 @@ def test_config_whose_base_chain_fails_to_load_is_bad_input(tmp_path, capsys):
     code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "out.py")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out.py").exists()
+
+
+# --- audit: Open-Sora's bucket rule, the guard's own verdict, Open-Sora's bucket configs -------------------------
+
+def write_csv(path, clips):
+    """clips: (num_frames, height, width, count) rows."""
+    path.write_text("path,text,num_frames,height,width\n"
+                    + "".join(f"/c/{n}_{h}_{w}_{i}.mp4,clip,{n},{h},{w}\n" for n, h, w, count in clips
+                              for i in range(count)))
+    return path
+
+
+def table_rows(out):
+    """The audit table's rows as split cells, keyed by (resolution, frames)."""
+    return {tuple(line.split()[:2]): line.split() for line in out.splitlines()
+            if re.match(r"\d+x\d+ ", line)}
+
+
+def test_audit_17_frame_clips_train_at_16_under_open_sora_1_2(tmp_path, capsys):
+    """Open-Sora's bucket takes a frame count t only when T > t: 17 frames train in the 16-frame bucket, T_eff 0."""
+    data = write_csv(tmp_path / "c17.csv", [(17, 144, 256, 10)])
+    code, out, _ = run(capsys, "audit", "--csv", data, "--config", BASE, "--no-progress")
+    assert code == 1 and "FAIL: 10 clips would train with every timestep at t = 0" in out
+    row = table_rows(out)[("144x256", "16")]
+    assert row[2] == "10" and row[3:7] == ["t", "=", "0", "!"] and row[-1] == "144p"
+    assert ("144x256", "17") not in table_rows(out)
+    code, out, _ = run(capsys, "audit", "--csv", data, "--config", BASE, "--no-progress", "--opensora-version", "1.3")
+    assert code == 0 and table_rows(out)[("144x256", "16")][2] == "10"  # 1.3's rule: T_eff 3
+
+
+def test_audit_reports_clips_open_sora_drops(capsys):
+    # dataset_mixed.csv: three 16-frame 720p clips fit no frame count of the config (16 is not > 16, and 1 is never
+    # a video's); the 51-frame 480p and the 17-frame 240p clips train in 240p's 16-frame bucket; the image in 720p's.
+    code, out, _ = run(capsys, "audit", "--config", BASE, "--csv", FIXTURES / "dataset_mixed.csv", "--no-progress")
+    assert code == 1 and "4 clips in 3 buckets" in out and "3 clips fit no bucket, so Open-Sora drops them (3 videos)" in out
+    rows = table_rows(out)
+    assert sorted(rows) == [("240x426", "16"), ("720x1280", "1"), ("720x1280", "51")]
+    assert rows[("240x426", "16")][2] == "2" and rows[("720x1280", "1")][2] == "1"
+
+
+def test_audit_short_videos_are_dropped_not_images(tmp_path, capsys):
+    data = write_csv(tmp_path / "d.csv", [(5, 144, 256, 2), (17, 144, 256, 1)])
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text('bucket_config = {"144p": {1: (1.0, 10), 16: (1.0, 4)}}\n'
+                   'scheduler = dict(type="rflow-timeshift", shift_mode="latent")\n')
+    code, out, _ = run(capsys, "audit", "--csv", data, "--config", cfg, "--no-progress")
+    assert code == 0 and "2 clips fit no bucket, so Open-Sora drops them (2 videos)" in out
+    assert sorted(table_rows(out)) == [("144x256", "16")]
+    data = write_csv(tmp_path / "d.csv", [(5, 144, 256, 2)])
+    code, _, err = run(capsys, "audit", "--csv", data, "--config", cfg, "--no-progress")
+    assert code == 2 and "none of the 2 clips" in err and "fits a bucket" in err
+
+
+def test_audit_bucket_rule_falls_back_to_lower_resolutions(tmp_path, capsys):
+    # frame_interval=2: a clip fits frame count t when T > 2 t. 480p's 51-frame bucket is off: a clip that reaches it
+    # (T > 102) tries the next resolution down, not 480p's 17.
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text('dataset = dict(type="VariableVideoTextDataset", frame_interval=2)\n'
+                   'bucket_config = {"480p": {17: (1.0, 4), 51: (0.0, None)}, "240p": {8: (1.0, 8), 51: (1.0, 4)}}\n'
+                   'scheduler = dict(type="rflow-timeshift", shift_mode="latent")\n')
+    data = write_csv(tmp_path / "d.csv", [(110, 480, 854, 1), (60, 480, 854, 2), (35, 480, 854, 3), (17, 240, 426, 4)])
+    code, out, _ = run(capsys, "audit", "--csv", data, "--config", cfg, "--no-progress")
+    assert code == 0, out
+    rows = table_rows(out)
+    # 110 > 102: 480p/51, off -> 240p/51. 60 and 35 frames > 34: 480p/17. 17 frames at 240p: 17 > 16 -> 240p/8.
+    assert {k: r[2] for k, r in rows.items()} == {("240x426", "51"): "1", ("240x426", "8"): "4", ("480x854", "17"): "5"}
+
+
+def test_audit_runs_the_guard_on_each_bucket(tmp_path, capsys):
+    """A factor outside [0.01, 100] is refused by on_degenerate='error': audit must not call that OK."""
+    cfg = tmp_path / "cfg.py"
+    body = 'bucket_config = {"1080p": {1: (1.0, 5), 51: (1.0, 2), 408: (1.0, 1)}}\n'
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0)\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg)
+    assert code == 1 and "FAIL: the guard would stop training at the first batch from 1080x1920 x 408 frames" in out
+    assert "outside [0.01, 100]" in out and table_rows(out)[("1080x1920", "408")][3] == "refused"
+    assert table_rows(out)[("1080x1920", "51")][3:5] == ["ok", "43.571"]
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0, '
+                          'on_degenerate="clamp")\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg)
+    assert code == 0 and table_rows(out)[("1080x1920", "408")][3:5] == ["clamped", "100.000"]
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0, '
+                          'on_degenerate="ignore")\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg)
+    assert code == 0 and "note: the shift factor is outside [0.01, 100] for 1080x1920 x 408 frames" in out
+    data = write_csv(tmp_path / "d.csv", [(409, 1080, 1920, 3), (52, 1080, 1920, 1)])
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0)\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg, "--csv", data, "--no-progress")
+    assert code == 1 and "from 3 clips in 1080x1920 x 408 frames (1080p)" in out
+
+
+def test_audit_linear_exponential_shift_beyond_the_bound_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text('bucket_config = {"2048": {1: (1.0, 5), 204: (1.0, 1)}}\n'
+                   'scheduler = dict(type="rflow-timeshift", shift_mode="latent", shift_family="exponential", '
+                   'resolution_shift="linear")\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg)
+    assert code == 1 and table_rows(out)[("2048x2048", "204")][3] == "refused"
+
+
+@pytest.mark.parametrize("bucket_config, version, rows", [
+    ('{"480p": {1: (1.0, 89), 51: (0.5, 5), 408: (0.0, None)}, "720p": {204: (0.0, None)}}', "1.2",
+     {("480x854", "408"): "off", ("720x1280", "204"): "off", ("480x854", "51"): "ok"}),
+    ('{"2k": {1: (1.0, 5)}, "2880": {1: (1.0, 5)}, "4k": {1: (1.0, 5), 51: (0.5, 1)}}', "1.2",
+     {("1440x2560", "1"): "ok", ("2880x2880", "1"): "ok", ("2160x3840", "51"): "ok"}),
+    ('{"360p_16d": {1: (1.0, 60), 49: (1.0, 5)}, "240p_16d": {33: ((1.0, 0.0), 4)}}', "1.3",
+     {("352x640", "49"): "ok", ("240x416", "33"): "off"}),
+])
+def test_audit_accepts_open_sora_bucket_configs(bucket_config, version, rows, tmp_path, capsys):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(f"bucket_config = {bucket_config}\nscheduler = dict(type='rflow', use_timestep_transform=True)\n")
+    code, out, err = run(capsys, "audit", "--config", cfg, "--opensora-version", version)
+    assert code == 0, err
+    got = table_rows(out)
+    assert {k: got[k][3] for k in rows} == rows
+
+
+@pytest.mark.parametrize("text, words", [
+    ('bucket_config = {"360p_16d": {1: (1.0, 60)}}\n', "is Open-Sora 1.3's"),
+    ('bucket_config = {"240p": {16: (1.0, None)}}\n', "batch size of None"),
+    ('bucket_config = {"240p": {16: (1.0, 4)}}\ndataset = dict(bucket_class="Bucket_ar_first")\n', "bucket_class"),
+    ('bucket_config = {"240p": {16: (1.0, 4)}}\ndataset = dict(frame_interval=0)\n', "frame_interval"),
+])
+def test_audit_refuses_bucket_configs_open_sora_would_not_run(text, words, tmp_path, capsys):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(text)
+    code, _, err = run(capsys, "audit", "--config", cfg)
+    assert code == 2 and words in err and len(err.splitlines()) == 1, err
+
+
+def test_audit_image_bucket_with_a_pair_probability_fails_as_in_open_sora(tmp_path, capsys):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text('bucket_config = {"240p": {1: ((1.0, 0.5), 8), 16: (1.0, 4)}}\n')
+    code, _, err = run(capsys, "audit", "--config", cfg, "--csv", write_csv(tmp_path / "d.csv", [(1, 240, 426, 1)]),
+                       "--no-progress")
+    assert code == 2 and "bucket_config['240p'][1] has a pair" in err
