@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import contextlib
 import csv
 import json
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import reprlib
+import shutil
 import sys
 import tempfile
 import traceback
@@ -96,14 +98,32 @@ def short(value: Any) -> str:
 
 # --- shared helpers ----------------------------------------------------------------------------------------
 
+class Once(argparse.Action):
+    """Store an option's value, refusing the option a second time: argparse would silently keep only the last."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        given = getattr(namespace, "_given_options", None)
+        if given is None:
+            given = set()
+            setattr(namespace, "_given_options", given)
+        if self.dest in given:
+            raise argparse.ArgumentError(self, "given more than once: give it once"
+                                         + (", with all its values" if self.nargs in ("+", "*") else ""))
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+
+
 def int_in(low: int, high: int) -> Callable[[str], int]:
-    """argparse type: a whole number in [low, high]."""
+    """argparse type: a whole number in [low, high], in ASCII digits (int() would also take '\u0663' or '1_0')."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not WHOLE_NUMBER.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in ASCII digits")
+        value = int(text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
         return value
@@ -133,33 +153,42 @@ def setting_option(p: argparse.ArgumentParser, setting: Setting, **kwargs: Any) 
     elif setting.type in ("int", "float"):
         def parse(text: str) -> Any:
             try:
+                if not text.isascii() or "_" in text:  # int() and float() also read '\u0663' and '1_0'
+                    raise ValueError(text)
                 return setting.check(int(text) if setting.type == "int" else float(text))
             except (ValueError, SettingError) as err:
                 raise argparse.ArgumentTypeError(str(err) if isinstance(err, SettingError) else
-                                                 f"{setting.name}={text!r} is not allowed: use {setting.allowed()}")
+                                                 f"{setting.name}={text!r} is not allowed: use {setting.allowed()}, "
+                                                 "in ASCII digits")
         kwargs["type"] = parse
     default = kwargs.get("default", setting.default)
-    kwargs.setdefault("help", f"{setting.doc} ({setting.allowed()}; default {default!r})")
+    kwargs.setdefault("help", f"{setting.doc} ({setting.allowed()}; default "
+                              f"{setting.default if default is None else default!r})")
+    kwargs.setdefault("action", Once)
     p.add_argument("--" + setting.name.replace("_", "-"), **kwargs)
 
 
 def add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N",
+    p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N", action=Once,
                    help=f"pixel frame counts, 1 to {MAX_FRAMES} (default: {' '.join(map(str, DEFAULT_FRAMES))})")
-    p.add_argument("--resolution", type=parse_resolution, nargs="+", metavar="HxW",
+    p.add_argument("--resolution", type=parse_resolution, nargs="+", metavar="HxW", action=Once,
                    default=[parse_resolution(r) for r in DEFAULT_RESOLUTIONS],
                    help=f"resolutions as HxW (sides 1 to {MAX_SIDE}) or Open-Sora bucket names "
                         f"(default: {' '.join(DEFAULT_RESOLUTIONS)})")
-    p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES),
+    p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES), action=Once,
                    help="shift modes (default: all)")
-    p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal",
+    p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal", action=Once,
                    help="base distribution of t (default: logit-normal, as Open-Sora's training configs)")
-    for name, setting in DISTRIBUTIONS.params("logit-normal").items():  # loc, scale
-        setting_option(p, setting, default=setting.default)
+    for name, setting in DISTRIBUTIONS.params("logit-normal").items():  # loc, scale: logit-normal's only
+        setting_option(p, setting, default=None,
+                       help=f"{setting.doc}, logit-normal only ({setting.allowed()}; default {setting.default!r})")
 
 
 def distribution_of(args: argparse.Namespace) -> TimestepDistribution:
-    params = dict(loc=args.loc, scale=args.scale) if args.sample_method == "logit-normal" else {}
+    params = {k: getattr(args, k) for k in DISTRIBUTIONS.params("logit-normal") if getattr(args, k) is not None}
+    if params and args.sample_method != "logit-normal":  # the distribution would refuse them: say which option
+        raise UsageError(f"--{next(iter(params))} applies to --sample-method logit-normal only, not "
+                         f"{args.sample_method!r}: remove it")
     try:
         return TimestepDistribution(args.sample_method, **params)
     except (ValueError, TypeError) as err:
@@ -254,7 +283,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # --- plot --------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def quiet_matplotlib() -> Iterator[None]:
+    """Use matplotlib with nothing of its own on stderr, so that an error stays one line.
+
+    Where its default config or cache directory cannot be written (HOME unwritable or not a directory), it would
+    say so on stderr and make a temporary one: give it one (removed at exit) instead. Its log messages (e.g. a font
+    cache being built) and warnings are held back while it runs.
+    """
+    if "MPLCONFIGDIR" not in os.environ and "matplotlib" not in sys.modules:
+        home = os.path.expanduser("~")
+        defaults = [os.path.join(os.environ.get(var) or os.path.join(home, sub), "matplotlib")
+                    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"))]
+        if not all(map(_writable_dir, defaults)):
+            made = tempfile.mkdtemp(prefix="opensora-timeshift-mpl-")
+            atexit.register(shutil.rmtree, made, True)
+            os.environ["MPLCONFIGDIR"] = made
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _writable_dir(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise UsageError("--out is empty: give a directory for the PNG files")
+    with quiet_matplotlib():
+        return _plot(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {args.out!r} exists and is not a directory: give a directory for the PNG files")
@@ -1032,11 +1103,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of sampled training timesteps, for every selected mode side by side. --out is a\n"
                                    "directory (created if missing); its timeshift_*.png files of the same name are\n"
                                    "replaced.")
-    p.add_argument("--out", required=True, help="directory for the PNG files (not an existing file)")
+    p.add_argument("--out", required=True, action=Once, help="directory for the PNG files (not an existing file)")
     add_selection(p)
-    p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=20000,
+    p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=20000, action=Once,
                    help=f"draws per histogram, 1 to {MAX_SAMPLES} (default 20000)")
-    p.add_argument("--dpi", type=int_in(10, MAX_DPI), default=110,
+    p.add_argument("--dpi", type=int_in(10, MAX_DPI), default=110, action=Once,
                    help=f"figure resolution, 10 to {MAX_DPI} (default 110)")
     p.set_defaults(func=cmd_plot)
 
@@ -1048,9 +1119,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "would train with every timestep at t = 0 (or be refused by the guard), so it can\n"
                                    "gate a launch script. Reads its inputs only. The config is executed by mmengine,\n"
                                    "as training would: audit only configs you would train with.")
-    p.add_argument("--csv", help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
-    p.add_argument("--config", help="Open-Sora training config (its bucket_config and scheduler are read)")
-    p.add_argument("--opensora-version", choices=["1.2", "1.3"], default="1.2",
+    p.add_argument("--csv", action=Once, help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
+    p.add_argument("--config", action=Once, help="Open-Sora training config (its bucket_config and scheduler are read)")
+    p.add_argument("--opensora-version", choices=["1.2", "1.3"], default="1.2", action=Once,
                    help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5)")
     p.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed rows instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1065,11 +1136,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "be BASE_CONFIG or any file in its _base_ chain, and an existing --out is replaced\n"
                                    "only with --force.")
     p.add_argument("base_config", metavar="BASE_CONFIG", help="the Open-Sora config to derive from")
-    p.add_argument("--shift-mode", choices=SHIFT_MODES, required=True, help="temporal-size policy")
-    p.add_argument("--out", required=True, help="path of the .py config to write")
+    p.add_argument("--shift-mode", choices=SHIFT_MODES, required=True, action=Once, help="temporal-size policy")
+    p.add_argument("--out", required=True, action=Once, help="path of the .py config to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     setting_option(p, SETTINGS["on_degenerate"], default="error")
-    p.add_argument("--sample-method", choices=SAMPLE_METHODS, help="base distribution (default: the base config's)")
+    p.add_argument("--sample-method", choices=SAMPLE_METHODS, action=Once,
+                   help="base distribution (default: the base config's)")
     setting_option(p, SETTINGS["timestep_rng"], default=None, help="timestep stream (default: the base config's)")
     p.add_argument("--stratified", action="store_true", help="stratify the global batch (needs per_sample)")
     p.add_argument("--set", nargs="+", action="extend", type=parse_set_item, metavar="KEY=VALUE",
@@ -1082,17 +1154,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (argparse's own errors exit 2 through SystemExit)."""
-    args = build_parser().parse_args(argv)
+    args = None
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return code
+    except BrokenPipeError:  # stdout closed early (`| head`): stop writing, quietly, as other tools do
+        _stdout_to_devnull()
+        return getattr(args, "verdict", 0)  # audit's verdict, once it has one
     except UsageError as err:
         print(f"opensora-timeshift {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except Exception:  # a bug, not bad input: keep the traceback, and never exit 1 (an audit verdict) or 2
         traceback.print_exc()
-        print(f"opensora-timeshift {args.command}: internal error (exit status 3); please report the traceback above",
-              file=sys.stderr)
+        print(f"opensora-timeshift {getattr(args, 'command', '')}: internal error (exit status 3); please report the "
+              "traceback above", file=sys.stderr)
         return 3
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at the null device, so that what is still buffered is dropped instead of failing at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's capture)
+        pass
 
 
 if __name__ == "__main__":

@@ -596,6 +596,32 @@ HOSTILE = {
                             "does not load"),
     "shift mode unknown": (["config", "base.py", "--shift-mode", "bogus", "--out", "new.py"], "--shift-mode"),
     "config without out": (["config", "base.py", "--shift-mode", "latent"], "--out"),
+    # a single-valued option given twice: argparse would keep the last one silently
+    "csv twice": (["audit", "--csv", "data.csv", "--csv", "header_only.csv"], "argument --csv: given more than once"),
+    "config twice": (["audit", "--config", "base.py", "--config", "conf.cfg"], "argument --config: given more"),
+    "version twice": (["audit", "--csv", "data.csv", "--opensora-version", "1.2", "--opensora-version", "1.3"],
+                      "argument --opensora-version: given more"),
+    "out twice": ([*CONFIG, "--out", "a.py", "--out", "b.py"], "argument --out: given more than once"),
+    "shift mode twice": (["config", "base.py", "--shift-mode", "legacy", "--shift-mode", "latent", "--out", "a.py"],
+                         "argument --shift-mode: given more"),
+    "on-degenerate twice": ([*CONFIG, "--out", "a.py", "--on-degenerate", "clamp", "--on-degenerate", "error"],
+                            "argument --on-degenerate: given more"),
+    "frames twice": (["inspect", "--frames", "16", "--frames", "17"], "argument --frames: given more than once: give it once, with all its values"),
+    "loc twice": (["inspect", "--loc", "0", "--loc", "1"], "argument --loc: given more than once"),
+    "plot out twice": (["plot", "--out", "figs", "--out", "figs2"], "argument --out: given more"),
+    "samples twice": (["plot", "--out", "figs", "--samples", "10", "--samples", "20"], "argument --samples: given"),
+    # numbers in ASCII digits only (int() and float() also read other scripts' digits and '1_0')
+    "frames arabic-indic digit": (["inspect", "--frames", "\u0663"], "ASCII"),
+    "samples arabic-indic digits": (["plot", "--out", "figs", "--samples", "\u0661\u0660"], "ASCII"),
+    "dpi underscore": (["plot", "--out", "figs", "--dpi", "1_00"], "ASCII"),
+    "loc arabic-indic digit": (["inspect", "--loc", "\u0663"], "ASCII"),
+    "scale fullwidth digit": (["inspect", "--scale", "\uff11"], "ASCII"),
+    # settings that would be silently ignored
+    "loc with uniform": (["inspect", "--sample-method", "uniform", "--loc", "3"], "--loc applies to"),
+    "scale with cosmap": (["inspect", "--sample-method", "cosmap", "--scale", "0.5"], "--scale applies to"),
+    "plot loc with mode": (["plot", "--out", "figs", "--sample-method", "mode", "--loc", "1"], "--loc applies to"),
+    "plot out empty": (["plot", "--out", "", "--frames", "16", "--samples", "10"], "--out is empty"),
+    "config out empty": ([*CONFIG, "--out", ""], "--out is empty"),
 }
 
 
@@ -901,3 +927,49 @@ def test_audit_image_bucket_with_a_pair_probability_fails_as_in_open_sora(tmp_pa
     code, _, err = run(capsys, "audit", "--config", cfg, "--csv", write_csv(tmp_path / "d.csv", [(1, 240, 426, 1)]),
                        "--no-progress")
     assert code == 2 and "bucket_config['240p'][1] has a pair" in err
+
+
+def test_loc_and_scale_still_apply_to_logit_normal(capsys):
+    code, out, _ = run(capsys, "inspect", "--frames", 16, "--resolution", "512x512", "--mode", "latent", "--loc", 0.5,
+                       "--scale", 2, "--json")
+    assert code == 0 and json.loads(out)["rows"][0]["median"] == pytest.approx(1000 * 2 * sigmoid(0.5) /
+                                                                               (1 + sigmoid(0.5)), rel=1e-6)
+    code, out, _ = run(capsys, "inspect", "--frames", 16, "--sample-method", "uniform", "--mode", "latent")
+    assert code == 0 and "uniform" in out
+
+
+# --- exit status in a real process: a closed pipe, a home matplotlib cannot write ------------------------------
+
+def cli_process(*argv, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "opensora_timeshift_patch", *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["inspect", "--mode", "latent", "legacy", "--resolution", "720p", "--frames", *range(1, 801)], 0),
+    (["audit", "--csv", "BIG", "--no-progress"], 1),  # a FAIL verdict stays 1 when the reader stops early
+])
+def test_closed_stdout_pipe_is_quiet(argv, code, tmp_path):
+    if "BIG" in argv:
+        big = write_csv(tmp_path / "big.csv", [(n, 240, 426, 1) for n in range(1, 3000)])
+        argv = [str(big) if a == "BIG" else a for a in argv]
+    process = cli_process(*argv)
+    assert process.stdout.readline()  # like `| head -1`: read one line, close the pipe
+    process.stdout.close()
+    assert process.wait(timeout=300) == code
+    assert process.stderr.read() == ""
+
+
+def test_plot_with_an_unwritable_home_keeps_stderr_to_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file, so nothing can be made under it\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    (tmp_path / "figs" / "timeshift_240x426_16f.png").mkdir(parents=True)  # a directory where the PNG goes
+    args = ["plot", "--frames", 16, "--resolution", "240p", "--samples", 10, "--dpi", 10, "--out"]
+    process = cli_process(*args, tmp_path / "figs", env=env)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 2 and len(err.splitlines()) == 1 and "cannot write" in err, err
+    process = cli_process(*args, tmp_path / "ok", env=env)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and err == "" and out.strip().endswith("timeshift_240x426_16f.png")
