@@ -114,6 +114,21 @@ class Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class Accumulate(argparse.Action):
+    """A list option that may be repeated: ``--frames 16 --frames 17`` is ``--frames 16 17`` (argparse would keep only
+    the last); the first use replaces the default, and a value given twice is kept once."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        given = getattr(namespace, "_given_options", None)
+        if given is None:
+            given = set()
+            setattr(namespace, "_given_options", given)
+        before = list(getattr(namespace, self.dest)) if self.dest in given else []
+        given.add(self.dest)
+        setattr(namespace, self.dest, list(dict.fromkeys([*before, *values])))
+
+
 WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 
 
@@ -169,13 +184,15 @@ def setting_option(p: argparse.ArgumentParser, setting: Setting, **kwargs: Any) 
 
 
 def add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N", action=Once,
-                   help=f"pixel frame counts, 1 to {MAX_FRAMES} (default: {' '.join(map(str, DEFAULT_FRAMES))})")
-    p.add_argument("--resolution", type=parse_resolution, nargs="+", metavar="HxW", action=Once,
+    p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N",
+                   action=Accumulate,
+                   help=f"pixel frame counts, 1 to {MAX_FRAMES} (repeatable; default: "
+                        f"{' '.join(map(str, DEFAULT_FRAMES))})")
+    p.add_argument("--resolution", type=parse_resolution, nargs="+", metavar="HxW", action=Accumulate,
                    default=[parse_resolution(r) for r in DEFAULT_RESOLUTIONS],
                    help=f"resolutions as HxW (sides 1 to {MAX_SIDE}) or Open-Sora bucket names "
                         f"(default: {' '.join(DEFAULT_RESOLUTIONS)})")
-    p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES), action=Once,
+    p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES), action=Accumulate,
                    help="shift modes (default: all)")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal", action=Once,
                    help="base distribution of t (default: logit-normal, as Open-Sora's training configs)")
@@ -509,12 +526,13 @@ def config_buckets(bucket_config: Any, version: str) -> List[ConfigBucket]:
             parsed = _bucket_value(value)
             if parsed is None:
                 raise UsageError(f"bucket_config[{name!r}][{frames}] = {short(value)} must be (keep probability, "
-                                 "batch size), e.g. (1.0, 24), ((1.0, 0.33), 24) or (0.0, None) for a bucket that is off")
+                                 "batch size), e.g. (1.0, 24), ((1.0, 0.33), 24) or (0.0, None) for a bucket that "
+                                 "is off")
             keep, consider, pair, batch = parsed
             if batch is None and keep > 0:
-                raise UsageError(f"bucket_config[{name!r}][{frames}] = {short(value)}: a batch size of None switches a "
-                                 "bucket off only with keep probability 0, as in (0.0, None); Open-Sora's sampler fails "
-                                 "on it as soon as a clip lands there")
+                raise UsageError(f"bucket_config[{name!r}][{frames}] = {short(value)}: a batch size of None switches "
+                                 "a bucket off only with keep probability 0, as in (0.0, None); Open-Sora's sampler "
+                                 "fails on it as soon as a clip lands there")
             out.append(ConfigBucket(name, frames, keep, consider, pair, batch))
     return out
 
@@ -585,10 +603,10 @@ def bucket_rule_of(cfg: Any, buckets: Sequence[ConfigBucket], version: str) -> B
                          "bucket rule compares a clip's frames with frame_interval * the bucket's)")
     bucket_class = dataset.get("bucket_class", "Bucket")
     if bucket_class != "Bucket":
+        why = (" has no bucket_class" if version == "1.2"
+               else "'s Bucket_ar_first picks by aspect ratio first, not modelled here")
         raise UsageError(f"dataset bucket_class={short(bucket_class)}: audit follows Open-Sora's default Bucket only "
-                         f"(Open-Sora {version}" + (" has no bucket_class" if version == "1.2" else
-                                                     "'s Bucket_ar_first picks by aspect ratio first, not modelled here")
-                         + ")")
+                         f"(Open-Sora {version}{why})")
     return BucketRule(buckets, frame_interval)
 
 
@@ -1119,7 +1137,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "would train with every timestep at t = 0 (or be refused by the guard), so it can\n"
                                    "gate a launch script. Reads its inputs only. The config is executed by mmengine,\n"
                                    "as training would: audit only configs you would train with.")
-    p.add_argument("--csv", action=Once, help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
+    p.add_argument("--csv", action=Once,
+                   help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
     p.add_argument("--config", action=Once, help="Open-Sora training config (its bucket_config and scheduler are read)")
     p.add_argument("--opensora-version", choices=["1.2", "1.3"], default="1.2", action=Once,
                    help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5)")

@@ -606,7 +606,6 @@ HOSTILE = {
                          "argument --shift-mode: given more"),
     "on-degenerate twice": ([*CONFIG, "--out", "a.py", "--on-degenerate", "clamp", "--on-degenerate", "error"],
                             "argument --on-degenerate: given more"),
-    "frames twice": (["inspect", "--frames", "16", "--frames", "17"], "argument --frames: given more than once: give it once, with all its values"),
     "loc twice": (["inspect", "--loc", "0", "--loc", "1"], "argument --loc: given more than once"),
     "plot out twice": (["plot", "--out", "figs", "--out", "figs2"], "argument --out: given more"),
     "samples twice": (["plot", "--out", "figs", "--samples", "10", "--samples", "20"], "argument --samples: given"),
@@ -825,7 +824,8 @@ def test_audit_reports_clips_open_sora_drops(capsys):
     # dataset_mixed.csv: three 16-frame 720p clips fit no frame count of the config (16 is not > 16, and 1 is never
     # a video's); the 51-frame 480p and the 17-frame 240p clips train in 240p's 16-frame bucket; the image in 720p's.
     code, out, _ = run(capsys, "audit", "--config", BASE, "--csv", FIXTURES / "dataset_mixed.csv", "--no-progress")
-    assert code == 1 and "4 clips in 3 buckets" in out and "3 clips fit no bucket, so Open-Sora drops them (3 videos)" in out
+    assert code == 1 and "4 clips in 3 buckets" in out
+    assert "3 clips fit no bucket, so Open-Sora drops them (3 videos)" in out
     rows = table_rows(out)
     assert sorted(rows) == [("240x426", "16"), ("720x1280", "1"), ("720x1280", "51")]
     assert rows[("240x426", "16")][2] == "2" and rows[("720x1280", "1")][2] == "1"
@@ -927,6 +927,16 @@ def test_audit_image_bucket_with_a_pair_probability_fails_as_in_open_sora(tmp_pa
     code, _, err = run(capsys, "audit", "--config", cfg, "--csv", write_csv(tmp_path / "d.csv", [(1, 240, 426, 1)]),
                        "--no-progress")
     assert code == 2 and "bucket_config['240p'][1] has a pair" in err
+
+
+def test_list_options_accumulate_when_repeated(capsys):
+    """--frames 16 --frames 17 is --frames 16 17 (argparse alone would keep only 17); the default is replaced."""
+    code, out, _ = run(capsys, "inspect", "--frames", 16, "--frames", 17, 16, "--resolution", "240p", "--resolution",
+                       "512x512", "--mode", "latent", "--mode", "v13", "--json")
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert sorted({r["frames"] for r in rows}) == [16, 17] and sorted({r["mode"] for r in rows}) == ["latent", "v13"]
+    assert sorted({(r["height"], r["width"]) for r in rows}) == [(240, 426), (512, 512)] and len(rows) == 8
 
 
 def test_loc_and_scale_still_apply_to_logit_normal(capsys):
