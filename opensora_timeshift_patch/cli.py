@@ -1141,7 +1141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
     p.add_argument("--config", action=Once, help="Open-Sora training config (its bucket_config and scheduler are read)")
     p.add_argument("--opensora-version", choices=["1.2", "1.3"], default="1.2", action=Once,
-                   help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5)")
+                   help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5; 1.3: "
+                        "(num_frames - 1) // 4), and which bucket_config resolution names exist (1.3 adds *_16d)")
     p.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed rows instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)

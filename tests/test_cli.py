@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -684,7 +685,7 @@ def test_config_never_writes_a_base_named_by_a_placeholder(entry, env, tmp_path,
     base_real.write_text(BASE.read_text())
     (tmp_path / "base.py").write_text(f"_base_ = [{entry!r}]\nlr = 2e-5\n")
     monkeypatch.delenv("OPENSORA_TIMESHIFT_TEST_UNSET", raising=False)
-    MMLogger.get_instance(f"test-{id(tmp_path)}")  # mmengine logs each variable it uses: to this test's stdout
+    MMLogger.get_instance(f"test-{uuid.uuid4().hex}")  # mmengine logs each variable it uses: to this test's stdout
     for key, value in env.items():
         monkeypatch.setenv(key, str(base_real) if value == "ABS" else value)
     before = snapshot(tmp_path)
