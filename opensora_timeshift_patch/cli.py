@@ -98,15 +98,19 @@ def short(value: Any) -> str:
 
 # --- shared helpers ----------------------------------------------------------------------------------------
 
+def _given_options(namespace: argparse.Namespace) -> set:
+    """The options already seen on this command line (argparse itself does not say)."""
+    if not hasattr(namespace, "_given_options"):
+        setattr(namespace, "_given_options", set())
+    return getattr(namespace, "_given_options")
+
+
 class Once(argparse.Action):
     """Store an option's value, refusing the option a second time: argparse would silently keep only the last."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: Optional[str] = None) -> None:
-        given = getattr(namespace, "_given_options", None)
-        if given is None:
-            given = set()
-            setattr(namespace, "_given_options", given)
+        given = _given_options(namespace)
         if self.dest in given:
             raise argparse.ArgumentError(self, "given more than once: give it once"
                                          + (", with all its values" if self.nargs in ("+", "*") else ""))
@@ -120,10 +124,7 @@ class Accumulate(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: Optional[str] = None) -> None:
-        given = getattr(namespace, "_given_options", None)
-        if given is None:
-            given = set()
-            setattr(namespace, "_given_options", given)
+        given = _given_options(namespace)
         before = list(getattr(namespace, self.dest)) if self.dest in given else []
         given.add(self.dest)
         setattr(namespace, self.dest, list(dict.fromkeys([*before, *values])))
