@@ -120,6 +120,13 @@ def is_numpy_bool(value: Any) -> bool:
     return type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
 
 
+def is_real_number(value: Any) -> bool:
+    """A number that is not a bool (Python's or numpy's): what a numeric setting or meta value may be."""
+    if type(value) in (int, float):  # what Open-Sora passes; decided first, which torch 2.2's dynamo can trace
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not is_numpy_bool(value)
+
+
 def describe(value: Any) -> str:
     """A user's value for an error message: ``repr`` for scalars; a short description for tensors, arrays and long values (never a whole tensor)."""
     shape = getattr(value, "shape", None)

@@ -13,7 +13,6 @@ the dtype of the meta tensors, per sample, and without host syncs except the one
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .policies import apply_policy, degenerate_frame_counts, get_policy, temporal_size
-from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, is_numpy_bool, describe, resolve,
+from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
 
 ON_DEGENERATE: Tuple[str, ...] = tuple(SETTINGS["on_degenerate"].choices)  # type: ignore[arg-type]
@@ -340,16 +339,10 @@ def _check_policy_output(shift_mode: str, params: Dict[str, Any]) -> None:
                            "must return a floating tensor of T_eff, one per frame count")
 
 
-def _is_real_number(value: Any) -> bool:
-    if type(value) in (int, float):  # what Open-Sora passes; decided first, which torch 2.2's dynamo can trace
-        return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not is_numpy_bool(value)
-
-
 def _timesteps(t: Any) -> Tensor:
     if isinstance(t, Tensor) and not t.dtype.is_complex and t.dtype != torch.bool and t.dim() <= 1:
         return t
-    if _is_real_number(t):
+    if is_real_number(t):
         return torch.tensor(float(t))
     raise SettingError(f"t={describe(t)} is not allowed: timesteps must be a real vector, one per sample "
                        "(or a number)")
@@ -378,7 +371,7 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
         if isinstance(value, Tensor):
             ok = not value.dtype.is_complex and value.dtype != torch.bool
         else:
-            ok = _is_real_number(value)
+            ok = is_real_number(value)
         if not ok:
             raise MetaError(f"meta {key}={describe(value)} is not allowed: it must be a real number or a tensor of "
                             "real numbers, one per sample")
@@ -469,7 +462,7 @@ def timestep_transform(
     # (and a choice the selected rule does not read is refused).
     for name, value, default in (("base_resolution", base_resolution, 512 * 512), ("base_num_frames", base_num_frames, 1),
                                  ("transform_scale", scale, 1.0)):
-        if not (_is_real_number(value) and value == default):
+        if not (is_real_number(value) and value == default):
             settings[name] = value
     shift = _cached_shift(settings)
     return shift(t, model_kwargs, num_timesteps, latent_frames, uniform_over_threshold, ret_ratio)
