@@ -64,8 +64,6 @@ def cosmap(u: Tensor) -> Tensor:
 SAMPLE_METHODS: Tuple[str, ...] = tuple(DISTRIBUTIONS)
 """Names of the built-in timestep distributions, the valid values of ``sample_method``."""
 
-T_RANGE_MODES = tuple(SETTINGS["t_range_mode"].choices)  # type: ignore[arg-type]
-
 
 class TimestepDistribution:
     """A base distribution of t in (0, 1), optionally confined to ``t_range``, applied to uniform draws.

@@ -18,9 +18,6 @@ from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, is_numpy_bool, des
                        unknown_setting_error)
 from .shift import SHIFT_SETTINGS, TimestepShift
 
-BACKENDS = tuple(SETTINGS["backend"].choices)  # type: ignore[arg-type]
-TIMESTEP_RNGS = tuple(SETTINGS["timestep_rng"].choices)  # type: ignore[arg-type]
-
 # Open-Sora 1.3 keywords of RFLOW.sample that only its own RFLOW implements: the standalone backend takes them at
 # their inert values (None, False, empty) and refuses anything else.
 _OPENSORA_ONLY_SAMPLE = ("neg_prompts", "z_cond", "z_cond_mask", "image_cfg_scale", "use_sdedit", "mask_index",
