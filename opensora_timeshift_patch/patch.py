@@ -13,6 +13,7 @@ import sys
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List
 
+from . import opensora2
 from .shift import TimestepShift, timestep_transform
 
 TRANSFORM_MODULES = (
@@ -68,7 +69,9 @@ def patch(shift_mode: str = "latent", on_degenerate: str = "error", **policy_par
 
 
 def unpatch() -> None:
-    """Restore the objects :func:`patch` replaced; a no-op when nothing is patched."""
+    """Restore the objects :func:`patch` replaced, and Open-Sora 2.0's hooks (:mod:`.opensora2`); a no-op when
+    nothing is patched."""
+    opensora2.unpatch()
     for name, original in _ORIGINALS.items():
         sys.modules[name].timestep_transform = original
     _ORIGINALS.clear()

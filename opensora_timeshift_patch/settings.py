@@ -291,7 +291,9 @@ _SETTINGS = (
             optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
     Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7),
     Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7),
-    Setting("patch_size", "int", 2, "latent pixels per token side, for the token count", low=1, high=64),
+    Setting("patch_size", "int", 2,
+            "latent pixels per token side, for the token count (on Open-Sora 2.0 unset: 2 in training, the model's at "
+            "inference, as stock)", low=1, high=64),
     Setting("spatial_compression", "int", 8, "pixels per latent pixel side, for token counts from pixel meta",
             low=1, high=64),
     # --- the stream of random numbers -----------------------------------------------------------------------
@@ -348,13 +350,39 @@ APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
 
 
 
-def resolve(given: Dict[str, Any]) -> Dict[str, Any]:
-    """Validate the scheduler's own settings in ``given`` and fill in the defaults of the rest.
+RELEASE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "1.x": {},
+    # Open-Sora 2.0's training script: t = sigmoid(randn), alpha linear in latent tokens (256 -> 1, 4096 -> 3)
+    # times sqrt(latent frames), rational shift.
+    "2.0": {"sample_method": "logit-normal", "resolution_shift": "linear"},
+}
+"""Defaults that differ by Open-Sora release, so that no settings means that release's stock rule."""
+
+NOT_ON_OPENSORA2: Dict[str, str] = {
+    "num_sampling_steps": "2.0's inference config sets sampling_option.num_steps",
+    "num_timesteps": "2.0 keeps t in [0, 1]",
+    "cfg_scale": "2.0's inference config sets sampling_option.guidance",
+    "use_discrete_timesteps": "2.0 draws continuous t",
+    "uniform_over_threshold": "it is Open-Sora 1.3's redraw",
+    "spatial_compression": "2.0's token count comes from the latent itself",
+    "timestep_start_step": "on 2.0 the per-sample stream follows train.py's own step, which a resumed run restores",
+    "backend": "2.0 has no RFLOW: only the timesteps are replaced",
+    "micro_frame_size": "2.0's latent length comes from the latent itself",
+    "temporal_compression": "2.0's latent length comes from the latent itself",
+    "causal": "2.0's latent length comes from the latent itself",
+}
+"""Settings with no meaning on Open-Sora 2.0, and why: given there, they are refused rather than ignored."""
+
+
+def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
+    """Validate the scheduler's own settings in ``given`` and fill in the defaults of the rest (``release``'s,
+    see :data:`RELEASE_DEFAULTS`).
 
     Also refuses the combinations that could not work or would silently ignore a setting. Keys that are not
     scheduler settings must have been taken out by the caller (policy and distribution parameters).
     """
     values = {name: s.default for name, s in SETTINGS.items()}
+    values.update(RELEASE_DEFAULTS[release])
     values.update({name: SETTINGS[name].check(value) for name, value in given.items()})
     for name, (on, applies) in APPLIES_ONLY_WITH.items():
         if name in given and not (values[on] in applies if applies else values[on] is not None):
@@ -417,7 +445,7 @@ def _check_shift_values(values: Dict[str, Any]) -> None:
                 "lower max_shift or base_seq_len")
 
 
-def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False
+def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False, release: str = "1.x"
           ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
     """Split keywords into the caller's own settings, the selected policy's parameters (validated), the selected
     distribution's (validated, when ``distribution``), and the rest.
@@ -425,10 +453,12 @@ def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False
     A parameter of another policy or distribution than the selected one is refused here, naming both.
     """
     own = set(own)
-    mode = SETTINGS["shift_mode"].check(given.get("shift_mode", "latent"))
+    defaults = {name: s.default for name, s in SETTINGS.items()}
+    defaults.update(RELEASE_DEFAULTS[release])
+    mode = SETTINGS["shift_mode"].check(given.get("shift_mode", defaults["shift_mode"]))
     if not SETTINGS["scale_temporal"].check(given.get("scale_temporal", True)) and "shift_mode" not in given:
         mode = "spatial"
-    method = SETTINGS["sample_method"].check(given.get("sample_method", "uniform")) if distribution else None
+    method = SETTINGS["sample_method"].check(given.get("sample_method", defaults["sample_method"])) if distribution else None
     mine: Dict[str, Any] = {}
     policy: Dict[str, Any] = {}
     dist: Dict[str, Any] = {}

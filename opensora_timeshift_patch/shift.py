@@ -114,22 +114,32 @@ class TimestepShift:
         shown.update(self.policy_params)
         return f"TimestepShift({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
-    def resolution_factor(self, height: Tensor, width: Tensor, latent_hw: Optional[Tuple[int, int]] = None) -> Any:
-        """The resolution's part of ``a``: a tensor per sample, or a float shared by the batch."""
+    def resolution_factor(self, height: Tensor, width: Tensor, latent_hw: Optional[Tuple[int, int]] = None,
+                          tokens: Optional[int] = None) -> Any:
+        """The resolution's part of ``a``: a tensor per sample, or a float shared by the batch.
+
+        The linear rule counts latent tokens: ``tokens`` when the caller has counted them, else from the latent's
+        ``latent_hw``, else from the pixel meta.
+        """
         if self.resolution_shift == "sqrt":
             return (height * width).div_(self.base_resolution).sqrt_()  # in place: our own temporaries
         if self.resolution_shift == "constant":
             value: Any = self.shift
         else:
-            if latent_hw is not None:  # the latent tensor is the truth, as for T_eff
-                tokens: Any = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
-                if tokens < 1:
-                    raise MetaError(f"latents of {latent_hw[0]} x {latent_hw[1]} hold no token of "
-                                    f"patch_size={self.patch_size}: the linear rule needs at least one")
+            if tokens is None and latent_hw is not None:  # the latent tensor is the truth, as for T_eff
+                tokens = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
+            if tokens is None:
+                count: Any = height * width / (self.spatial_compression * self.patch_size) ** 2
+            elif tokens < 1:
+                raise MetaError(f"the latent holds {tokens} tokens of patch_size={self.patch_size}"
+                                f"{f' ({latent_hw[0]} x {latent_hw[1]})' if latent_hw else ''}: the linear rule "
+                                "needs at least one")
             else:
-                tokens = height * width / (self.spatial_compression * self.patch_size) ** 2
+                count = tokens
+            # m x + b with b = y1 - m x1: Flux's and Open-Sora 2.0's operation order, so their numbers come out bit
+            # for bit.
             slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
-            value = self.base_shift + slope * (tokens - self.base_seq_len)
+            value = slope * count + (self.base_shift - slope * self.base_seq_len)
         if self.shift_family == "exponential":
             return torch.exp(value) if isinstance(value, Tensor) else math.exp(value)
         return value
@@ -157,11 +167,13 @@ class TimestepShift:
         latent_hw: Optional[Tuple[int, int]] = None,
         batch_size: Optional[int] = None,
         t: Optional[Tensor] = None,
+        tokens: Optional[int] = None,
     ) -> Tensor:
         """The shift factor ``a`` per sample, guarded as ``on_degenerate`` says (with the timesteps ``t`` in
-        [0, 1] about to be shifted, when given: they are checked in the same pass)."""
+        [0, 1] about to be shifted, when given: they are checked in the same pass). ``tokens`` is the latent's
+        token count where the caller has counted it (the linear rule)."""
         height, width, num_frames = read_meta(model_kwargs, dtype, device, batch_size)
-        ratio = self._factor(height, width, num_frames, latent_frames, latent_hw)
+        ratio = self._factor(height, width, num_frames, latent_frames, latent_hw, tokens)
         if self.on_degenerate == "error":
             # The one host sync this mode pays for: one copy of the meta and the factors, checked on the host (a
             # dozen tiny kernels would cost more than the shift itself): valid meta, and a factor in [1/100, 100]
@@ -187,8 +199,8 @@ class TimestepShift:
         return ratio
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
-                latent_hw: Optional[Tuple[int, int]]) -> Tensor:
-        ratio_space = self.resolution_factor(height, width, latent_hw)
+                latent_hw: Optional[Tuple[int, int]], tokens: Optional[int] = None) -> Tensor:
+        ratio_space = self.resolution_factor(height, width, latent_hw, tokens)
         t_eff = self.temporal_size(num_frames, latent_frames)
         if self.on_degenerate == "clamp":
             t_eff = torch.where(t_eff > 0, t_eff, 1.0)

@@ -1,4 +1,4 @@
-"""Check rflow-timeshift against the real Open-Sora 1.2 or 1.3 scheduler code.
+"""Check rflow-timeshift against the real Open-Sora 1.2, 1.3 or 2.0 code.
 
 Run with an Open-Sora checkout importable (e.g. ``PYTHONPATH=/path/to/Open-Sora``) in an environment that
 can import ``opensora.schedulers`` (torch, mmengine, colossalai, einops). It compares, bit for bit:
@@ -9,13 +9,24 @@ can import ``opensora.schedulers`` (torch, mmengine, colossalai, einops). It com
 
 then shows what stock does to 16-frame clips, and prints the numbers the test-suite keeps as goldens
 (``tests/test_opensora_golden.py``). Exit status 1 when any parity check fails.
+
+With Open-Sora 2.0 (branch ``main``; Python 3.10+) it checks ``opensora.utils.sampling`` and ``opensora.utils.config``
+instead (:func:`check_opensora2`): stock's shift factor, ``time_shift`` and ``get_schedule`` against ours, and the
+test-suite's script shaped like 2.0's ``train.py`` run on the real package, stock and with the config lines. 2.0's
+``opensora.utils.sampling`` imports GPU-only packages (flash-attn, liger-kernel, tensornvme) that the checked
+functions never call; where they are not installed, empty stand-ins are imported in their place.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +44,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print only the golden numbers as JSON")
     args = parser.parse_args()
 
+    if importlib.util.find_spec("opensora.utils.config") is not None:  # 2.0 only (1.x has config_utils)
+        return check_opensora2(args)
     from opensora.registry import SCHEDULERS
     from opensora.schedulers import rf
 
@@ -175,6 +188,143 @@ def check_v13_flags(SCHEDULERS, check):
     check("1.3 train.py call on the standalone backend: loss", torch.equal(losses["stock"], losses["standalone"]))
     out["train_call_loss"] = losses["stock"].tolist()
     return out
+
+
+GPU_ONLY_STANDINS = """
+import importlib.abc, importlib.machinery, importlib.util, sys, types
+_MISSING = [m for m in ("flash_attn", "liger_kernel", "tensornvme") if importlib.util.find_spec(m) is None]
+class _StandIn(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return type(name, (), {"__init__": lambda self, *a, **k: None})
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in _MISSING:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    def create_module(self, spec):
+        module = _StandIn(spec.name)
+        module.__path__ = []
+        return module
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, _Finder())
+"""
+
+# Buckets as 2.0 trains them: latent (T, H, W) of its causal VAE (8x spatial) at 256px and 768px, images to 129
+# frames; and inference calls (steps, tokens, latent frames).
+LATENTS_2 = [(1, 32, 32), (5, 32, 32), (33, 32, 32), (1, 96, 96), (9, 96, 96), (1, 24, 40), (17, 30, 54), (3, 8, 8)]
+SCHEDULES_2 = [(10, 256, 1), (10, 1024, 33), (50, 2304, 1), (5, 64, 9), (4, 16, 5)]
+
+
+def check_opensora2(args: argparse.Namespace) -> int:
+    """Open-Sora 2.0: the formulas in-process, then the test-suite's 2.0-shaped train.py on the real package."""
+    exec(GPU_ONLY_STANDINS, {})
+    from opensora.utils import config as os_config
+    from opensora.utils import sampling
+
+    failures = []
+
+    def check(name, ok):
+        if not ok:
+            failures.append(name)
+        if not args.json:
+            print(f"{'ok  ' if ok else 'FAIL'} {name}")
+
+    check("importing the package wrapped 2.0's merge_args", getattr(os_config.merge_args, "__opensora_timeshift__",
+                                                                    False))
+    stock_merge_args = ots.opensora2._original(os_config, "merge_args")
+    ours = ots.Opensora2Timesteps()
+    goldens = {"torch": torch.__version__, "alpha": [], "time_shift": [], "schedules": []}
+    t = torch.linspace(0, 1, 21)
+    for frames, h, w in LATENTS_2:
+        alpha = sampling.get_res_lin_function()((h * w) // 4) * math.sqrt(frames)  # train.py's lines
+        mine = ours.factor(frames, (h * w) // 4)
+        check(f"training alpha T={frames} {h}x{w}: {alpha!r}", mine == alpha)
+        stock_t = sampling.time_shift(alpha, t)
+        check(f"training time_shift T={frames} {h}x{w}", torch.equal(stock_t, ours.training_timesteps(t, (frames, h, w))))
+        goldens["alpha"].append(dict(latent=[frames, h, w], alpha=alpha))
+        goldens["time_shift"].append(dict(latent=[frames, h, w], t=stock_t.tolist()))
+    for steps, tokens, frames in SCHEDULES_2:
+        stock = sampling.get_schedule(steps, tokens, frames)
+        check(f"get_schedule({steps}, {tokens}, {frames})", stock == ours.schedule(steps, tokens, frames))
+        goldens["schedules"].append(dict(num_steps=steps, image_seq_len=tokens, num_frames=frames, timesteps=stock))
+
+    # The hooks on the real modules: get_schedule follows the settings; flow_shift and shift=False stay stock.
+    stock_schedule = sampling.get_schedule
+    ots.opensora2.install(dict(scheduler=dict(type="rflow-timeshift", shift_mode="spatial")))
+    check("inference hook: shift_mode='spatial' drops sqrt(T)",
+          sampling.get_schedule(10, 1024, 33) == stock_schedule(10, 1024, 1))
+    check("inference hook: flow_shift keeps stock's meaning",
+          sampling.get_schedule(10, 1024, 33, shift_alpha=5.0) == stock_schedule(10, 1024, 33, shift_alpha=5.0))
+    check("inference hook: shift=False keeps stock's meaning",
+          sampling.get_schedule(10, 1024, 33, shift=False) == stock_schedule(10, 1024, 33, shift=False))
+    ots.unpatch()
+    check("unpatch restores get_schedule and merge_args",
+          sampling.get_schedule is stock_schedule and os_config.merge_args is stock_merge_args)
+
+    check_opensora2_script(check, goldens)
+    if args.json:
+        print(json.dumps({"opensora_2.0": goldens}, indent=1))
+    else:
+        print(f"\nOpen-Sora 2.0, torch {torch.__version__}: {len(failures)} parity failure(s)")
+    return 1 if failures else 0
+
+
+def check_opensora2_script(check, goldens) -> None:
+    """The test-suite's train.py shaped like 2.0's, on the real opensora package, one and two ranks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fake_opensora import TRAIN_2
+
+    buckets = [(4, 1, 256, 256), (2, 33, 256, 256), (3, 17, 768, 768), (2, 129, 256, 256)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "train.py").write_text(TRAIN_2)
+        (root / "run.py").write_text(GPU_ONLY_STANDINS + "import runpy\nsys.argv.pop(0)\n"
+                                     f"runpy.run_path({str(root / 'train.py')!r}, run_name='__main__')\n")
+        imports = 'custom_imports = dict(imports=["opensora_timeshift_patch"], allow_failed_imports=False)\n'
+
+        def run(name, lines, ranks=1, epochs=1, **extra):
+            cfg = root / f"{name}.py"
+            cfg.write_text(f"buckets = {buckets!r}\nepochs = {epochs}\nout = {str(root / name)!r} + '_{{rank}}.json'\n"
+                           + "".join(f"{k} = {v!r}\n" for k, v in extra.items()) + lines)
+            runner = [sys.executable, str(root / "run.py")] if ranks == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), str(root / "run.py")]
+            done = subprocess.run(runner + ["train.py", str(cfg)], capture_output=True, text=True, cwd=root,
+                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+            return [json.loads((root / f"{name}_{r}.json").read_text()) for r in range(ranks)], done.stderr
+
+        stock, _ = run("stock", "")
+        imported, _ = run("imported", imports)
+        check("2.0 train.py: importing the package without a scheduler key changes nothing", imported == stock)
+        plain, log = run("plain", imports + 'scheduler = dict(type="rflow-timeshift")\n')
+        check("2.0 train.py: scheduler = dict(type='rflow-timeshift') gives stock's bits", plain == stock)
+        check("2.0 train.py: rank 0 says once what was replaced", log.count("train.py's time_shift replaced") == 1)
+        legacy, _ = run("legacy", imports + 'scheduler = dict(type="rflow-timeshift", shift_mode="legacy", '
+                                            'on_degenerate="clamp")\n')
+        expected = []  # stock's draws, shifted by hand: T_eff = n // 17 * 5 (1 when 0), alpha lin(tokens) sqrt(T_eff)
+        for (bs, n, h, w), s, l in zip(buckets, stock[0], legacy[0]):
+            tokens = (h // 8) * (w // 8) // 4
+            a = (2 / 3840 * tokens + (1 - 2 / 3840 * 256)) * math.sqrt(max(n // 17 * 5, 1) if n > 1 else 1)
+            t_stock = torch.tensor(s["t"])  # shifted by stock: recover its draw by inverting the shift
+            a_stock = (2 / 3840 * tokens + (1 - 2 / 3840 * 256)) * math.sqrt(1 + (n - 1) // 4)
+            u = t_stock / (a_stock - (a_stock - 1) * t_stock)
+            expected.append(a * u / (1 + (a - 1) * u))
+        check("2.0 train.py: shift_mode='legacy' shifts stock's draws by n // 17 * 5",
+              all(torch.allclose(torch.tensor(l["t"]), e, atol=1e-6) for l, e in zip(legacy[0], expected)))
+        two_stock, _ = run("two_stock", "", ranks=2)
+        check("2.0 train.py, 2 ranks: stock draws the same t on both", two_stock[0] == two_stock[1])
+        two, _ = run("two", imports + 'scheduler = dict(type="rflow-timeshift", timestep_rng="per_sample", '
+                                      'stratified=True)\n', ranks=2, epochs=2)
+        check("2.0 train.py, 2 ranks: per_sample draws different t on each",
+              all(a["t"] != b["t"] for a, b in zip(two[0], two[1])))
+        resumed, _ = run("resumed", imports + 'scheduler = dict(type="rflow-timeshift", timestep_rng="per_sample", '
+                                              'stratified=True)\n', ranks=2, epochs=2, start_epoch=1, start_step=2)
+        check("2.0 train.py, 2 ranks: a resumed run draws what the uninterrupted one drew",
+              all(resumed[r] == two[r][-len(resumed[r]):] for r in range(2)))
+        goldens["train_script_stock_t"] = stock[0]
 
 
 if __name__ == "__main__":
