@@ -307,7 +307,7 @@ def main():
     opt = SamplingOption(**cfg.sampling_option)
     timesteps = api_fn(opt, patch_size=cfg.get("patch_size", 2),
                        spatial_compression=cfg.get("ae_spatial_compression", 16))
-    with open(cfg.out, "w") as f:
+    with open(cfg.out.format(rank=0), "w") as f:
         json.dump(timesteps, f)
 
 
