@@ -30,7 +30,10 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 
-from .buckets import BUCKET_RESOLUTIONS, MAX_FRAMES, RESOLUTION_NAMES, BucketConfigError, bucket_rule_of, config_buckets
+from .buckets import (BUCKET_RESOLUTIONS, MAX_FRAMES, OPENSORA2_NAME, OPENSORA2_NAME_HELP, RESOLUTION_NAMES,
+                      BucketConfigError, Opensora2Geometry, bucket_rule_of, closest_size, config_buckets,
+                      opensora2_base_size, opensora2_fps_max, opensora2_geometry, opensora2_sizes, sampling_interval)
+from .opensora2 import SCHEDULER_TYPE, Opensora2Timesteps
 from .policies import SHIFT_MODES, temporal_size
 from .sampling import SAMPLE_METHODS, TimestepDistribution
 from .settings import DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, SETTINGS, Setting, SettingError
@@ -38,6 +41,14 @@ from .shift import TimestepShift
 
 DEFAULT_FRAMES = [1, 8, 16, 17, 32, 51, 102]
 DEFAULT_RESOLUTIONS = ["256x256", "512x512", "720x1280"]
+OPENSORA_VERSIONS = ["1.2", "1.3", "2.0"]
+# Open-Sora 2.0 trains on 4k + 1 frames (configs/diffusion/train/stage1.py: 1, 5, ..., 129) at 256px and 768px
+DEFAULT_FRAMES_2 = [1, 16, 33, 129]
+DEFAULT_RESOLUTIONS_2 = ["256px", "768px"]
+# Open-Sora 2.0's two autoencoders as its configs set them up: the HunyuanVideo VAE of configs/diffusion/train/image.py
+# (causal, 8x, model patch_size 2, ae_spatial_compression unset: 16) and the DC-AE of high_compression.py (non-causal,
+# 32x, patch_size 1, ae_spatial_compression 32).
+VAES = {"hunyuan": Opensora2Geometry(16, 2, True), "dc-ae": Opensora2Geometry(32, 1, False)}
 QUANTILES = (0.05, 0.5, 0.95)
 CSV_COLUMNS = ("num_frames", "height", "width")
 CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")  # what mmengine's Config.fromfile reads
@@ -131,15 +142,16 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def parse_resolution(text: str) -> Tuple[int, int]:
-    """``"720x1280"`` (height x width) or an Open-Sora bucket name such as ``"720p"``."""
-    if text in RESOLUTION_NAMES:
-        return RESOLUTION_NAMES[text]
+def parse_resolution(text: str) -> Any:
+    """``"720x1280"`` (height x width) as a pair, or an Open-Sora bucket name such as ``"720p"`` or ``"256px"``, kept
+    as the name: its size depends on the Open-Sora version (see :func:`resolutions_of`)."""
+    if text in RESOLUTION_NAMES or OPENSORA2_NAME.fullmatch(text):
+        return text
     match = re.fullmatch(r"(\d+)[xX](\d+)", text, re.ASCII)
     if not match:
         raise argparse.ArgumentTypeError(
             f"resolution {text!r} is not HxW (e.g. 720x1280) or one of {', '.join(BUCKET_RESOLUTIONS)} "
-            "(or Open-Sora 1.3's NAME_16d)")
+            f"(or Open-Sora 1.3's NAME_16d, or for 2.0 {OPENSORA2_NAME_HELP})")
     h, w = int(match[1]), int(match[2])
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise argparse.ArgumentTypeError(f"resolution {text!r} must have a height and width from 1 to {MAX_SIDE}")
@@ -169,21 +181,58 @@ def setting_option(p: argparse.ArgumentParser, setting: Setting, **kwargs: Any) 
 
 
 def add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--opensora-version", choices=OPENSORA_VERSIONS, default="1.2", action=Once,
+                   help="1.2 or 1.3 (default 1.2; the same table: every mode, 1.2's rule is 'legacy', 1.3's 'v13'), "
+                        "or 2.0: latent frames, tokens and alpha under 2.0's stock rule and under your settings "
+                        "(--mode, --sample-method, --loc, --scale, --set)")
     p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N",
                    action=Accumulate,
                    help=f"pixel frame counts, 1 to {MAX_FRAMES} (repeatable; default: "
-                        f"{' '.join(map(str, DEFAULT_FRAMES))})")
+                        f"{' '.join(map(str, DEFAULT_FRAMES))}; 2.0: {' '.join(map(str, DEFAULT_FRAMES_2))})")
     p.add_argument("--resolution", type=parse_resolution, nargs="+", metavar="HxW", action=Accumulate,
-                   default=[parse_resolution(r) for r in DEFAULT_RESOLUTIONS],
-                   help=f"resolutions as HxW (sides 1 to {MAX_SIDE}) or Open-Sora bucket names "
-                        f"(default: {' '.join(DEFAULT_RESOLUTIONS)})")
+                   default=list(DEFAULT_RESOLUTIONS),
+                   help=f"resolutions as HxW (sides 1 to {MAX_SIDE}) or Open-Sora bucket names (1.x: 720p, ...; "
+                        f"2.0: 256px, 768px, 720p, ..., at the name's square or 16:9 size) (default: "
+                        f"{' '.join(DEFAULT_RESOLUTIONS)}; 2.0: {' '.join(DEFAULT_RESOLUTIONS_2)})")
     p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES), action=Accumulate,
-                   help="shift modes (default: all)")
+                   help="shift modes (default: all; 2.0: the settings' own, 'latent' unless --set says otherwise)")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal", action=Once,
                    help="base distribution of t (default: logit-normal, as Open-Sora's training configs)")
     for name, setting in DISTRIBUTIONS.params("logit-normal").items():  # loc, scale: logit-normal's only
         setting_option(p, setting, default=None,
                        help=f"{setting.doc}, logit-normal only ({setting.allowed()}; default {setting.default!r})")
+    p.add_argument("--vae", choices=list(VAES), action=Once,
+                   help="2.0 only: the autoencoder, as 2.0's configs set it up: hunyuan (default; causal, 8x, model "
+                        "patch_size 2) or dc-ae (high_compression.py: non-causal, 32x, patch_size 1)")
+    p.add_argument("--set", nargs="+", action="extend", type=parse_set_item, metavar="KEY=VALUE",
+                   help="2.0 only: any other rflow-timeshift setting for the settings rows, as a Python literal, "
+                        "e.g. --set patch_size=1 timestep_rng=per_sample")
+
+
+def resolutions_of(args: argparse.Namespace, geometry: Optional[Opensora2Geometry]) -> List[Tuple[int, int]]:
+    """The --resolution values as (H, W): names sized as Open-Sora 1.x (``geometry`` None) or 2.0 sizes them."""
+    given = "resolution" in _given_options(args)
+    values = args.resolution if given else (DEFAULT_RESOLUTIONS if geometry is None else DEFAULT_RESOLUTIONS_2)
+    out = []
+    for value in values:
+        if isinstance(value, str) and re.fullmatch(r"\d+[xX]\d+", value, re.ASCII):
+            value = parse_resolution(value)
+        if isinstance(value, tuple):
+            out.append(value)
+        elif geometry is None:
+            if value not in RESOLUTION_NAMES:
+                raise UsageError(f"--resolution {value!r} is an Open-Sora 2.0 name: pass --opensora-version 2.0, or "
+                                 f"give HxW or one of {', '.join(BUCKET_RESOLUTIONS)}")
+            out.append(RESOLUTION_NAMES[value])
+        else:
+            if not OPENSORA2_NAME.fullmatch(value):
+                raise UsageError(f"--resolution {value!r} is not an Open-Sora 2.0 name: give HxW or "
+                                 f"{OPENSORA2_NAME_HELP}")
+            try:
+                out.append(opensora2_base_size(value, geometry.token_pixels))
+            except BucketConfigError as err:
+                raise UsageError(f"--{err}") from None
+    return list(dict.fromkeys(out))
 
 
 def distribution_of(args: argparse.Namespace) -> TimestepDistribution:
@@ -267,8 +316,12 @@ def fmt(x: float, digits: int = 1) -> str:
 # --- inspect -----------------------------------------------------------------------------------------------
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.opensora_version == "2.0":
+        return inspect_opensora2(args)
     distribution = distribution_of(args)
-    rows = [bucket_row(m, hw, n, distribution) for hw in args.resolution for n in args.frames for m in args.mode]
+    only_opensora2(args)
+    rows = [bucket_row(m, hw, n, distribution) for hw in resolutions_of(args, None) for n in args.frames
+            for m in args.mode]
     if args.json:
         print(json.dumps(dict(sample_method=args.sample_method, num_timesteps=1000, rows=rows), indent=1))
         return 0
@@ -279,6 +332,180 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(format_table(["resolution", "frames", "mode", "T_eff", "shift", "p5", "median", "p95", "status"], table))
     messages = {r["message"] for r in rows if r["degenerate"]}
     for message in sorted(messages):
+        print(f"\nguard (on_degenerate='error'): {message}")
+    return 0
+
+
+# --- Open-Sora 2.0: inspect's and plot's rules ---------------------------------------------------------------
+
+class Rule(NamedTuple):
+    """A row label and the 2.0 timesteps it stands for: stock 2.0's rule, or the user's settings."""
+
+    label: str
+    timesteps: Opensora2Timesteps
+
+
+def only_opensora2(args: argparse.Namespace) -> None:
+    """Refuse the 2.0-only options under Open-Sora 1.x, where nothing would read them."""
+    for option in ("vae", "set"):
+        if getattr(args, option, None):
+            raise UsageError(f"--{option} applies to --opensora-version 2.0 only, not {args.opensora_version}: remove "
+                             "it or pass --opensora-version 2.0")
+
+
+def build_opensora2(settings: Dict[str, Any], what: str = "") -> Opensora2Timesteps:
+    """``Opensora2Timesteps(**settings)``, its refusal (which names the setting) as bad input."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Opensora2Timesteps(**settings)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{what}{err}") from err
+
+
+def stock_opensora2() -> Opensora2Timesteps:
+    """Stock 2.0's rule, which has no guard: a factor of 0 or beyond [0.01, 100] is shown, not refused."""
+    return build_opensora2(dict(on_degenerate="ignore"))
+
+
+def opensora2_rules(args: argparse.Namespace) -> List[Rule]:
+    """Stock 2.0's rule, then the user's settings (one rule per --mode when --mode is given)."""
+    given = _given_options(args)
+    settings: Dict[str, Any] = {}
+    if "sample_method" in given:
+        settings["sample_method"] = args.sample_method
+    for key in DISTRIBUTIONS.params("logit-normal"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    for key, value in args.set or []:
+        if key in settings or (key == "shift_mode" and "mode" in given):
+            raise UsageError(f"--set {key}=...: {key} is already set (by its own option, or an earlier --set)")
+        settings[key] = value
+    rules = [Rule("stock", stock_opensora2())]
+    for mode in (args.mode if "mode" in given else [None]):
+        chosen = dict(settings) if mode is None else {**settings, "shift_mode": mode}
+        rules.append(Rule("settings" if mode is None else f"settings:{mode}", build_opensora2(chosen)))
+    return rules
+
+
+def training_tokens(ts: Opensora2Timesteps, latent_hw: Tuple[int, int]) -> int:
+    """Tokens as 2.0's train.py counts them, (h w) // 4, or (h w) // patch_size**2 with the setting patch_size."""
+    return (latent_hw[0] * latent_hw[1]) // (2 if ts.patch_size is None else ts.patch_size) ** 2
+
+
+def inference_tokens(ts: Opensora2Timesteps, latent_hw: Tuple[int, int], geometry: Opensora2Geometry) -> int:
+    """Tokens as 2.0's inference counts them: (h w) // the model's patch_size**2, or the setting's."""
+    return (latent_hw[0] * latent_hw[1]) // (geometry.patch_size if ts.patch_size is None else ts.patch_size) ** 2
+
+
+class Alpha(NamedTuple):
+    """What a 2.0 rule does with one bucket: its training and inference alpha (None: refused or no shift)."""
+
+    latent: Tuple[int, int, int]
+    tokens: int
+    infer_tokens: int
+    alpha: Optional[float]
+    infer_alpha: Optional[float]
+    kind: str  # "ok", "collapsed", "clamped", "refused", "no shift", "extreme" (beyond [0.01, 100], no guard)
+    message: Optional[str]
+
+
+def opensora2_alpha(ts: Opensora2Timesteps, geometry: Opensora2Geometry, height: int, width: int,
+                    frames: int) -> Alpha:
+    """The alpha a 2.0 rule gives a bucket in training and at inference, judged as the guard judges it."""
+    latent = geometry.latent(frames, height, width)
+    tokens, infer = training_tokens(ts, latent[1:]), inference_tokens(ts, latent[1:], geometry)
+    if not ts.use_timestep_transform:
+        return Alpha(latent, tokens, infer, None, None, "no shift", None)
+    pixels = (frames, height, width)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alpha, infer_alpha = ts.factor(latent[0], tokens, pixels), ts.factor(latent[0], infer, pixels)
+    except (ValueError, RuntimeError) as err:  # the guard's refusal (or a device-side assert on the CPU)
+        return Alpha(latent, tokens, infer, None, None, "refused", one_line(err))
+    t_eff = ts.shift.temporal_size(torch.tensor([float(frames)], dtype=torch.float64), latent[0]).item()
+    clamp = ts.shift.on_degenerate == "clamp"
+    if t_eff <= 0:
+        kind = "clamped" if clamp else "collapsed"
+    elif not 1 / MAX_SHIFT_FACTOR < alpha < MAX_SHIFT_FACTOR:
+        kind = "clamped" if clamp else "extreme"  # under 'error' the guard has refused it above
+    else:
+        kind = "ok"
+    return Alpha(latent, tokens, infer, alpha, infer_alpha, kind, None)
+
+
+def opensora2_header(geometry: Opensora2Geometry, rules: Sequence[Rule]) -> List[str]:
+    lines = [f"Open-Sora 2.0: {geometry.describe()}; latent T x h x w, h = {geometry.patch_size} * ceil(H / "
+             f"{geometry.token_pixels})",
+             "stock: t = sigmoid(randn), alpha = lin(tokens; 256 -> 1, 4096 -> 3) * sqrt(T), tokens (h w) // 4 in "
+             f"training and (h w) // {geometry.patch_size ** 2} at inference, no guard"]
+    lines += [f"{r.label}: {r.timesteps!r}" for r in rules[1:]]
+    return lines
+
+
+def mismatch_note(rule: Rule, rows: Sequence[Tuple[Tuple[int, int, int], Alpha]], geometry: Opensora2Geometry
+                  ) -> Optional[str]:
+    """A note when the rule's training alpha differs from its inference alpha (tokens counted differently)."""
+    differ = [(key, a) for key, a in rows if a.alpha is not None and a.infer_alpha != a.alpha]
+    if not differ:
+        return None
+    (h, w, n), a = differ[0]
+    return (f"{rule.label}: training counts (h w) // 4 = {a.tokens} tokens where inference counts (h w) // "
+            f"{geometry.patch_size}**2 = {a.infer_tokens} (the model's patch_size {geometry.patch_size}), so "
+            f"{len(differ)} bucket(s) train at another alpha than they sample at ({h}x{w} x {n} frames: "
+            f"{a.alpha:.3f} in training, {a.infer_alpha:.3f} at inference). "
+            f"scheduler = dict(type='rflow-timeshift', patch_size={geometry.patch_size}) counts both alike")
+
+
+def quantiles_of(ts: Opensora2Timesteps, alpha: Optional[float]) -> List[float]:
+    """The 5th, 50th and 95th percentiles of a rule's training t in [0, 1], shifted by alpha (exact: the shift is
+    increasing, so it maps quantiles to quantiles)."""
+    q = ts.distribution(torch.tensor(QUANTILES, dtype=torch.float64))
+    if alpha is not None:
+        q = ts.shift.curve(q, alpha)
+    return q.tolist()
+
+
+KIND_TEXT = {"ok": "ok", "collapsed": "DEGENERATE (t = 0)", "clamped": "clamped", "refused": "refused by the guard",
+             "no shift": "no shift", "extreme": "alpha outside [0.01, 100]"}
+
+
+def inspect_opensora2(args: argparse.Namespace) -> int:
+    geometry = VAES[args.vae or "hunyuan"]
+    rules = opensora2_rules(args)
+    resolutions = resolutions_of(args, geometry)
+    frames = args.frames if "frames" in _given_options(args) else DEFAULT_FRAMES_2
+    rows = []
+    per_rule: Dict[str, List[Tuple[Tuple[int, int, int], Alpha]]] = {r.label: [] for r in rules}
+    for hw in resolutions:
+        for n in frames:
+            for rule in rules:
+                a = opensora2_alpha(rule.timesteps, geometry, hw[0], hw[1], n)
+                per_rule[rule.label].append(((hw[0], hw[1], n), a))
+                p5, median, p95 = quantiles_of(rule.timesteps, a.alpha) if a.kind != "refused" else [math.nan] * 3
+                rows.append(dict(rule=rule.label, height=hw[0], width=hw[1], frames=n, latent_frames=a.latent[0],
+                                 latent_height=a.latent[1], latent_width=a.latent[2], tokens=a.tokens,
+                                 inference_tokens=a.infer_tokens, alpha=a.alpha, inference_alpha=a.infer_alpha,
+                                 p5=p5, median=median, p95=p95, status=a.kind, message=a.message))
+    notes = [mismatch_note(rule, per_rule[rule.label], geometry) for rule in rules]
+    notes = [note for note in notes if note]
+    if args.json:
+        print(json.dumps(dict(opensora_version="2.0", vae=args.vae or "hunyuan", geometry=geometry._asdict(),
+                              rules={r.label: repr(r.timesteps) for r in rules}, rows=rows, notes=notes), indent=1))
+        return 0
+    for line in opensora2_header(geometry, rules):
+        print(line)
+    print("shifted training t in [0, 1] (1 = pure noise), exact quantiles")
+    table = [(f"{r['height']}x{r['width']}", r["frames"],
+              f"{r['latent_frames']}x{r['latent_height']}x{r['latent_width']}", r["rule"], r["tokens"],
+              "-" if r["alpha"] is None else f"{r['alpha']:.3f}", fmt(r["p5"], 3), fmt(r["median"], 3),
+              fmt(r["p95"], 3), KIND_TEXT[r["status"]]) for r in rows]
+    print(format_table(["resolution", "frames", "latent", "rule", "tokens", "alpha", "p5", "median", "p95", "status"],
+                       table))
+    for note in notes:
+        print(f"\nnote: {note}")
+    for message in sorted({r["message"] for r in rows if r["message"]}):
         print(f"\nguard (on_degenerate='error'): {message}")
     return 0
 
@@ -331,7 +558,16 @@ def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {args.out!r} exists and is not a directory: give a directory for the PNG files")
-    distribution = distribution_of(args)
+    v2 = args.opensora_version == "2.0"
+    if v2:
+        geometry = VAES[args.vae or "hunyuan"]
+        rules = opensora2_rules(args)
+        resolutions = resolutions_of(args, geometry)
+        frame_counts = args.frames if "frames" in _given_options(args) else DEFAULT_FRAMES_2
+    else:
+        distribution = distribution_of(args)
+        only_opensora2(args)
+        resolutions, frame_counts = resolutions_of(args, None), args.frames
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -343,21 +579,26 @@ def _plot(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     t_grid = torch.linspace(0, 1, 201, dtype=torch.float64)
-    draws = distribution(torch.rand(args.samples, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    uniforms = torch.rand(args.samples, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    method = "per rule" if v2 else args.sample_method
     written = []
-    for hw in args.resolution:
-        for frames in args.frames:
+    for hw in resolutions:
+        for frames in frame_counts:
             fig, (ax_curve, ax_hist) = plt.subplots(1, 2, figsize=(12, 4.5))
             peak = 0.0
-            for mode in args.mode:
-                shift = TimestepShift(mode, "ignore")
-                kw = lambda n: {k: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
-                                for k, v in zip(("height", "width", "num_frames"), (*hw, frames))}
-                t_eff = temporal_size(torch.tensor([float(frames)]), mode).item()
-                label = f"{mode} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
-                ax_curve.plot(t_grid, shift(t_grid, kw(len(t_grid))), label=label)
-                shifted = shift(draws, kw(len(draws)))
-                if t_eff <= 0:  # all mass at t = 0: a bar at 0, so the other histograms keep their scale
+            title = f"{hw[0]}x{hw[1]}, {frames} frames"
+            if v2:
+                curves = list(opensora2_curves(rules, geometry, hw, frames, t_grid, uniforms))
+                t, h, w = geometry.latent(frames, *hw)
+                title += f" (Open-Sora 2.0, latent {t}x{h}x{w}, {args.vae or 'hunyuan'} VAE)"
+            else:
+                curves = list(opensora1_curves(args.mode, distribution(uniforms), hw, frames, t_grid))
+            for label, curve, shifted, collapsed in curves:
+                if curve is None:  # refused by the guard: named in the legend, nothing drawn
+                    ax_curve.plot([], [], ls="none", label=label)
+                    continue
+                ax_curve.plot(t_grid, curve, label=label)
+                if collapsed:  # all mass at t = 0: a bar at 0, so the other histograms keep their scale
                     ax_hist.axvline(0.0, lw=3, color=ax_curve.lines[-1].get_color(), label=label)
                     continue
                 density, *_ = ax_hist.hist(shifted.numpy(), bins=50, range=(0, 1), histtype="step", density=True,
@@ -366,11 +607,11 @@ def _plot(args: argparse.Namespace) -> int:
             ax_curve.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="no shift")
             ax_curve.set(xlabel="t (1 = noise)", ylabel="shifted t'", title="transform t -> t'")
             ax_hist.set(xlabel="shifted t'", ylabel="density",
-                        title=f"training timesteps, {args.sample_method}, {args.samples} draws")
+                        title=f"training timesteps, {method}, {args.samples} draws")
             ax_hist.set_ylim(0, 1.15 * peak if peak else None)
             ax_curve.legend(fontsize=8, loc="lower right")
             ax_hist.legend(fontsize=8, loc="upper left")
-            fig.suptitle(f"{hw[0]}x{hw[1]}, {frames} frames")
+            fig.suptitle(title)
             fig.tight_layout()
             path = out / f"timeshift_{hw[0]}x{hw[1]}_{frames}f.png"
             try:
@@ -385,14 +626,48 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def opensora1_curves(modes: Sequence[str], draws: torch.Tensor, hw: Tuple[int, int], frames: int,
+                     t_grid: torch.Tensor) -> Iterator[Tuple[str, Any, Any, bool]]:
+    """(label, transform on t_grid, shifted draws, collapsed) per Open-Sora 1.x mode."""
+    for mode in modes:
+        shift = TimestepShift(mode, "ignore")
+        kw = lambda n: {k: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
+                        for k, v in zip(("height", "width", "num_frames"), (*hw, frames))}
+        t_eff = temporal_size(torch.tensor([float(frames)]), mode).item()
+        label = f"{mode} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
+        yield label, shift(t_grid, kw(len(t_grid))), shift(draws, kw(len(draws))), t_eff <= 0
+
+
+def opensora2_curves(rules: Sequence[Rule], geometry: Opensora2Geometry, hw: Tuple[int, int], frames: int,
+                     t_grid: torch.Tensor, uniforms: torch.Tensor) -> Iterator[Tuple[str, Any, Any, bool]]:
+    """(label, transform on t_grid, shifted draws, collapsed) per 2.0 rule; no curve where the guard refuses."""
+    for rule in rules:
+        ts = rule.timesteps
+        a = opensora2_alpha(ts, geometry, hw[0], hw[1], frames)
+        if a.kind == "refused":
+            yield f"{rule.label}: refused by the guard", None, None, False
+            continue
+        draws = ts.distribution(uniforms)
+        if a.alpha is None:
+            yield f"{rule.label} (no shift)", t_grid, draws, False
+            continue
+        label = f"{rule.label} ({a.tokens} tokens, alpha {a.alpha:.3g})" + (
+            ": t = 0, degenerate" if a.kind == "collapsed" else "")
+        yield label, ts.shift.curve(t_grid, a.alpha), ts.shift.curve(draws, a.alpha), a.alpha == 0
+
+
 # --- audit -------------------------------------------------------------------------------------------------
 
 class RowError(UsageError):
     pass
 
 
-def read_csv_buckets(path: str, progress: bool, skip_bad_rows: bool) -> Tuple[Counter, Counter, List[str]]:
+def read_csv_buckets(path: str, progress: bool, skip_bad_rows: bool, fps: bool = False
+                     ) -> Tuple[Counter, Counter, List[str]]:
     """Stream an Open-Sora dataset CSV into counts per (height, width, num_frames): bounded memory for any size.
+
+    With ``fps`` (Open-Sora 2.0's bucket rule strides frames by it) the key also holds the row's fps, None where the
+    column or the value is missing (2.0 reads a missing value as NaN: no stride).
 
     Reads as pandas (Open-Sora's reader) does where the two could differ: a byte-order mark is dropped, fields are
     quoted alike, long fields are fine. Returns the bucket counts, the skipped rows by reason, and the first few
@@ -415,7 +690,7 @@ def read_csv_buckets(path: str, progress: bool, skip_bad_rows: bool) -> Tuple[Co
             _check_header(path, reader.fieldnames)
             for row_number, row in enumerate(reader, start=2):  # row 1 is the header
                 try:
-                    buckets[_bucket_of(row)] += 1
+                    buckets[_bucket_of(row, fps)] += 1
                 except RowError as err:
                     if not skip_bad_rows:
                         raise UsageError(f"{path}, row {row_number}: {err} "
@@ -454,7 +729,7 @@ def _counting_lines(f: Any, bar: Any) -> Iterator[str]:
         yield line
 
 
-def _bucket_of(row: Dict[Optional[str], Any]) -> Tuple[int, int, int]:
+def _bucket_of(row: Dict[Optional[str], Any], fps: bool = False) -> Tuple[Any, ...]:
     if None in row:  # csv.DictReader files surplus fields under None; pandas refuses such a row
         raise RowError(f"extra fields: the row has {len(row[None])} more field(s) than the header")
     values = []
@@ -468,7 +743,14 @@ def _bucket_of(row: Dict[Optional[str], Any]) -> Tuple[int, int, int]:
         if not (math.isfinite(value) and value > 0 and value.is_integer()):
             raise RowError(f"invalid {column}: {short(text)} is not a positive whole number")
         values.append(int(value))
-    return values[0], values[1], values[2]
+    if not fps:
+        return values[0], values[1], values[2]
+    text = row.get("fps")
+    if text is None or text.strip() == "" or text.strip().lower() == "nan":  # pandas reads both as NaN
+        return values[0], values[1], values[2], None
+    if not CSV_NUMBER.fullmatch(text) or float(text) < 0:
+        raise RowError(f"invalid fps: {short(text)} is not a number >= 0")
+    return values[0], values[1], values[2], float(text)
 
 
 class Current(NamedTuple):
@@ -549,6 +831,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.csv is None and args.config is None:
         raise UsageError("give --csv PATH, --config PATH or both")
     cfg = None if args.config is None else load_config(args.config, "--config")
+    if args.opensora_version == "2.0":
+        return audit_opensora2(args, cfg)
     current = current_scheduler(cfg, args.opensora_version)
     has_buckets = cfg is not None and cfg.get("bucket_config") is not None
     config_bucket_list = config_buckets(cfg["bucket_config"], args.opensora_version) if has_buckets else []
@@ -656,6 +940,144 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print("\nOK: no clip would train at t = 0 or be refused by the guard."
           + (f" Clamped clips ({_buckets_text([k for k, _ in clamped])}) train as T_eff = 1 where T_eff <= 0, with "
              "factors held to [0.01, 100]; shift_mode='latent' needs no clamping." if clamped else ""))
+    return 0
+
+
+def current_opensora2(cfg: Optional[Any]) -> Tuple[Opensora2Timesteps, str]:
+    """The timesteps a 2.0 config trains with: stock 2.0's rule without a scheduler key, else rflow-timeshift's, built
+    as the package's hook builds them when 2.0 parses the config."""
+    sched = None if cfg is None else cfg.get("scheduler")
+    if sched is None:
+        return stock_opensora2(), (f"{'no config' if cfg is None else 'no scheduler key'}: stock Open-Sora 2.0's "
+                                   "rule (alpha = lin((h w) // 4) * sqrt(T)), without a guard")
+    if not isinstance(sched, dict) or sched.get("type") != SCHEDULER_TYPE:
+        got = sched.get("type") if isinstance(sched, dict) else sched
+        raise UsageError(f"scheduler type={short(got)} is not allowed on Open-Sora 2.0, which builds no scheduler: "
+                         f"use dict(type={SCHEDULER_TYPE!r}, ...) or remove the scheduler key")
+    ts = build_opensora2({k: v for k, v in sched.items() if k != "type"}, "scheduler rflow-timeshift (Open-Sora 2.0): ")
+    return ts, f"{ts!r}, on_degenerate {ts.shift.on_degenerate!r}"
+
+
+STATUS_2 = {"ok": "ok", "extreme": "ok", "collapsed": "t = 0 !", "refused": "refused", "clamped": "clamped",
+            "no shift": "no shift", "off": "off"}
+
+
+def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
+    """audit --opensora-version 2.0: per bucket, the latent, the tokens and alpha in training and at inference."""
+    geometry = opensora2_geometry(cfg) if cfg is not None else VAES["hunyuan"]
+    ts, description = current_opensora2(cfg)
+    has_buckets = cfg is not None and cfg.get("bucket_config") is not None
+    bucket_list = config_buckets(cfg["bucket_config"], "2.0") if has_buckets else []
+    rule = bucket_rule_of(cfg, bucket_list, "2.0") if has_buckets else None
+    fps_max = opensora2_fps_max(cfg) if has_buckets else None
+    sizes = {b.name: opensora2_sizes(b.name, geometry.token_pixels) for b in bucket_list}
+
+    skipped: Counter = Counter()
+    examples: List[str] = []
+    dropped: Counter = Counter()
+    groups: Dict[Tuple[int, int, int, Optional[str]], Optional[int]] = {}
+    off: set = set()
+    if args.csv is not None:
+        clips, skipped, examples = read_csv_buckets(args.csv, not args.no_progress, args.skip_bad_rows,
+                                                    fps=rule is not None)
+        if not clips:
+            raise UsageError(f"{args.csv} has no clips to audit"
+                             + (f": all {sum(skipped.values())} rows are malformed ({examples[0]})" if skipped else ""))
+        for key, count in clips.items():
+            if rule is None:
+                groups[(*key, None)] = count
+                continue
+            h, w, n, fps = key
+            bucket = rule.assign(h, w, n // sampling_interval(fps, fps_max))
+            if bucket is None:
+                dropped["images" if n == 1 else "videos"] += count
+                continue
+            group = (*closest_size(h, w, sizes[bucket.name]), bucket.frames, bucket.name)
+            groups[group] = (groups.get(group) or 0) + count
+        if not groups:
+            raise UsageError(f"none of the {sum(dropped.values())} clips in {args.csv} fits a bucket of bucket_config: "
+                             "Open-Sora would drop them all")
+    else:
+        if not has_buckets:
+            raise UsageError(f"{args.config} has no bucket_config: give --csv too")
+        for b in bucket_list:
+            key = (*opensora2_base_size(b.name, geometry.token_pixels), b.frames, b.name)
+            groups[key] = None
+            if not b.on:
+                off.add(key)
+
+    headers = ["resolution", "frames", "clips", "latent", "tokens", "alpha", "inf.tokens", "inf.alpha", "current"]
+    headers += ["bucket"] if has_buckets else []
+    rows: List[List[Any]] = []
+    counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS_2}
+    mismatched: List[Tuple[Tuple[int, int, int, Optional[str]], Alpha]] = []
+    messages: List[str] = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
+        h, w, n, name = key
+        count = groups[key]
+        a = opensora2_alpha(ts, geometry, h, w, n)
+        kind = "off" if key in off else a.kind
+        counted[kind].append((key, 1 if count is None else count))
+        if a.message and kind != "off" and a.message not in messages:
+            messages.append(a.message)
+        status = STATUS_2[kind]
+        if kind in ("ok", "extreme", "clamped") and a.alpha != a.infer_alpha:
+            mismatched.append((key, a))
+            status = "mismatch" if kind != "clamped" else status
+        shown = lambda x: "-" if x is None or kind in ("off", "refused") else f"{x:.3f}"  # noqa: E731
+        rows.append([f"{h}x{w}", n, "-" if count is None else count, "x".join(map(str, a.latent)), a.tokens,
+                     shown(a.alpha), a.infer_tokens, shown(a.infer_alpha), status] + ([name] if has_buckets else []))
+    collapsed, refused = counted["collapsed"], counted["refused"]
+    code = 1 if collapsed or refused else 0
+    args.verdict = code
+
+    print(f"current scheduler: {description}")
+    print(f"geometry: {geometry.describe()}" + ("" if cfg is not None else " (no config: 2.0's default)"))
+    if rule is not None:
+        print("buckets: Open-Sora 2.0's Bucket rule (a video fits frame count t when its frames // stride >= t, the "
+              f"stride ceil(fps / fps_max) at fps >= fps_max {fps_max}, 1 without an fps), every keep probability above "
+              "0 taken as kept; sizes are "
+              + ("each clip's closest aspect ratio" if args.csv is not None else "each name's square or 16:9 size"))
+    if args.csv is not None:
+        print(f"{sum(c for c in groups.values() if c)} clips in {len(groups)} buckets from {args.csv}")
+    print("latent: T x h x w; tokens and alpha: what training counts and shifts by; inf.tokens and inf.alpha: what "
+          "inference does for the same size")
+    print(format_table(headers, rows))
+    if dropped:
+        print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
+              + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items()))
+              + "): a video needs at least as many frames (after the fps stride) as a frame count other than 1, at a "
+                "resolution whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket")
+    if skipped:
+        print(f"\nskipped {sum(skipped.values())} malformed rows: "
+              + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
+        for example in examples:
+            print(f"  {example}")
+    extreme = [k for k, _ in counted["extreme"]]
+    if extreme:
+        print(f"\nnote: alpha is outside [0.01, 100] for {_buckets_text(extreme)}: timesteps pile up at one end "
+              "(rflow-timeshift's default on_degenerate='error' would refuse such batches)")
+    if mismatched:
+        (h, w, n, name), a = mismatched[0]
+        print(f"\nWARNING: training and inference count tokens differently in {len(mismatched)} buckets: training "
+              f"counts (h w) // 4 (stock 2.0's train.py, whatever the model's patch_size) and inference (h w) // "
+              f"{geometry.patch_size}**2 (the model's patch_size {geometry.patch_size}), so a bucket trains at "
+              f"another alpha than it samples at ({h}x{w} x {n} frames: {a.tokens} tokens, alpha {a.alpha:.3f} in "
+              f"training; {a.infer_tokens} tokens, alpha {a.infer_alpha:.3f} at inference). Fix: scheduler = "
+              f"dict(type='rflow-timeshift', patch_size={geometry.patch_size}), which counts both as the model does.")
+    if collapsed:
+        what = (f"{sum(c for _, c in collapsed)} clips in " if args.csv is not None else "") +             _buckets_text([k for k, _ in collapsed])
+        print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler: alpha is 0. "
+              "A non-causal VAE gives n // 4 latent frames, none below 4 frames: give such buckets 4 frames or more "
+              "(or rflow-timeshift's on_degenerate='clamp', which shifts them as one frame).")
+    if refused:
+        what = (f"{sum(c for _, c in refused)} clips in " if args.csv is not None else "") +             _buckets_text([k for k, _ in refused])
+        print(f"\nFAIL: the guard would stop training at the first batch from {what}: {messages[0]}"
+              + (f" ({len(messages) - 1} more such messages)" if len(messages) > 1 else ""))
+    if code:
+        return code
+    print("\nOK: no clip would train at t = 0 or be refused by the guard."
+          + (" (Training and inference shift differently: see the warning above.)" if mismatched else ""))
     return 0
 
 
@@ -811,6 +1233,10 @@ def build_timeshift(sched: Dict[str, Any]) -> Any:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    v2 = args.opensora_version == "2.0"
+    if args.shift_mode is None and not v2:
+        raise UsageError(f"--shift-mode is required for an Open-Sora {args.opensora_version} config (choose from "
+                         f"{', '.join(SHIFT_MODES)}); only --opensora-version 2.0 has a default")
     base = os.path.abspath(args.base_config)
     base_cfg = load_config(args.base_config, "base config")
     if not args.out:
@@ -836,7 +1262,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not isinstance(imports, (list, tuple)) or not all(isinstance(name, str) for name in imports):
         raise UsageError(f"base config custom_imports={short(custom_imports)} is not dict(imports=[module names])")
     imports = [*imports, "opensora_timeshift_patch"] if "opensora_timeshift_patch" not in imports else list(imports)
-    options: Dict[str, Any] = dict(type="rflow-timeshift", shift_mode=args.shift_mode, on_degenerate=args.on_degenerate)
+    if v2:  # only what was asked for: no setting means 2.0's own rule
+        options: Dict[str, Any] = dict(type=SCHEDULER_TYPE)
+        if args.shift_mode is not None:
+            options["shift_mode"] = args.shift_mode
+        if "on_degenerate" in _given_options(args):
+            options["on_degenerate"] = args.on_degenerate
+    else:
+        options = dict(type="rflow-timeshift", shift_mode=args.shift_mode, on_degenerate=args.on_degenerate)
     for key in ("sample_method", "timestep_rng"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
@@ -858,17 +1291,27 @@ def cmd_config(args: argparse.Namespace) -> int:
         raise UsageError(f"base config custom_imports holds {short(found)}: '{{{{' and '}}}}' would be substituted "
                          "by mmengine in the derived config")
     body = "".join(f"    {k}={v!r},\n" for k, v in options.items())
-    text = (f"# Derived from {os.path.basename(base)!r} by `opensora-timeshift config`: its scheduler switched to "
-            f"rflow-timeshift.\n# Keys below merge into the base's scheduler dict; the rest of the base is unchanged.\n"
+    if v2:
+        intro = (f"# Derived from {os.path.basename(base)!r} by `opensora-timeshift config`: Open-Sora 2.0's training "
+                 f"timesteps and inference schedule from rflow-timeshift.\n# Importing the package hooks 2.0's config "
+                 f"parsing, which then reads the scheduler key below; the rest of the base is unchanged.\n")
+    else:
+        intro = (f"# Derived from {os.path.basename(base)!r} by `opensora-timeshift config`: its scheduler switched to "
+                 f"rflow-timeshift.\n# Keys below merge into the base's scheduler dict; the rest of the base is "
+                 f"unchanged.\n")
+    text = (f"{intro}"
             f"_base_ = [{rel!r}]\n\n"
             f"custom_imports = dict(imports={imports!r}, allow_failed_imports=False)\n\n"
             f"scheduler = dict(\n{body})\n")
     if "{{" in text:  # every piece was checked above; a literal's repr cannot make one
         raise UsageError("the derived config would hold '{{', which mmengine substitutes when it loads")
-    cfg, scheduler = write_verified(out, text, verify_scheduler)
+    cfg, scheduler = write_verified(out, text, verify_opensora2 if v2 else verify_scheduler)
     print(f"wrote {out}")
-    print(f"loaded it with mmengine and built the scheduler (standalone backend; Open-Sora 1.3's own RFLOW keywords "
-          f"type-checked): {scheduler!r}")
+    if v2:
+        print(f"loaded it with mmengine and built its Open-Sora 2.0 timesteps as the hook will: {scheduler!r}")
+    else:
+        print(f"loaded it with mmengine and built the scheduler (standalone backend; Open-Sora 1.3's own RFLOW "
+              f"keywords type-checked): {scheduler!r}")
     print(f"merged scheduler config: {dict(cfg.scheduler)}")
     return 0
 
@@ -884,6 +1327,19 @@ def verify_scheduler(cfg: Any) -> Any:
     if SCHEDULERS.get("rflow-timeshift") is not RFlowTimeShift:
         raise ImportError("custom_imports did not register rflow-timeshift in the scheduler registry")
     return build_timeshift(dict(sched))
+
+
+def verify_opensora2(cfg: Any) -> Opensora2Timesteps:
+    """Build a derived 2.0 config's timesteps as the package's hook builds them when 2.0 parses the config."""
+    sched = cfg.get("scheduler")
+    if not isinstance(sched, dict) or sched.get("type") != SCHEDULER_TYPE:
+        raise ValueError(f"its scheduler is {short(sched)}, not dict(type={SCHEDULER_TYPE!r}, ...)")
+    imports = (cfg.get("custom_imports") or {}).get("imports", [])
+    if "opensora_timeshift_patch" not in ([imports] if isinstance(imports, str) else list(imports)):
+        raise ImportError("its custom_imports do not import opensora_timeshift_patch, which hooks 2.0's config parsing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Opensora2Timesteps(**{k: v for k, v in sched.items() if k != "type"})
 
 
 def _load_recording(path: str) -> Tuple[Any, List[str]]:
@@ -1001,9 +1457,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action=Once,
                    help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
     p.add_argument("--config", action=Once, help="Open-Sora training config (its bucket_config and scheduler are read)")
-    p.add_argument("--opensora-version", choices=["1.2", "1.3"], default="1.2", action=Once,
+    p.add_argument("--opensora-version", choices=OPENSORA_VERSIONS, default="1.2", action=Once,
                    help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5; 1.3: "
-                        "(num_frames - 1) // 4), and which bucket_config resolution names exist (1.3 adds *_16d)")
+                        "(num_frames - 1) // 4), and which bucket_config resolution names exist (1.3 adds *_16d); "
+                        "2.0: a 2.0 training config (bucket_config with 256px, 768px, ..., patch_size, "
+                        "ae_spatial_compression, is_causal_vae, and scheduler = dict(type='rflow-timeshift', ...) or "
+                        "none for stock 2.0's rule), reported per bucket with alpha in training and at inference")
     p.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed rows instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)
@@ -1017,7 +1476,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "be BASE_CONFIG or any file in its _base_ chain, and an existing --out is replaced\n"
                                    "only with --force.")
     p.add_argument("base_config", metavar="BASE_CONFIG", help="the Open-Sora config to derive from")
-    p.add_argument("--shift-mode", choices=SHIFT_MODES, required=True, action=Once, help="temporal-size policy")
+    p.add_argument("--opensora-version", choices=OPENSORA_VERSIONS, default="1.2", action=Once,
+                   help="the base config's Open-Sora (default 1.2; 1.2 and 1.3 switch its scheduler to "
+                        "rflow-timeshift; 2.0 adds scheduler = dict(type='rflow-timeshift', ...), which the package's "
+                        "hook reads when 2.0 parses the config, and validates it as 2.0 reads it)")
+    p.add_argument("--shift-mode", choices=SHIFT_MODES, action=Once,
+                   help="temporal-size policy (required for 1.x; 2.0: optional, default 'latent', the latent's own "
+                        "length)")
     p.add_argument("--out", required=True, action=Once, help="path of the .py config to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     setting_option(p, SETTINGS["on_degenerate"], default="error")

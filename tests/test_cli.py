@@ -547,7 +547,7 @@ HOSTILE = {
     "config is a csv": (["audit", "--config", "data.csv"], ".py"),
     "config directory": (["audit", "--config", "adir"], "is a directory"),
     "config missing": (["audit", "--config", "missing.py"], "does not exist"),
-    "opensora version": (["audit", "--config", "base.py", "--opensora-version", "2.0"], "--opensora-version"),
+    "opensora version": (["audit", "--config", "base.py", "--opensora-version", "3.0"], "--opensora-version"),
     **{f"bucket_config {k}": (["audit", "--config", f"bucket_{k}.py"], "bucket_config")
        for k in ("list", "str_frames", "zero", "negative", "bool", "huge", "name", "not_dict", "bare_prob", "prob",
                  "nan", "batch", "float_batch", "triple")},
