@@ -1047,7 +1047,8 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
         print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
               + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items()))
               + "): a video needs at least as many frames (after the fps stride) as a frame count other than 1, at a "
-                "resolution whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket")
+                "resolution whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket and an fps "
+                "below fps_max, or none (2.0 divides its one frame by the stride too)")
     if skipped:
         print(f"\nskipped {sum(skipped.values())} malformed rows: "
               + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
