@@ -1428,7 +1428,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each resolution x frame count x mode: T_eff, the shift factor and the 5th,\n"
                                    "50th and 95th percentiles of the shifted training timestep (exact quantiles of\n"
                                    "the base distribution, shifted). Degenerate rows are marked with the guard's\n"
-                                   "message.")
+                                   "message. --opensora-version 2.0: per resolution x frame count, the latent, the\n"
+                                   "tokens, alpha and the shifted-t quantiles under stock 2.0's rule and under your\n"
+                                   "settings, built as rflow-timeshift builds them on 2.0.")
     add_selection(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
@@ -1454,7 +1456,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the config's current scheduler does with each bucket. Exits 1 when some clip\n"
                                    "would train with every timestep at t = 0 (or be refused by the guard), so it can\n"
                                    "gate a launch script. Reads its inputs only. The config is executed by mmengine,\n"
-                                   "as training would: audit only configs you would train with.")
+                                   "as training would: audit only configs you would train with. With\n"
+                                   "--opensora-version 2.0: per bucket of a 2.0 config, the latent, tokens and alpha\n"
+                                   "in training and at inference, with a warning where they differ.")
     p.add_argument("--csv", action=Once,
                    help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
     p.add_argument("--config", action=Once, help="Open-Sora training config (its bucket_config and scheduler are read)")
