@@ -15,6 +15,7 @@ from .registry import SCHEDULERS, build_module
 from .sampling import SAMPLE_METHODS, TimestepDistribution, register_distribution
 from .scheduler import RFlowTimeShift
 from .settings import SETTINGS, Setting, SettingError
+from .weighting import WEIGHTING_NAMES, LossWeighting, register_weighting
 from .shift import (ON_DEGENERATE, RESOLUTION_SHIFTS, SHIFT_FAMILIES, MetaError, TimestepShift, exponential_shift,
                     rational_shift, timestep_transform)
 
@@ -24,7 +25,7 @@ opensora2.hook_config_parsing()
 
 __all__ = [
     "SHIFT_MODES", "ON_DEGENERATE", "SAMPLE_METHODS", "SHIFT_FAMILIES", "RESOLUTION_SHIFTS", "SCHEDULERS", "SETTINGS",
-    "MetaError", "Opensora2Timesteps", "RFlowTimeShift", "Setting", "SettingError", "TimestepShift", "TimestepDistribution", "build_module", "degenerate_frame_counts",
+    "WEIGHTING_NAMES", "LossWeighting", "register_weighting", "MetaError", "Opensora2Timesteps", "RFlowTimeShift", "Setting", "SettingError", "TimestepShift", "TimestepDistribution", "build_module", "degenerate_frame_counts",
     "exponential_shift", "is_patched", "patch", "patched", "rational_shift", "register_distribution",
     "register_policy", "temporal_size", "timestep_transform", "unpatch",
 ]

@@ -58,7 +58,7 @@ class Opensora2Timesteps:
             if key in NOT_ON_OPENSORA2 or key in OPENSORA_ONLY:
                 why = NOT_ON_OPENSORA2.get(key, "it is an Open-Sora 1.3 RFLOW keyword")
                 raise SettingError(f"{key}={describe(value)} has no meaning on Open-Sora 2.0 ({why}): remove it")
-        own, policy_params, dist_params, rest = route(settings, SETTINGS, distribution=True, release="2.0")
+        own, policy_params, dist_params, _, rest = route(settings, SETTINGS, distribution=True, release="2.0")
         values = resolve(own, release="2.0")
         if rest:
             key = next(iter(rest))

@@ -9,6 +9,7 @@ redraws exactly what it drew before.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Tuple
 
@@ -59,6 +60,67 @@ def mode(u: Tensor, mode_scale: float = 1.29) -> Tensor:
 def cosmap(u: Tensor) -> Tensor:
     """CosMap (Esser et al., 2024, SD3): ``1 - 1 / (tan(pi u / 2) + 1)``."""
     return 1 - 1 / (torch.tan(math.pi / 2 * u) + 1)
+
+
+@register_distribution(
+    "logsnr",
+    loc=Setting("loc", "float", 0.0, "mean of log-SNR (musubi-tuner's logit_mean), not of logit(t)", low=-10, high=10),
+    scale=Setting("scale", "float", 1.0, "standard deviation of log-SNR (musubi-tuner's logit_std)",
+                  low=0.1, high=10),
+)
+def logsnr(u: Tensor, loc: float = 0.0, scale: float = 1.0) -> Tensor:
+    """log-SNR normal (musubi-tuner's ``logsnr``; Karras et al., 2024, arXiv:2411.14793): ``lambda ~ N(loc, scale^2)``,
+    ``t = sigmoid(-lambda / 2)``, since ``SNR = ((1 - t) / t)^2``. A logit-normal with loc ``-loc / 2`` and scale
+    ``scale / 2``: written increasing in u as ``sigmoid((scale ndtri(u) - loc) / 2)``."""
+    return torch.sigmoid((scale * torch.special.ndtri(u) - loc) / 2)
+
+
+@register_distribution(
+    "beta",
+    beta_alpha=Setting("beta_alpha", "float", 2.0, "the Beta distribution's alpha (SimpleTuner's default 2)",
+                       low=0.1, high=100),
+    beta_beta=Setting("beta_beta", "float", 2.0, "the Beta distribution's beta (SimpleTuner's default 2)",
+                      low=0.1, high=100),
+)
+def beta(u: Tensor, beta_alpha: float = 2.0, beta_beta: float = 2.0) -> Tensor:
+    """t ~ Beta(alpha, beta) (SimpleTuner's ``flow_use_beta_schedule``), by its inverse CDF.
+
+    The inverse regularised incomplete beta function has no closed form: it is tabulated once per (alpha, beta)
+    with scipy's ``betaincinv`` at 4097 nodes in u, spaced as Chebyshev-Lobatto points (densest at the ends, where
+    the density can be singular), and interpolated linearly on the device, with no loop over samples. Accuracy:
+    ``|F(t) - u| < 2e-5`` at 10^5 uniforms for alpha, beta in [0.1, 100] (measured in the tests).
+    """
+    nodes, values = _beta_table(float(beta_alpha), float(beta_beta))
+    nodes, values = nodes.to(u.device, u.dtype), values.to(u.device, u.dtype)
+    i = torch.searchsorted(nodes, u.contiguous()).clamp(1, len(nodes) - 1)
+    lo, hi = nodes[i - 1], nodes[i]
+    weight = ((u - lo) / (hi - lo)).clamp(0, 1)
+    return torch.lerp(values[i - 1], values[i], weight)
+
+
+@functools.lru_cache(maxsize=32)
+def _beta_table(alpha: float, beta_: float, size: int = 4096) -> Tuple[Tensor, Tensor]:
+    from scipy.special import betaincinv
+
+    nodes = (1 - torch.cos(math.pi * torch.arange(size + 1, dtype=torch.float64) / size)) / 2
+    values = torch.from_numpy(betaincinv(alpha, beta_, nodes.numpy()))
+    return nodes, values
+
+
+@register_distribution(
+    "fixed",
+    timesteps=Setting("timesteps", "list", (0.25, 0.5, 0.75), "the timesteps to train on, fractions of N",
+                      low=0, high=1),
+    fixed_order=Setting("fixed_order", "choice", "random",
+                        "'random' draws from the list uniformly; 'cycle' visits it in ascending order, keyed on "
+                        "(step, global sample index), the same on every rank and after a resume",
+                        choices=("random", "cycle")),
+)
+def fixed(u: Tensor, timesteps: Tuple[float, ...] = (0.25, 0.5, 0.75), fixed_order: str = "random") -> Tensor:
+    """A list of timesteps (SimpleTuner's ``flow_custom_timesteps``), each with probability 1 / K: the inverse CDF of
+    the discrete uniform on the sorted list, ``t_(floor(u K))``."""
+    values = torch.tensor(sorted(timesteps), dtype=u.dtype, device=u.device)
+    return values[(u * len(values)).long().clamp(0, len(values) - 1)]
 
 
 SAMPLE_METHODS: Tuple[str, ...] = tuple(DISTRIBUTIONS)
@@ -186,6 +248,12 @@ def counter_uniform(seed: int, step: int, index: Tensor, lane: int = 0) -> Tenso
     k1, k2 = _key(seed, step, lane)
     bits = _mix32(_mix32(index.to(torch.int64) & _MASK32 ^ k1) ^ k2)  # two rounds: no cross-step collisions
     return _to_unit(bits.to(torch.float64))
+
+
+def cycle_uniform(step: int, index: Tensor, count: int) -> Tensor:
+    """The centre of cell ``(step + index) mod count`` of the unit interval: under the inverse CDF of ``fixed``, each
+    sample visits the list in order, one entry per step, and neighbouring samples neighbouring entries."""
+    return (torch.remainder(index.to(torch.int64) + step % count, count).to(torch.float64) + 0.5) / count
 
 
 def stratified_uniform(seed: int, step: int, dp_rank: int, dp_size: int, batch_size: int, device: Any = None) -> Tensor:

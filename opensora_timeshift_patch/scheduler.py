@@ -12,11 +12,12 @@ from torch.distributions import LogisticNormal
 
 from .patch import swapped_transform
 from .rflow import StandaloneRFlow, sampling_grid
-from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
-                       stratified_uniform)
+from .sampling import (TimestepDistribution, counter_uniform, cycle_uniform, data_parallel_layout,
+                       global_sample_index, stratified_uniform)
 from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, is_numpy_bool, describe, resolve, route, settings_doc,
                        unknown_setting_error)
 from .shift import SHIFT_SETTINGS, TimestepShift
+from .weighting import LossWeighting
 
 # Open-Sora 1.3 keywords of RFLOW.sample that only its own RFLOW implements: the standalone backend takes them at
 # their inert values (None, False, empty) and refuses anything else.
@@ -73,18 +74,18 @@ class RFlowTimeShift:
 """
 
     def __init__(self, **settings: Any) -> None:
-        own, policy_params, dist_params, rest = route(settings, SETTINGS, distribution=True)
+        own, policy_params, dist_params, weight_params, rest = route(settings, SETTINGS, distribution=True)
         values = resolve(own)
         opensora_only = {k: OPENSORA_ONLY[k].check(v) for k, v in rest.items() if k in OPENSORA_ONLY}
         for key, value in rest.items():
             if key not in OPENSORA_ONLY:
                 raise unknown_setting_error("rflow-timeshift", key, value, SETTINGS, values["shift_mode"],
-                                            values["sample_method"], OPENSORA_ONLY)
+                                            values["sample_method"], OPENSORA_ONLY, values["loss_weighting"])
         if policy_params and not values["use_timestep_transform"]:
             key = next(iter(policy_params))
             raise SettingError(f"{key}={describe(settings[key])} only applies with use_timestep_transform=True (got "
                                "False): remove it or turn the shift on")
-        self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params}
+        self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params, **weight_params}
         unused = [f"{k}={values[k]!r}" for k in ("transform_scale", "uniform_over_threshold")
                   if values[k] != SETTINGS[k].default]
         if not values["scale_temporal"] and unused:
@@ -93,6 +94,7 @@ class RFlowTimeShift:
         self.distribution = TimestepDistribution(values["sample_method"], values["t_range"], values["t_range_mode"],
                                                  **dist_params)
         self.shift = TimestepShift(**{k: v for k, v in own.items() if k in SHIFT_SETTINGS}, **policy_params)
+        self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight_params)
         self.num_sampling_steps: int = values["num_sampling_steps"]
         self.num_timesteps: int = values["num_timesteps"]
         self.cfg_scale: float = values["cfg_scale"]
@@ -104,6 +106,11 @@ class RFlowTimeShift:
         self.timestep_seed: int = values["timestep_seed"]
         self.stratified: bool = values["stratified"]
         self.step: int = values["timestep_start_step"]
+        self.fixed_cycle = self.sample_method == "fixed" and dist_params.get("fixed_order") == "cycle"
+        if self.fixed_cycle and (self.timestep_rng != "per_sample" or self.stratified):
+            raise SettingError("fixed_order='cycle' visits the list by step and sample index, which needs "
+                               "timestep_rng='per_sample' without stratified (got timestep_rng="
+                               f"{self.timestep_rng!r}, stratified={self.stratified!r})")
         self._groups: Tuple[Any, Any] = (None, None)
         # Stock's draws, kept call for call where they apply, so the same RNG state gives the same timesteps.
         self._stock_draw = (self.timestep_rng == "global" and values["t_range"] is None
@@ -159,7 +166,9 @@ class RFlowTimeShift:
         if self.timestep_rng == "per_sample":
             dp_rank, dp_size = data_parallel_layout(*self._groups)
             index = global_sample_index(n, dp_rank, dp_size, device)
-            if self.stratified:
+            if self.fixed_cycle:
+                u = cycle_uniform(step, index, len(self.distribution.params["timesteps"]))
+            elif self.stratified:
                 u = stratified_uniform(self.timestep_seed, step, dp_rank, dp_size, n, device)
             else:
                 u = counter_uniform(self.timestep_seed, step, index)
@@ -218,9 +227,14 @@ class RFlowTimeShift:
             t = self.sample_timesteps(x_start, model_kwargs, step)
         self.step += 1  # counted once the step's timesteps exist, so a refused batch does not advance the stream
         if self.backend == "opensora":
-            return self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t, **kwargs)
-        return self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t,
-                                          **_standalone_training_keywords(kwargs))
+            terms = self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t, **kwargs)
+        else:
+            terms = self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t,
+                                               **_standalone_training_keywords(kwargs))
+        if not self.weighting.is_identity:  # a per-sample factor, as stock applies its own weights
+            w = self.weighting(t / self.num_timesteps)
+            terms["loss"] = terms["loss"] * w.to(terms["loss"].dtype)
+        return terms
 
     def sample(self, model: Callable[..., Tensor], text_encoder: Any, z: Tensor, prompts: Sequence[str], device: Any,
                additional_args: Optional[Dict[str, Any]] = None, mask: Optional[Tensor] = None,

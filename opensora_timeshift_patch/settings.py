@@ -16,7 +16,7 @@ import inspect
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 
 class SettingError(ValueError):
@@ -28,7 +28,8 @@ Choices = Union[Tuple[str, ...], "FunctionRegistry"]
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its type (``"int"``, ``"float"``, ``"bool"``, ``"choice"``, ``"range"``, ``"any"``) and bounds."""
+    """One setting: its type (``"int"``, ``"float"``, ``"bool"``, ``"choice"``, ``"range"``, ``"list"`` of floats,
+    ``"any"``) and bounds (for ``"list"``, of each item)."""
 
     name: str
     type: str
@@ -49,6 +50,8 @@ class Setting:
             text = "one of " + ", ".join(map(repr, self.choices or ()))
         elif self.type == "range":
             text = "a pair (t_min, t_max) of numbers with 0 <= t_min < t_max <= 1"
+        elif self.type == "list":
+            text = f"a list of 1 to {MAX_LIST} finite numbers{self._bounds()}"
         elif self.type == "any":
             text = "any value"
         else:
@@ -83,6 +86,8 @@ class Setting:
             raise self.error(value)
         if self.type == "range":
             return self._check_range(value)
+        if self.type == "list":
+            return self._check_list(value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise self.error(value)
         if self.type == "int" and not isinstance(value, numbers.Integral):
@@ -110,6 +115,19 @@ class Setting:
         if not 0 <= lo < hi <= 1:  # NaN fails here too
             raise self.error(value)
         return lo, hi
+
+
+    def _check_list(self, value: Any) -> Tuple[float, ...]:
+        if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_LIST:
+            raise self.error(value)
+        item = Setting(self.name, "float", None, "", self.low, self.high, self.low_open, self.high_open)
+        try:
+            return tuple(item.check(v) for v in value)
+        except SettingError:
+            raise self.error(value) from None
+
+
+MAX_LIST = 10_000  # a list setting longer than this is a mistake (a tensor's values pasted in)
 
 
 def _num(x: float) -> str:
@@ -238,7 +256,10 @@ POLICIES = FunctionRegistry("shift_mode", "policy")
 DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution")
 """Timestep distributions by name (filled by :mod:`.sampling`): the choices of ``sample_method``."""
 
-_REGISTRIES = (POLICIES, DISTRIBUTIONS)
+WEIGHTINGS = FunctionRegistry("loss_weighting", "weighting")
+"""Loss weightings w(t) by name (filled by :mod:`.weighting`): the choices of ``loss_weighting``."""
+
+_REGISTRIES = (POLICIES, DISTRIBUTIONS, WEIGHTINGS)
 
 
 # Shift factors a (and Flux's mu = log a) are kept within [1/100, 100]: beyond, float32 rounds most shifted
@@ -257,6 +278,11 @@ _SETTINGS = (
     Setting("sample_method", "choice", "uniform", "base distribution of training timesteps", choices=DISTRIBUTIONS),
     Setting("t_range", "range", None, "(t_min, t_max), fractions of N, confining the base draw (before the shift)",
             optional=True),
+    Setting("loss_weighting", "choice", "none",
+            "per-sample loss weight w(t) of the shifted timestep, times Open-Sora's own weights", choices=WEIGHTINGS),
+    Setting("max_loss_weight", "float", 1000.0,
+            "loss weights are clipped to this (sigma_sqrt and debiased grow without bound at an end of [0, 1])",
+            low=1, high=1e6),
     Setting("t_range_mode", "choice", "truncate",
             "'truncate' conditions the distribution on t_range, 'rescale' squeezes it into t_range",
             choices=("truncate", "rescale")),
@@ -276,6 +302,10 @@ _SETTINGS = (
     Setting("base_resolution", "float", 512 * 512, "H * W at which the spatial factor is 1 (resolution_shift='sqrt')",
             low=1, high=1e9),
     Setting("base_num_frames", "float", 1, "T_eff at which the temporal factor is 1", low=1e-3, high=1e5),
+    Setting("spatial_exponent", "float", 0.5, "the exponent e of (H W / base_resolution) ** e (resolution_shift='sqrt')",
+            low=0, high=2),
+    Setting("temporal_exponent", "float", 0.5,
+            "the exponent of (T_eff / base_num_frames) in the factor (0: no temporal factor)", low=0, high=2),
     Setting("shift_family", "choice", "rational",
             "'rational' a t / (1 + (a - 1) t) (SD3, Open-Sora) or 'exponential' (Flux, shift given as mu = log a)",
             choices=("rational", "exponential")),
@@ -289,6 +319,10 @@ _SETTINGS = (
             optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
     Setting("max_shift", "float", None, "the linear rule's value at max_seq_len (a, or mu); default 3 / 1.15",
             optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+    Setting("token_count", "choice", "frame",
+            "what the linear rule counts: 'frame' latent tokens per frame, times the temporal factor (Open-Sora "
+            "2.0, Flux); 'video' the whole clip's T_eff H W tokens, no temporal factor (SimpleTuner's video rule)",
+            choices=("frame", "video")),
     Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7),
     Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7),
     Setting("patch_size", "int", 2,
@@ -326,14 +360,19 @@ them; the standalone backend takes them only at these defaults."""
 
 # The settings of the shift itself: with use_timestep_transform=False nothing reads them.
 SHIFTING = ("shift_mode", "on_degenerate", "scale_temporal", "transform_scale", "scale_images", "uniform_over_threshold",
-            "base_resolution", "base_num_frames", "shift_family", "shift_sigma", "resolution_shift", "shift",
-            "base_shift", "max_shift", "base_seq_len", "max_seq_len", "patch_size", "spatial_compression")
+            "base_resolution", "base_num_frames", "spatial_exponent", "temporal_exponent", "shift_family",
+            "shift_sigma", "resolution_shift", "shift", "base_shift", "max_shift", "token_count", "base_seq_len",
+            "max_seq_len", "patch_size", "spatial_compression")
 
 # Settings that only mean something under another setting's value: given explicitly otherwise, they would be
-# silently ignored, so they are refused. name -> (the setting it depends on, the values under which it applies).
+# silently ignored, so they are refused. name -> (the setting it depends on, the values under which it applies;
+# () for any value but that setting's default).
 APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
-    "t_range_mode": ("t_range", ()),  # () here: any value but None
+    "t_range_mode": ("t_range", ()),
+    "max_loss_weight": ("loss_weighting", ()),
     "base_resolution": ("resolution_shift", ("sqrt",)),
+    "spatial_exponent": ("resolution_shift", ("sqrt",)),
+    "token_count": ("resolution_shift", ("linear",)),
     "shift": ("resolution_shift", ("constant",)),
     "base_shift": ("resolution_shift", ("linear",)),
     "max_shift": ("resolution_shift", ("linear",)),
@@ -370,6 +409,9 @@ NOT_ON_OPENSORA2: Dict[str, str] = {
     "micro_frame_size": "2.0's latent length comes from the latent itself",
     "temporal_compression": "2.0's latent length comes from the latent itself",
     "causal": "2.0's latent length comes from the latent itself",
+    "loss_weighting": "2.0's train.py computes its loss itself",
+    "max_loss_weight": "2.0's train.py computes its loss itself",
+    "min_snr_gamma": "2.0's train.py computes its loss itself",
 }
 """Settings with no meaning on Open-Sora 2.0, and why: given there, they are refused rather than ignored."""
 
@@ -385,7 +427,7 @@ def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
     values.update(RELEASE_DEFAULTS[release])
     values.update({name: SETTINGS[name].check(value) for name, value in given.items()})
     for name, (on, applies) in APPLIES_ONLY_WITH.items():
-        if name in given and not (values[on] in applies if applies else values[on] is not None):
+        if name in given and not (values[on] in applies if applies else values[on] != SETTINGS[on].default):
             needs = f"{on}={applies[0]!r}" if len(applies) == 1 else f"a {on}"
             raise SettingError(f"{name}={describe(given[name])} only applies with {needs} (got {on}={values[on]!r}); "
                                "remove it or set that too")
@@ -400,6 +442,11 @@ def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
     if not values["scale_temporal"] and "shift_mode" in given and values["shift_mode"] != "spatial":
         raise SettingError(f"scale_temporal=False (Open-Sora 1.3's spatial-only shift) contradicts "
                            f"shift_mode={values['shift_mode']!r}: remove one, or use shift_mode='spatial'")
+    if values["token_count"] == "video":
+        counted = sorted({"temporal_exponent", "base_num_frames"} & set(given))
+        if counted:
+            raise SettingError(f"{counted[0]}={describe(given[counted[0]])} does not apply with token_count='video', "
+                               "where the clip's length is in the token count and there is no temporal factor")
     if values["resolution_shift"] == "linear" and not values["max_seq_len"] > values["base_seq_len"]:
         raise SettingError(f"max_seq_len={_num(values['max_seq_len'])} must exceed "
                            f"base_seq_len={_num(values['base_seq_len'])}")
@@ -445,10 +492,19 @@ def _check_shift_values(values: Dict[str, Any]) -> None:
                 "lower max_shift or base_seq_len")
 
 
-def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False, release: str = "1.x"
-          ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+class Routed(NamedTuple):
+    """Keywords split by who takes them (see :func:`route`)."""
+
+    own: Dict[str, Any]
+    policy: Dict[str, Any]
+    distribution: Dict[str, Any]
+    weighting: Dict[str, Any]
+    rest: Dict[str, Any]
+
+
+def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False, release: str = "1.x") -> Routed:
     """Split keywords into the caller's own settings, the selected policy's parameters (validated), the selected
-    distribution's (validated, when ``distribution``), and the rest.
+    distribution's and loss weighting's (validated, when ``distribution``: the scheduler's), and the rest.
 
     A parameter of another policy or distribution than the selected one is refused here, naming both.
     """
@@ -459,9 +515,11 @@ def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False,
     if not SETTINGS["scale_temporal"].check(given.get("scale_temporal", True)) and "shift_mode" not in given:
         mode = "spatial"
     method = SETTINGS["sample_method"].check(given.get("sample_method", defaults["sample_method"])) if distribution else None
+    weighting = SETTINGS["loss_weighting"].check(given.get("loss_weighting", "none")) if distribution else None
     mine: Dict[str, Any] = {}
     policy: Dict[str, Any] = {}
     dist: Dict[str, Any] = {}
+    weights: Dict[str, Any] = {}
     rest: Dict[str, Any] = {}
     for key, value in given.items():
         if key in own:
@@ -470,23 +528,30 @@ def route(given: Dict[str, Any], own: Iterable[str], distribution: bool = False,
             policy[key] = value
         elif method is not None and key in DISTRIBUTIONS.params(method):
             dist[key] = value
+        elif weighting is not None and key in WEIGHTINGS.params(weighting):
+            weights[key] = value
         else:
-            for registry, selected in ((POLICIES, mode), (DISTRIBUTIONS, method)):
+            for registry, selected in ((POLICIES, mode), (DISTRIBUTIONS, method), (WEIGHTINGS, weighting)):
                 owners = registry.owners(key)
                 if owners and selected is not None:
                     raise SettingError(f"{key}={describe(value)} is a parameter of {registry.key} "
                                        f"{' / '.join(map(repr, owners))}, not of {registry.key}={selected!r}: remove "
                                        f"it or select {registry.key}={owners[0]!r}")
             rest[key] = value
-    return mine, POLICIES.check_params(mode, policy), (DISTRIBUTIONS.check_params(method, dist) if method else {}), rest
+    return Routed(mine, POLICIES.check_params(mode, policy),
+                  DISTRIBUTIONS.check_params(method, dist) if method else {},
+                  WEIGHTINGS.check_params(weighting, weights) if weighting else {}, rest)
 
 
 def unknown_setting_error(who: str, key: str, value: Any, own: Iterable[str], shift_mode: str,
-                          sample_method: Optional[str] = None, also: Iterable[str] = ()) -> TypeError:
+                          sample_method: Optional[str] = None, also: Iterable[str] = (),
+                          loss_weighting: Optional[str] = None) -> TypeError:
     """A ``TypeError`` for a keyword nobody takes: a close match if there is one, and who accepts what."""
     accepted = {f"{who}": sorted(own), f"shift_mode={shift_mode!r}": list(POLICIES.params(shift_mode))}
     if sample_method is not None:
         accepted[f"sample_method={sample_method!r}"] = list(DISTRIBUTIONS.params(sample_method))
+    if loss_weighting is not None:
+        accepted[f"loss_weighting={loss_weighting!r}"] = list(WEIGHTINGS.params(loss_weighting))
     if also:
         accepted["Open-Sora's RFLOW (backend='opensora')"] = sorted(also)
     every = [name for names in accepted.values() for name in names]

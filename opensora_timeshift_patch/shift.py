@@ -80,7 +80,7 @@ class TimestepShift:
     def __init__(self, shift_mode: Optional[str] = None, on_degenerate: Optional[str] = None, **settings: Any) -> None:
         given = dict(settings)
         given.update({k: v for k, v in (("shift_mode", shift_mode), ("on_degenerate", on_degenerate)) if v is not None})
-        own, policy_params, _, unknown = route(given, SHIFT_SETTINGS)
+        own, policy_params, _, _, unknown = route(given, SHIFT_SETTINGS)
         values = resolve(own)
         if unknown:
             key = next(iter(unknown))
@@ -115,14 +115,15 @@ class TimestepShift:
         return f"TimestepShift({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def resolution_factor(self, height: Tensor, width: Tensor, latent_hw: Optional[Tuple[int, int]] = None,
-                          tokens: Optional[int] = None) -> Any:
+                          tokens: Optional[int] = None, frames: Optional[Tensor] = None) -> Any:
         """The resolution's part of ``a``: a tensor per sample, or a float shared by the batch.
 
         The linear rule counts latent tokens: ``tokens`` when the caller has counted them, else from the latent's
-        ``latent_hw``, else from the pixel meta.
+        ``latent_hw``, else from the pixel meta; times ``frames`` (T_eff) when it counts the whole clip.
         """
         if self.resolution_shift == "sqrt":
-            return (height * width).div_(self.base_resolution).sqrt_()  # in place: our own temporaries
+            area = (height * width).div_(self.base_resolution)  # in place: our own temporaries
+            return area.sqrt_() if self.spatial_exponent == 0.5 else area.pow_(self.spatial_exponent)
         if self.resolution_shift == "constant":
             value: Any = self.shift
         else:
@@ -131,11 +132,13 @@ class TimestepShift:
             if tokens is None:
                 count: Any = height * width / (self.spatial_compression * self.patch_size) ** 2
             elif tokens < 1:
-                raise MetaError(f"the latent holds {tokens} tokens of patch_size={self.patch_size}"
-                                f"{f' ({latent_hw[0]} x {latent_hw[1]})' if latent_hw else ''}: the linear rule "
-                                "needs at least one")
+                raise MetaError(f"the latent{f' of {latent_hw[0]} x {latent_hw[1]}' if latent_hw else ''} holds no "
+                                f"token of patch_size={self.patch_size} ({tokens} counted): the linear rule needs "
+                                "at least one")
             else:
                 count = tokens
+            if frames is not None:
+                count = count * frames
             # m x + b with b = y1 - m x1: Flux's and Open-Sora 2.0's operation order, so their numbers come out bit
             # for bit.
             slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
@@ -200,14 +203,19 @@ class TimestepShift:
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
                 latent_hw: Optional[Tuple[int, int]], tokens: Optional[int] = None) -> Tensor:
-        ratio_space = self.resolution_factor(height, width, latent_hw, tokens)
         t_eff = self.temporal_size(num_frames, latent_frames)
         if self.on_degenerate == "clamp":
             t_eff = torch.where(t_eff > 0, t_eff, 1.0)
-        # x / 1 and x * 1 are exact: skipping them keeps Open-Sora's bits and saves two kernels.
-        if self.base_num_frames != 1:
-            t_eff = t_eff / self.base_num_frames
-        ratio = ratio_space * t_eff.sqrt()
+        if self.resolution_shift == "linear" and self.token_count == "video":  # T_eff is in the token count
+            ratio = self.resolution_factor(height, width, latent_hw, tokens, frames=t_eff)
+            ratio = ratio if isinstance(ratio, Tensor) else torch.full_like(t_eff, ratio)
+        else:
+            ratio_space = self.resolution_factor(height, width, latent_hw, tokens)
+            # x / 1 and x * 1 are exact: skipping them keeps Open-Sora's bits and saves two kernels.
+            if self.base_num_frames != 1:
+                t_eff = t_eff / self.base_num_frames
+            temporal = t_eff.sqrt() if self.temporal_exponent == 0.5 else t_eff.pow(self.temporal_exponent)
+            ratio = ratio_space * temporal
         if self.transform_scale != 1 and self.scale_temporal:  # stock 1.3 treats scale_temporal=False as images
             scale: Any = self.transform_scale
             if not self.scale_images:

@@ -19,7 +19,7 @@ U = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
 
 
 def test_sample_methods():
-    assert SAMPLE_METHODS == ("uniform", "logit-normal", "mode", "cosmap")
+    assert SAMPLE_METHODS == ("uniform", "logit-normal", "mode", "cosmap", "logsnr", "beta", "fixed")
 
 
 def test_inverse_cdfs_by_hand():
@@ -66,7 +66,7 @@ def test_rescaled_range_squeezes_the_whole_distribution():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not allowed: use one of 'uniform'"),
+        (dict(sample_method="gamma"), ValueError, "sample_method='gamma' is not allowed: use one of 'uniform'"),
         (dict(sample_method="logit-normal", scale=0), ValueError, r"scale=0 is not allowed: use a finite number in \[0.05, 5\]"),
         (dict(sample_method="mode", mode_scale=2.0), ValueError, r"mode_scale=2.0 is not allowed: use a finite number in \[-1, 1.751"),
         (dict(sample_method="uniform", loc=1.0), TypeError, r"'uniform' got unexpected parameter\(s\) \['loc'\]; it takes no parameters"),

@@ -169,7 +169,7 @@ def test_frame_mask_keeps_conditioning_frames_clean():
     [
         (dict(num_timesteps=0), ValueError, r"num_timesteps=0 is not allowed: use an int in \[1, 1000000\]"),
         (dict(num_sampling_steps=2.5), ValueError, "num_sampling_steps=2.5 is not allowed: use an int"),
-        (dict(sample_method="beta"), ValueError, "sample_method='beta' is not allowed: use one of 'uniform'"),
+        (dict(sample_method="gamma"), ValueError, "sample_method='gamma' is not allowed: use one of 'uniform'"),
         (dict(sample_method="logit-normal", use_discrete_timesteps=True), ValueError, "needs sample_method='uniform'"),
         (dict(sample_method="logit-normal", scale=0.0), ValueError, r"scale=0.0 is not allowed: use a finite number in"),
         (dict(transform_scale=-2), ValueError, r"transform_scale=-2 is not allowed: use a finite number in \[0.01, 100\]"),

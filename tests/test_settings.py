@@ -186,7 +186,9 @@ PROPERTY_SETTINGS = [n for n in SETTINGS if n not in ("backend", "num_sampling_s
                                                       "timestep_start_step", "on_degenerate")]
 EXTRA = {"loc": st.floats(-6, 6), "scale": st.floats(0.01, 6), "mode_scale": st.floats(-1.5, 2.5),
          "micro_frame_size": st.one_of(st.none(), st.integers(1, 40)), "temporal_compression": st.integers(1, 8),
-         "causal": st.booleans()}
+         "causal": st.booleans(), "beta_alpha": st.floats(0.05, 120), "beta_beta": st.floats(0.05, 120),
+         "min_snr_gamma": st.floats(0.001, 2000), "fixed_order": st.sampled_from(["random", "cycle"]),
+         "timesteps": st.lists(st.floats(-0.1, 1.1), min_size=0, max_size=6)}
 
 
 @st.composite
@@ -227,7 +229,7 @@ def test_accepted_settings_give_finite_timesteps_in_range_and_refused_ones_name_
         # under "error" the guard's degenerate T_eff, or a factor the meta drives outside [0.01, 100].
         msg = str(err)
         guard = settings["on_degenerate"] == "error" and ("T_eff = " in msg or "outside [0.01, 100]" in msg)
-        assert guard or "hold no token of patch_size" in msg, (settings, msg)
+        assert guard or "holds no token of patch_size" in msg, (settings, msg)
         return
     assert bool(t.isfinite().all()) and bool(((t >= 0) & (t <= n)).all()), (settings, t)
     assert bool(loss.isfinite().all()), (settings, loss)
