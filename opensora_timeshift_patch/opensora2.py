@@ -33,8 +33,8 @@ from torch import Tensor
 
 from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
                        stratified_uniform)
-from .settings import (DISTRIBUTIONS, NOT_ON_OPENSORA2, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS, SettingError,
-                       describe, resolve, route, unknown_setting_error)
+from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, NOT_ON_OPENSORA2, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS,
+                       Setting, SettingError, describe, resolve, route, unknown_setting_error)
 from .shift import SHIFT_SETTINGS, MetaError, TimestepShift
 
 SCHEDULER_TYPE = "rflow-timeshift"
@@ -62,7 +62,8 @@ class Opensora2Timesteps:
         values = resolve(own, release="2.0")
         if rest:
             key = next(iter(rest))
-            raise unknown_setting_error(f"{SCHEDULER_TYPE} (Open-Sora 2.0)", key, rest[key], SETTINGS,
+            takes = [name for name in SETTINGS if name not in NOT_ON_OPENSORA2]
+            raise unknown_setting_error(f"{SCHEDULER_TYPE} (Open-Sora 2.0)", key, rest[key], takes,
                                         values["shift_mode"], values["sample_method"])
         self.given: Dict[str, Any] = dict(settings)
         self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params}
@@ -94,20 +95,41 @@ class Opensora2Timesteps:
 
         ``latent_frames`` and ``tokens`` are the latent's length and token count; ``pixel_thw`` the clip's frames,
         height and width, needed by the 'sqrt' rule and the pixel-frame policies only. Computed on the host in
-        float64, as stock does, and checked by the guard at no device cost.
+        float64 with stock's operations, and guarded there, in Python, at no device cost: ``on_degenerate``
+        says what a T_eff <= 0 or an alpha outside [0.01, 100] gets, as on 1.x.
         """
+        latent_frames = _LATENT_COUNT.check(latent_frames)
+        tokens = _TOKENS.check(tokens)
         if pixel_thw is None:
             if self.needs_pixels:
                 raise MetaError(f"{self.shift!r} needs the clip's pixel size and frame count, which the caller does "
                                 "not have: use resolution_shift='linear' and shift_mode='latent' (2.0's rule)")
-            pixel_thw = (latent_frames, 1, 1)  # read by nothing but the guard's checks (and T == 1 for images)
-        meta = {"num_frames": pixel_thw[0], "height": pixel_thw[1], "width": pixel_thw[2]}
-        ratio = self.shift.shift_factor(meta, latent_frames=latent_frames, dtype=torch.float64,
-                                        device=torch.device("cpu"), tokens=tokens)
-        return float(ratio.item())  # a CPU tensor: no device sync
+            clip = ""
+            pixel_thw = (latent_frames, 1, 1)  # read by nothing (and T == 1 for images, as the latent's)
+        else:
+            pixel_thw = tuple(Setting(name, "int", None, "", low=1, high=1_000_000).check(v)  # type: ignore
+                              for name, v in zip(("clip frames", "clip height", "clip width"), pixel_thw))
+            clip = f", clip of {pixel_thw[0]} frames at {pixel_thw[1]}x{pixel_thw[2]}"
+        n, h, w = (torch.tensor(float(v), dtype=torch.float64) for v in pixel_thw)
+        where = f"a latent of {latent_frames} frames and {tokens} tokens{clip}"
+        t_eff = float(self.shift.temporal_size(n.reshape(1), latent_frames).item())
+        if t_eff <= 0 and self.shift.on_degenerate == "error":
+            raise MetaError(f"shift_mode={self.shift.shift_mode!r} gives T_eff = {t_eff:g} for {where}: every "
+                            "timestep would collapse to t = 0. Use shift_mode='latent' (2.0's rule), or "
+                            "on_degenerate='clamp' to shift such clips as T_eff = 1")
+        alpha = float(self.shift._factor(h, w, n, latent_frames, None, tokens).item())
+        if self.shift.on_degenerate == "clamp":
+            return min(max(alpha, 1 / MAX_SHIFT_FACTOR), MAX_SHIFT_FACTOR)
+        if self.shift.on_degenerate == "error" and not 1 / MAX_SHIFT_FACTOR <= alpha <= MAX_SHIFT_FACTOR:
+            raise MetaError(f"the shift factor alpha = {alpha:.6g} for {where} is outside [0.01, 100]: its timesteps "
+                            f"would pile up at t = {1 if alpha > 1 else 0}. on_degenerate='clamp' clamps alpha into "
+                            "that range; on_degenerate='ignore' keeps it, as stock 2.0 does")
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise MetaError(f"the shift factor alpha = {alpha!r} for {where} is not a finite number >= 0")
+        return alpha
 
     def base_timesteps(self, t_stock: Tensor, step: Optional[int]) -> Tensor:
-        """Unshifted training timesteps in [0, 1], one per sample, in ``t_stock``'s dtype and device."""
+        """Unshifted training timesteps in [0, 1], one per sample, on ``t_stock``'s device (float32 or wider)."""
         if self.stock_draw:
             return t_stock
         n, device = t_stock.shape[0], t_stock.device
@@ -115,6 +137,7 @@ class Opensora2Timesteps:
             if step is None:
                 raise Opensora2LayoutError("timestep_rng='per_sample' keys its stream on train.py's step, which was "
                                            "not found")
+            step = SETTINGS["timestep_start_step"].check(step)
             dp_rank, dp_size = data_parallel_layout()
             if self.stratified:
                 u = stratified_uniform(self.timestep_seed, step, dp_rank, dp_size, n, device)
@@ -122,29 +145,51 @@ class Opensora2Timesteps:
                 u = counter_uniform(self.timestep_seed, step, global_sample_index(n, dp_rank, dp_size, device))
         else:
             u = torch.rand(n, device=device, dtype=torch.float64)
-        return self.distribution(u).to(t_stock.dtype)
+        return self.distribution(u).to(torch.promote_types(t_stock.dtype, torch.float32))
 
     def training_timesteps(self, t_stock: Tensor, latent_thw: Tuple[int, int, int],
                            pixel_thw: Optional[Tuple[int, int, int]] = None, step: Optional[int] = None) -> Tensor:
-        """What train.py's ``time_shift(alpha, t)`` returns: timesteps in [0, 1] for one bucket's batch."""
+        """What train.py's ``time_shift(alpha, t)`` returns for one bucket's batch: ``t_stock`` is stock's draw
+        (one floating t per sample, used as it is when the settings ask for stock's distribution)."""
+        if not (isinstance(t_stock, Tensor) and t_stock.dim() == 1 and t_stock.is_floating_point()):
+            raise SettingError(f"t={describe(t_stock)} is not allowed: one floating timestep per sample, shape (B,)")
+        if not (isinstance(latent_thw, (tuple, list)) and len(latent_thw) == 3):
+            raise SettingError(f"latent_thw={describe(latent_thw)} is not allowed: the latent's (T, H, W)")
         t = self.base_timesteps(t_stock, step)
         if not self.use_timestep_transform:
             return t
         # Stock counts (H W) // 4 whatever the model's patch size; patch_size, when set, counts as inference does.
-        tokens = _tokens(latent_thw[1:], 2 if self.patch_size is None else self.patch_size)
-        alpha = self.factor(latent_thw[0], tokens, pixel_thw)
-        return self.shift.curve(t, alpha)  # alpha a Python float, as stock's: the same float32 ops, the same bits
+        h, w = (Setting(name, "int", None, "", low=1, high=1_000_000).check(v)
+                for name, v in zip(("latent height", "latent width"), latent_thw[1:]))
+        patch = 2 if self.patch_size is None else self.patch_size
+        tokens = _tokens((h, w), patch)
+        if tokens < 1:
+            raise MetaError(f"a latent of {h}x{w} holds no token of patch size {patch}: nothing to shift (2.0's model "
+                            "cannot pack it either)")
+        return _shifted(self.shift, t, self.factor(latent_thw[0], tokens, pixel_thw))
 
     def schedule(self, num_steps: int, tokens: int, latent_frames: int,
                  pixel_thw: Optional[Tuple[int, int, int]] = None) -> List[float]:
         """What ``get_schedule`` returns: ``num_steps + 1`` times from 1 down to 0, shifted."""
-        timesteps = torch.linspace(1, 0, num_steps + 1)
+        timesteps = torch.linspace(1, 0, _STEPS.check(num_steps) + 1)
         if self.use_timestep_transform:
-            alpha = self.factor(latent_frames, tokens, pixel_thw)
-            # Not clamped: stock's t = 1 can round to 1 + 2^-23 in float32, and its schedule is kept bit for bit.
-            # The guard keeps alpha in [0.01, 100], where nothing strays further.
-            timesteps = self.shift.curve(timesteps, alpha)
+            timesteps = _shifted(self.shift, timesteps, self.factor(latent_frames, tokens, pixel_thw))
         return timesteps.tolist()
+
+
+def _shifted(shift: TimestepShift, t: Tensor, alpha: float) -> Tensor:
+    """Stock's shift: alpha a Python float, as stock's, so the same float32 operations give the same bits.
+
+    For alpha >= 1/2 float32 rounding keeps the result within one ulp of [0, 1] (stock's t = 1 can give 1 + 2^-23,
+    kept for parity); below, where stock 2.0 never goes, it can stray further and is clamped.
+    """
+    shifted = shift.curve(t, alpha)
+    return shifted.clamp(0, 1) if alpha < 0.5 else shifted
+
+
+_LATENT_COUNT = Setting("latent_frames", "int", None, "", low=1, high=1_000_000)
+_TOKENS = Setting("tokens", "int", None, "", low=1, high=10**9)
+_STEPS = Setting("num_steps", "int", None, "", low=0, high=100_000)
 
 
 def _tokens(latent_hw: Sequence[int], patch_size: int) -> int:
@@ -233,11 +278,15 @@ class InferenceSchedule:
 
     def __call__(self, num_steps: int, image_seq_len: int, num_frames: int, shift_alpha: Optional[float] = None,
                  base_shift: float = 1, max_shift: float = 3, shift: bool = True) -> List[float]:
+        if shift_alpha is not None and shift and not (isinstance(shift_alpha, (int, float)) and
+                                                      not isinstance(shift_alpha, bool) and
+                                                      math.isfinite(shift_alpha) and shift_alpha > 0):
+            raise SettingError(f"sampling_option.flow_shift={describe(shift_alpha)} is not allowed: an explicit shift "
+                               "factor alpha is a finite number > 0")
         if not shift or shift_alpha is not None or (base_shift, max_shift) != (1, 3):
             return self.stock(num_steps, image_seq_len, num_frames, shift_alpha, base_shift, max_shift, shift)
         for name, value in (("num_steps", num_steps), ("image_seq_len", image_seq_len), ("num_frames", num_frames)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SettingError(f"get_schedule {name}={describe(value)} is not allowed: use an int >= 1")
+            Setting(f"get_schedule {name}", "int", None, "", low=0 if name == "num_steps" else 1).check(value)
         tokens, pixels = image_seq_len, None
         ts = self.timesteps
         if ts.patch_size is not None or ts.needs_pixels:
@@ -255,7 +304,7 @@ class InferenceSchedule:
             pixels = (getattr(opt, "num_frames", None), getattr(opt, "height", None), getattr(opt, "width", None))
         _say_once(self, f"rflow-timeshift: Open-Sora 2.0's inference schedule now comes from {ts!r} "
                         "(opensora.utils.sampling.get_schedule replaced)")
-        return ts.schedule(num_steps, tokens, num_frames, pixels)
+        return ts.schedule(int(num_steps), int(tokens), int(num_frames), pixels)
 
 
 # --- binding and unbinding --------------------------------------------------------------------------------
@@ -269,8 +318,11 @@ def _get(namespace: Any, name: str) -> Any:
 
 
 def _bind(namespace: Any, name: str, value: Any) -> None:
+    current = _get(namespace, name)
     if not any(ns is namespace and n == name for ns, n, _ in _ORIGINALS):
-        _ORIGINALS.append((namespace, name, _get(namespace, name)))
+        # What a hook replaced travels with it too, so a reloaded copy of this module can still restore it.
+        _ORIGINALS.append((namespace, name, getattr(current, "original", current) if _ours(current) else current))
+    value.original = _original(namespace, name)
     setattr(value, _MARK, True)
     if isinstance(namespace, dict):
         namespace[name] = value
@@ -291,9 +343,23 @@ def _restore(keep: Sequence[str] = ()) -> None:
         _ORIGINALS.remove(entry)
 
 
+def _ours(obj: Any) -> bool:
+    return bool(getattr(obj, _MARK, False))
+
+
 def unpatch() -> None:
-    """Restore every name bound in Open-Sora 2.0's modules and script; a no-op when none is."""
+    """Restore every name bound in Open-Sora 2.0's modules and script; a no-op when none is.
+
+    Also undoes hooks that an earlier import of this package bound (a reload, a re-import), from what they carry.
+    """
     _restore()
+    for module_name, name in (("opensora.utils.config", "merge_args"), ("opensora.utils.sampling", "get_schedule")):
+        module = sys.modules.get(module_name)
+        while module is not None and _ours(getattr(module, name, None)):
+            setattr(module, name, getattr(module, name).original)
+    script = getattr(sys.modules.get("__main__"), "__dict__", {})
+    while _ours(script.get("time_shift")):
+        script["time_shift"] = script["time_shift"].original
 
 
 def is_hooked() -> bool:
@@ -330,7 +396,7 @@ def install(cfg: Mapping[str, Any], script_globals: Optional[Dict[str, Any]] = N
     stock_schedule = _original(sampling, "get_schedule")
     if script_globals is not None and "time_shift" in script_globals:
         bound = script_globals["time_shift"]
-        if bound is not sampling.time_shift and not getattr(bound, _MARK, False):
+        if bound is not sampling.time_shift and not _ours(bound):
             raise Opensora2LayoutError(
                 f"the training script's time_shift is {describe(bound)}, not opensora.utils.sampling.time_shift: "
                 "rflow-timeshift replaces only 2.0's own. Restore its import or remove the scheduler key")
@@ -360,7 +426,9 @@ def hook_config_parsing() -> bool:
         except ImportError:  # no opensora, or one whose package __init__ fails: not ours to hook
             return False
     config = _module("opensora.utils.config", ("parse_configs", "merge_args"))
-    if getattr(config.merge_args, _MARK, False):
+    if _ours(config.merge_args):
+        if not any(ns is config for ns, _, _ in _ORIGINALS):  # bound by an earlier import: adopt its original
+            _ORIGINALS.append((config, "merge_args", config.merge_args.original))
         return True
     merge_args, parse_configs = config.merge_args, config.parse_configs
 

@@ -290,11 +290,13 @@ def data_parallel_layout(data_parallel_group: Any = None, sequence_parallel_grou
         sequence_parallel_group = sp if sequence_parallel_group is None else sequence_parallel_group
     group = dist.group.WORLD if data_parallel_group is None else data_parallel_group
     sp_size = 1 if sequence_parallel_group is None else dist.get_world_size(sequence_parallel_group)
-    if sp_size > 1 and dist.get_world_size(group) * sp_size != dist.get_world_size():
+    # Tensor- and pipeline-parallel ranks may multiply the world further; they share their samples, so only the
+    # product has to divide it.
+    if sp_size > 1 and dist.get_world_size() % (dist.get_world_size(group) * sp_size) != 0:
         raise ValueError(
-            f"a sequence-parallel group of {sp_size} ranks needs a data-parallel group of "
-            f"{dist.get_world_size() // sp_size} ranks, got {dist.get_world_size(group)}: pass data_parallel_group "
-            "to set_process_groups(), or set it in Open-Sora's parallel_states"
+            f"a sequence-parallel group of {sp_size} ranks and a data-parallel group of {dist.get_world_size(group)} "
+            f"do not divide the world of {dist.get_world_size()} ranks: pass data_parallel_group to "
+            "set_process_groups(), or set it in Open-Sora's parallel_states"
         )
     return dist.get_rank(group), dist.get_world_size(group)
 

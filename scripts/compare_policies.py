@@ -2,6 +2,7 @@
 
     python scripts/compare_policies.py --out results/            # about 10 minutes on 2 CPU cores
     python scripts/compare_policies.py --out results/ --quick    # under 2 minutes: a smoke test, not evidence
+    python scripts/compare_policies.py --out results/weightings --weightings none sigma_sqrt cosmap min_snr debiased
 
 Policies: ``legacy`` with ``on_degenerate="ignore"`` (stock Open-Sora 1.2), ``spatial``, ``frames16``, ``v13``,
 ``latent`` and ``continuous`` (configs/tiny/<policy>.py). Datasets: ``mixed`` (8, 16, 17, 32 and 51 frames) and
@@ -13,6 +14,9 @@ real and real vs pure noise are reported too) and whether sampling produced non-
 Writes ``results.json`` (every run, and per policy and dataset the mean and standard deviation over seeds; strict
 JSON, with ``null`` where a number is not finite, e.g. the FD of a run whose samples blew up), ``results.md`` (the
 table) and ``results.png`` (the figure) into ``--out``.
+
+``--weightings`` compares loss weightings instead (``loss_weighting``, on the ``latent`` policy and the ``mixed``
+data; the held-out loss stays the unweighted one, so the runs are comparable).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mmengine.config import Config
 
 from train_tiny import EVAL_SEED_OFFSET, train
 
+from opensora_timeshift_patch.settings import WEIGHTINGS
 from opensora_timeshift_patch.standin import BouncingBlobs, RandomFeatures, features_by_length, frechet_distance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +121,10 @@ def figure(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, fl
     width = 0.38
     for ax, metric, title in ((axes[0], "heldout_loss", "held-out loss (uniform t)"),
                               (axes[1], "fd", "FD of sampled clips (random features)")):
-        for j, dataset in enumerate(DATASETS):
+        labels = list(dict.fromkeys(key.split("/")[1] for key in summary))
+        for j, dataset in enumerate(dict.fromkeys(key.split("/")[0] for key in summary)):
             xs, heights, errs, bad = [], [], [], []
-            for i, policy in enumerate(POLICIES):
+            for i, policy in enumerate(labels):
                 s = summary.get(f"{dataset}/{policy}")
                 if s is None:
                     continue
@@ -138,11 +144,11 @@ def figure(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, fl
                 if ref["real_vs_noise"] is None:  # non-finite, written as null: no line to draw
                     continue
                 ax.axhline(ref["real_vs_noise"], ls=":", lw=1, color="grey")
-                ax.text(len(POLICIES) - 0.5, ref["real_vs_noise"], f"pure noise ({dataset})", ha="right",
+                ax.text(len(labels) - 0.5, ref["real_vs_noise"], f"pure noise ({dataset})", ha="right",
                         va="bottom", fontsize=8, color="grey")
-        ax.set_xlim(-0.7, len(POLICIES) - 0.3)
-        ax.set_xticks(range(len(POLICIES)))
-        ax.set_xticklabels(POLICIES)
+        ax.set_xlim(-0.7, len(labels) - 0.3)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize=8 if len(labels) > 6 else None)
         ax.set_title(title)
         ax.legend(title="dataset")
     fig.tight_layout()
@@ -163,6 +169,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per policy and dataset (default 2)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (under 2 minutes), for CI")
     parser.add_argument("--policies", nargs="+", choices=POLICIES, default=POLICIES)
+    parser.add_argument("--weightings", nargs="+", choices=list(WEIGHTINGS), default=None,
+                        help="compare these loss weightings (latent policy, mixed data) instead of the policies")
     parser.add_argument("--redraw", action="store_true", help="only rewrite the table and figure from results.json")
     args = parser.parse_args()
     out = Path(args.out)
@@ -172,34 +180,41 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
+    # (label, policy config, overrides): the policies, or one policy under each loss weighting.
+    if args.weightings:
+        variants = [(f"latent+{w}", "latent", {"scheduler.loss_weighting": w}) for w in args.weightings]
+        datasets = {"mixed": DATASETS["mixed"]}
+    else:
+        variants = [(policy, policy, {}) for policy in args.policies]
+        datasets = DATASETS
     runs, started = [], time.time()
-    total = len(DATASETS) * len(args.policies) * args.seeds
-    for dataset, frames in DATASETS.items():
-        for policy in args.policies:
+    total = len(datasets) * len(variants) * args.seeds
+    for dataset, frames in datasets.items():
+        for label, policy, overrides in variants:
             for seed in range(args.seeds):
                 cfg = Config.fromfile(str(ROOT / "configs" / "tiny" / f"{policy}.py"))
-                cfg.merge_from_dict({"seed": seed, "dataset.frames": frames, "dataset.seed": seed,
+                cfg.merge_from_dict({"seed": seed, "dataset.frames": frames, "dataset.seed": seed, **overrides,
                                      **(QUICK if args.quick else {})})
-                work_dir = out / "runs" / f"{dataset}_{policy}_seed{seed}"
+                work_dir = out / "runs" / f"{dataset}_{label}_seed{seed}"
                 result = train(cfg, str(work_dir), progress=False)
-                runs.append(dict(dataset=dataset, policy=policy, seed=seed, **result))
-                print(f"[{len(runs)}/{total}, {time.time() - started:.0f}s] {dataset:<5} {policy:<10} seed {seed}: "
+                runs.append(dict(dataset=dataset, policy=label, seed=seed, **result))
+                print(f"[{len(runs)}/{total}, {time.time() - started:.0f}s] {dataset:<5} {label:<10} seed {seed}: "
                       f"held-out loss {result['heldout_loss']:.4f}, FD {result['fd']:.4f}, "
                       f"t = 0 for {result['t_zero_fraction']:.0%}, non-finite samples: {result['nonfinite']}",
                       flush=True)
 
     summary = {}
-    for dataset in DATASETS:
-        for policy in args.policies:
-            mine = [r for r in runs if r["dataset"] == dataset and r["policy"] == policy]
-            summary[f"{dataset}/{policy}"] = {
+    for dataset in datasets:
+        for label, _, _ in variants:
+            mine = [r for r in runs if r["dataset"] == dataset and r["policy"] == label]
+            summary[f"{dataset}/{label}"] = {
                 "heldout_loss": summarise([r["heldout_loss"] for r in mine]),
                 "fd": summarise([r["fd"] for r in mine]),
                 "t_zero_fraction": summarise([r["t_zero_fraction"] for r in mine]),
                 "nonfinite_runs": [r["nonfinite"] for r in mine],
             }
     clips = (QUICK if args.quick else {}).get("evaluation.clips", Config.fromfile(str(ROOT / "configs" / "tiny" / "base.py")).evaluation.clips)
-    reference = {dataset: reference_fd(frames, max(1, clips // len(frames))) for dataset, frames in DATASETS.items()}
+    reference = {dataset: reference_fd(frames, max(1, clips // len(frames))) for dataset, frames in datasets.items()}
     (out / "results.json").write_text(results_json(
         dict(quick=args.quick, seeds=args.seeds, seconds=time.time() - started, reference_fd=reference,
              summary=summary, runs=runs)))

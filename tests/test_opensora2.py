@@ -121,7 +121,7 @@ def test_pixel_rules_need_the_clip_size():
 
 
 def test_degenerate_clip_is_refused_or_clamped_on_the_host():
-    with pytest.raises(ots.MetaError, match="T_eff = 0 for num_frames=16"):
+    with pytest.raises(ots.MetaError, match="T_eff = 0 for a latent of 4 frames and 256 tokens, clip of 16 frames"):
         Opensora2Timesteps(shift_mode="legacy").factor(4, 256, pixel_thw=(16, 256, 256))
     with pytest.warns(UserWarning, match="T_eff <= 0 for num_frames in 2-16"):
         clamped = Opensora2Timesteps(shift_mode="legacy", on_degenerate="clamp")
@@ -204,8 +204,8 @@ def test_inference_keeps_flow_shift_and_shift_false(fake2):
     ots.opensora2.install(dict(scheduler=dict(type="rflow-timeshift", shift_mode="spatial")))
     assert sampling.get_schedule(4, 256, 9, shift_alpha=3.0) == stock(4, 256, 9, shift_alpha=3.0)
     assert sampling.get_schedule(4, 256, 9, shift=False) == [1.0, 0.75, 0.5, 0.25, 0.0]
-    with pytest.raises(ots.SettingError, match="get_schedule num_steps=0 is not allowed"):
-        sampling.get_schedule(0, 256, 9)
+    with pytest.raises(ots.SettingError, match="get_schedule num_steps=-1 is not allowed"):
+        sampling.get_schedule(-1, 256, 9)
 
 
 @pytest.mark.parametrize("scheduler, message", [
@@ -360,3 +360,64 @@ def test_two_ranks_stock_shares_t_per_sample_does_not_and_resumes(root):
     ragged, _ = run_script(root, "dist_uneven", lines, ranks=2, buckets=uneven)
     for a, b in zip(ragged[0], ragged[1]):
         assert set(a["t"]).isdisjoint(b["t"]) and len(set(a["t"])) == len(a["t"])
+
+
+# --- the edges: what stock does past the guard's range, dtypes, direct calls, reloads ---------------------------
+
+def test_past_the_guard_range_error_names_the_bucket_and_ignore_is_stock():
+    # 4K, 129 frames: 33 latent frames of 135 x 240 (32400 tokens at inference): alpha = lin(32400) sqrt(33) ~ 102.
+    with pytest.raises(ots.MetaError, match=r"alpha = 101.9\d* for a latent of 33 frames and 32400 tokens is outside "
+                                            r"\[0.01, 100\].*on_degenerate='ignore' keeps it, as stock 2.0 does"):
+        Opensora2Timesteps().schedule(4, 32400, 33)
+    stock = rational(lin(32400) * math.sqrt(33), torch.linspace(1, 0, 5)).tolist()
+    assert Opensora2Timesteps(on_degenerate="ignore").schedule(4, 32400, 33) == stock
+    assert Opensora2Timesteps(on_degenerate="clamp").factor(33, 32400) == 100.0
+
+
+def test_small_factors_and_half_precision_stay_in_the_unit_interval():
+    assert Opensora2Timesteps(resolution_shift="constant", shift=0.011).schedule(10, 256, 1)[0] == 1.0
+    ts = Opensora2Timesteps(sample_method="uniform", resolution_shift="constant", shift=0.02)
+    t = ts.training_timesteps(torch.zeros(10_000, dtype=torch.bfloat16), (1, 32, 32))
+    assert t.dtype == torch.float32 and float(t.max()) <= 1.0  # drawn and shifted in float32; train.py casts after
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda ts: ts.training_timesteps(torch.tensor([1, 0]), (1, 32, 32)), ots.SettingError, "one floating timestep"),
+    (lambda ts: ts.training_timesteps(torch.tensor(0.5), (1, 32, 32)), ots.SettingError, "one floating timestep"),
+    (lambda ts: ts.training_timesteps([0.5], (1, 32, 32)), ots.SettingError, "one floating timestep"),
+    (lambda ts: ts.training_timesteps(torch.rand(2), (1, 1, 1)), ots.MetaError, "holds no token of patch size 2"),
+    (lambda ts: ts.training_timesteps(torch.rand(2), (1, 32, 32), (0, 256, 256)), ots.SettingError,
+     "clip frames=0 is not allowed"),
+    (lambda ts: ts.factor(9, "256"), ots.SettingError, "tokens='256' is not allowed"),
+    (lambda ts: ts.schedule(-1, 256, 1), ots.SettingError, "num_steps=-1 is not allowed"),
+])
+def test_direct_calls_are_validated(call, error, message):
+    with pytest.raises(error, match=message):
+        call(Opensora2Timesteps(on_degenerate="ignore"))
+
+
+def test_unknown_setting_lists_only_what_2_0_takes():
+    with pytest.raises(TypeError) as err:
+        Opensora2Timesteps(foo=1)
+    takes = str(err.value).split("(Open-Sora 2.0) takes ")[1].split(";")[0]
+    assert "num_timesteps" not in takes and "backend" not in takes and "shift_mode" in takes
+
+
+def test_flow_shift_must_be_a_positive_number(fake2):
+    _, sampling = fake2
+    ots.opensora2.install(dict(scheduler=dict(type="rflow-timeshift")))
+    for bad in (float("nan"), 0.0, -1.0, True):
+        with pytest.raises(ots.SettingError, match="sampling_option.flow_shift=.* is not allowed"):
+            sampling.get_schedule(4, 256, 1, shift_alpha=bad)
+    assert sampling.get_schedule(0, 256, 1) == [1.0]  # as stock: no step, the start only
+
+
+def test_unpatch_after_a_reload_still_restores(fake2):
+    config, sampling = fake2
+    stock_schedule, stock_merge = sampling.get_schedule, config.merge_args
+    ots.opensora2.hook_config_parsing()
+    config.merge_args({"scheduler": {"type": "rflow-timeshift"}}, [])
+    assert sampling.get_schedule is not stock_schedule
+    ots.opensora2._ORIGINALS.clear()  # what a reloaded or re-imported copy of the module starts with
+    ots.opensora2.unpatch()
+    assert sampling.get_schedule is stock_schedule and config.merge_args is stock_merge
