@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -97,3 +98,28 @@ class LossWeighting:
         """Weights for timesteps ``t`` in [0, 1], in float64 (float32 on devices without it is the caller's cast)."""
         w = self._fn(t.to(torch.float64).clamp(0, 1), **self.params)
         return w.nan_to_num(nan=0.0, posinf=self.max_loss_weight).clamp(0, self.max_loss_weight)
+
+
+def effective_emphasis(t: Any, weighting: LossWeighting, edges: Any) -> np.ndarray:
+    """Where the gradient budget goes: the density of the shifted training timestep times its loss weight,
+    normalised to integrate to 1, on the bins ``edges`` of [0, 1].
+
+    A sample at t contributes its loss times ``w(t)``, so the share of the training signal spent near t is
+    ``p(t) w(t) / integral(p w)``, with p the density of the shifted timestep. ``t`` are shifted timesteps in
+    [0, 1] standing for p, each with equal probability: draws, or (no noise) the shifted inverse CDF at the
+    midpoints ``(i + 1/2) / n`` of n equal cells of (0, 1). The result is their histogram weighted by ``w(t)``
+    (clipped as training clips it), divided by its total and by the bin widths: with ``weighting`` 'none' it is the
+    sampling density itself. Pure: nothing is drawn here.
+
+    Raises ``ValueError`` if ``t`` is empty, holds a value outside [0, 1] or NaN, or if every weight is 0 (then
+    nothing trains, and there is no budget to share out).
+    """
+    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+    if t.numel() == 0 or not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError(f"t={describe(t)} must be a non-empty set of timesteps in [0, 1]")
+    edges = np.asarray(edges, dtype=np.float64)
+    mass, _ = np.histogram(t.numpy(), bins=edges, weights=weighting(t).numpy())
+    total = mass.sum()
+    if not total > 0:
+        raise ValueError(f"{weighting!r} gives weight 0 to every timestep here: nothing would train")
+    return mass / (total * np.diff(edges))
