@@ -39,6 +39,19 @@ from opensora_timeshift_patch.testing import StubModel, batch_meta as meta, late
 RESOLUTIONS = [(144, 256), (256, 256), (480, 854), (512, 512), (720, 1280)]
 
 
+def checker(args: argparse.Namespace):
+    """The list of failed checks, and ``check(name, ok)`` that records one (and prints it unless ``--json``)."""
+    failures = []
+
+    def check(name, ok):
+        if not ok:
+            failures.append(name)
+        if not args.json:
+            print(f"{'ok  ' if ok else 'FAIL'} {name}")
+
+    return failures, check
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print only the golden numbers as JSON")
@@ -51,13 +64,7 @@ def main() -> int:
 
     v13 = hasattr(sys.modules.get("opensora.schedulers.rf.time_sampler"), "timestep_transform")
     version, mode = ("1.3", "v13") if v13 else ("1.2", "latent")
-    failures = []
-
-    def check(name, ok):
-        if not ok:
-            failures.append(name)
-        if not args.json:
-            print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    failures, check = checker(args)
 
     # 1. The transform, where stock is right: 17k-frame clips and images for 1.2, n >= 5 and images for 1.3.
     frames = [1, 5, 9, 16, 17, 33, 51, 113, 204] if v13 else [1, 17, 34, 51, 68, 102, 204]
@@ -223,14 +230,7 @@ def check_opensora2(args: argparse.Namespace) -> int:
     from opensora.utils import config as os_config
     from opensora.utils import sampling
 
-    failures = []
-
-    def check(name, ok):
-        if not ok:
-            failures.append(name)
-        if not args.json:
-            print(f"{'ok  ' if ok else 'FAIL'} {name}")
-
+    failures, check = checker(args)
     check("importing the package wrapped 2.0's merge_args", getattr(os_config.merge_args, "__opensora_timeshift__",
                                                                     False))
     stock_merge_args = ots.opensora2._original(os_config, "merge_args")
