@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .buckets import (BUCKET_RESOLUTIONS, MAX_FRAMES, OPENSORA2_NAME, OPENSORA2_NAME_HELP, RESOLUTION_NAMES,
@@ -35,9 +36,11 @@ from .buckets import (BUCKET_RESOLUTIONS, MAX_FRAMES, OPENSORA2_NAME, OPENSORA2_
                       opensora2_base_size, opensora2_fps_max, opensora2_geometry, opensora2_sizes, sampling_interval)
 from .opensora2 import SCHEDULER_TYPE, Opensora2Timesteps
 from .policies import SHIFT_MODES, temporal_size
-from .sampling import SAMPLE_METHODS, TimestepDistribution
-from .settings import DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, SETTINGS, Setting, SettingError
-from .shift import TimestepShift
+from .sampling import SAMPLE_METHODS
+from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, POLICIES, SETTINGS, WEIGHTINGS, FunctionRegistry,
+                       Setting, SettingError)
+from .shift import META_KEYS, SHIFT_SETTINGS, TimestepShift
+from .weighting import LossWeighting, effective_emphasis
 
 DEFAULT_FRAMES = [1, 8, 16, 17, 32, 51, 102]
 DEFAULT_RESOLUTIONS = ["256x256", "512x512", "720x1280"]
@@ -158,33 +161,111 @@ def parse_resolution(text: str) -> Any:
     return h, w
 
 
-def setting_option(p: argparse.ArgumentParser, setting: Setting, **kwargs: Any) -> None:
-    """An option for a declared setting: its type, allowed values, default and doc come from the one declaration."""
+def setting_option(p: argparse.ArgumentParser, setting: Setting, *also: Setting, **kwargs: Any) -> None:
+    """An option for a declared setting: its type, allowed values, default and doc come from the one declaration.
+
+    ``also``: the same name declared by other owners (``loc`` of logit-normal and of logsnr) for one shared option,
+    which takes what any of the declarations allows; the owner selected then decides, when the setting is built.
+    A ``list`` setting takes one or more values (``nargs="+"``), each checked as an item of the list.
+    """
+    declared = (setting, *also)
     if setting.type == "choice":
-        kwargs.setdefault("choices", list(setting.choices or ()))
-    elif setting.type in ("int", "float"):
-        def parse(text: str) -> Any:
-            try:
-                if not text.isascii() or "_" in text:  # int() and float() also read '\u0663' and '1_0'
-                    raise ValueError(text)
-                return setting.check(int(text) if setting.type == "int" else float(text))
-            except (ValueError, SettingError) as err:
-                raise argparse.ArgumentTypeError(str(err) if isinstance(err, SettingError) else
-                                                 f"{setting.name}={text!r} is not allowed: use {setting.allowed()}, "
-                                                 "in ASCII digits")
-        kwargs["type"] = parse
+        kwargs.setdefault("choices", list(dict.fromkeys(c for s in declared for c in (s.choices or ()))))
+    elif setting.type in ("int", "float", "list"):
+        kwargs["type"] = _number_parser(declared)
+        if setting.type == "list":
+            kwargs.setdefault("nargs", "+")
+            kwargs.setdefault("metavar", "T")
+    elif setting.type == "bool":
+        kwargs["type"] = _bool_parser(setting)
+    elif setting.type == "any":
+        kwargs["type"] = lambda text: parse_set_item(f"{setting.name}={text}")[1]
     default = kwargs.get("default", setting.default)
     kwargs.setdefault("help", f"{setting.doc} ({setting.allowed()}; default "
-                              f"{setting.default if default is None else default!r})")
+                              f"{setting.default if default is None else default!r})".replace("%", "%%"))
     kwargs.setdefault("action", Once)
     p.add_argument("--" + setting.name.replace("_", "-"), **kwargs)
+
+
+def _number_parser(declared: Sequence[Setting]) -> Callable[[str], Any]:
+    """argparse type for a numeric setting (or one item of a list setting): ASCII digits, then what one of the
+    declarations allows (each declaration's own message when none does)."""
+    setting = declared[0]
+
+    def parse(text: str) -> Any:
+        try:
+            if not text.isascii() or "_" in text:  # int() and float() also read '\u0663' and '1_0'
+                raise ValueError(text)
+            value = int(text) if setting.type == "int" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{setting.name}={text!r} is not allowed: use {setting.allowed()}, "
+                                             "in ASCII digits") from None
+        errors = []
+        for s in declared:
+            try:
+                return s.check([value])[0] if s.type == "list" else s.check(value)
+            except SettingError as err:
+                errors.append(err)
+        raise argparse.ArgumentTypeError(str(errors[0]))
+
+    return parse
+
+
+def _bool_parser(setting: Setting) -> Callable[[str], bool]:
+    def parse(text: str) -> bool:
+        if text not in ("True", "False"):
+            raise argparse.ArgumentTypeError(f"{setting.name}={text!r} is not allowed: use True or False")
+        return text == "True"
+
+    return parse
+
+
+PARAM = "param:"  # the dest prefix of the options generated for registered functions' parameters
+
+
+def registry_options(p: argparse.ArgumentParser, registry: FunctionRegistry, selector: str) -> None:
+    """One option per parameter name declared by any function of ``registry`` (``--loc`` for logit-normal and
+    logsnr, ``--mode-scale``, ``--timesteps``, ...), generated from the declarations; ``selector`` is the option
+    choosing the function (``sample-method``). A parameter named like one of the command's own options is left to
+    ``--set``."""
+    by_name: Dict[str, List[Tuple[str, Setting]]] = {}
+    for owner in registry:
+        for name, setting in registry.params(owner).items():
+            by_name.setdefault(name, []).append((owner, setting))
+    for name, declared in by_name.items():
+        uses = [f"{s.doc or name} ({s.allowed()}; default {s.default!r})" for _, s in declared]
+        if len(declared) > 1:
+            uses = [f"{owner}: {use}" for (owner, _), use in zip(declared, uses)]
+        text = f"--{selector} {' or '.join(owner for owner, _ in declared)} only: {'; '.join(uses)}"
+        extra = {} if declared[0][1].type in ("choice", "list") else {"metavar": name.upper()}
+        try:
+            setting_option(p, *(s for _, s in declared), default=None, dest=PARAM + name,
+                           help=text.replace("%", "%%"), **extra)
+        except argparse.ArgumentError:
+            pass
+
+
+def registry_params(args: argparse.Namespace, registry: FunctionRegistry, selected: str, selector: str
+                    ) -> Dict[str, Any]:
+    """The parameters of ``registry``'s functions given on the command line; one the ``selected`` function does not
+    take (it would not apply) is refused, naming its option and who takes it."""
+    given = {}
+    for name in dict.fromkeys(n for owner in registry for n in registry.params(owner)):
+        value = getattr(args, PARAM + name, None)
+        if value is None:
+            continue
+        if name not in registry.params(selected):
+            raise UsageError(f"--{name.replace('_', '-')} applies to --{selector} "
+                             f"{' or '.join(registry.owners(name))} only, not {selected!r}: remove it")
+        given[name] = value
+    return given
 
 
 def add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opensora-version", choices=OPENSORA_VERSIONS, default="1.2", action=Once,
                    help="1.2 or 1.3 (default 1.2; the same table: every mode, 1.2's rule is 'legacy', 1.3's 'v13'), "
                         "or 2.0: latent frames, tokens and alpha under 2.0's stock rule and under your settings "
-                        "(--mode, --sample-method, --loc, --scale, --set)")
+                        "(--mode, --sample-method and its parameters, --set)")
     p.add_argument("--frames", type=int_in(1, MAX_FRAMES), nargs="+", default=DEFAULT_FRAMES, metavar="N",
                    action=Accumulate,
                    help=f"pixel frame counts, 1 to {MAX_FRAMES} (repeatable; default: "
@@ -197,16 +278,23 @@ def add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES), action=Accumulate,
                    help="shift modes (default: all; 2.0: the settings' own, 'latent' unless --set says otherwise)")
     p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal", action=Once,
-                   help="base distribution of t (default: logit-normal, as Open-Sora's training configs)")
-    for name, setting in DISTRIBUTIONS.params("logit-normal").items():  # loc, scale: logit-normal's only
-        setting_option(p, setting, default=None,
-                       help=f"{setting.doc}, logit-normal only ({setting.allowed()}; default {setting.default!r})")
+                   help="base distribution of t (default: logit-normal, as Open-Sora's training configs); its "
+                        "parameters are the options below, each for the methods it names")
+    registry_options(p, DISTRIBUTIONS, "sample-method")
+    setting_option(p, SETTINGS["loss_weighting"], default=None,
+                   help="1.x only: the loss weighting w(t) of the shifted timestep, to show its effective emphasis "
+                        "(where the gradient budget goes: the density of the shifted t times w(t), normalised); "
+                        f"one of {', '.join(WEIGHTINGS)} (default: none shown)")
+    setting_option(p, SETTINGS["max_loss_weight"], default=None)
+    registry_options(p, WEIGHTINGS, "loss-weighting")
     p.add_argument("--vae", choices=list(VAES), action=Once,
                    help="2.0 only: the autoencoder, as 2.0's configs set it up: hunyuan (default; causal, 8x, model "
                         "patch_size 2) or dc-ae (high_compression.py: non-causal, 32x, patch_size 1)")
     p.add_argument("--set", nargs="+", action="extend", type=parse_set_item, metavar="KEY=VALUE",
-                   help="2.0 only: any other rflow-timeshift setting for the settings rows, as a Python literal, "
-                        "e.g. --set patch_size=1 timestep_rng=per_sample")
+                   help="any other rflow-timeshift setting, as a Python literal or a bare word: on 1.x those of the "
+                        "shift, the distribution and the weighting (e.g. --set temporal_exponent=0.3, --set "
+                        "resolution_shift=linear token_count=video, --set t_range=(0.1,1.0)); on 2.0 any setting 2.0 "
+                        "reads, for the settings rows (e.g. --set patch_size=1 timestep_rng=per_sample)")
 
 
 def resolutions_of(args: argparse.Namespace, geometry: Optional[Opensora2Geometry]) -> List[Tuple[int, int]]:
@@ -235,15 +323,81 @@ def resolutions_of(args: argparse.Namespace, geometry: Optional[Opensora2Geometr
     return list(dict.fromkeys(out))
 
 
-def distribution_of(args: argparse.Namespace) -> TimestepDistribution:
-    params = {k: getattr(args, k) for k in DISTRIBUTIONS.params("logit-normal") if getattr(args, k) is not None}
-    if params and args.sample_method != "logit-normal":  # the distribution would refuse them: say which option
-        raise UsageError(f"--{next(iter(params))} applies to --sample-method logit-normal only, not "
-                         f"{args.sample_method!r}: remove it")
-    try:
-        return TimestepDistribution(args.sample_method, **params)
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from err
+def chosen_settings(args: argparse.Namespace, v2: bool) -> Dict[str, Any]:
+    """The rflow-timeshift settings chosen on an inspect or plot command line: --sample-method (1.x: always, the
+    command's default being logit-normal; 2.0: when given) and its parameters, --loss-weighting, --max-loss-weight
+    and the weighting's parameters, then --set. Validated where they are built, not here."""
+    given = _given_options(args)
+    settings: Dict[str, Any] = {}
+    if "sample_method" in given:
+        settings["sample_method"] = args.sample_method
+    settings.update(registry_params(args, DISTRIBUTIONS, args.sample_method, "sample-method"))
+    for key in ("loss_weighting", "max_loss_weight"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    settings.update(registry_params(args, WEIGHTINGS, args.loss_weighting or "none", "loss-weighting"))
+    for key, value in args.set or []:
+        if key in settings or (key == "shift_mode" and "mode" in given):
+            raise UsageError(f"--set {key}=...: {key} is already set (by its own option, or an earlier --set)")
+        settings[key] = value
+    if not v2:
+        settings.setdefault("sample_method", args.sample_method)
+    return settings
+
+
+# What inspect and plot show on Open-Sora 1.x: the shift (each --mode, guarded as on_degenerate='error' guards it,
+# with stock's numbers beside), the timestep distribution and the loss weighting. The stream settings are taken too
+# (they decide which sample draws which t, not the distribution shown; fixed_order='cycle' needs timestep_rng=
+# 'per_sample'). Other scheduler settings would be accepted and silently change nothing shown, so --set refuses them.
+SHOWN_ON_1X = (set(SHIFT_SETTINGS) - {"shift_mode", "on_degenerate"}) | {
+    "sample_method", "t_range", "t_range_mode", "loss_weighting", "max_loss_weight", "timestep_rng", "timestep_seed",
+    "stratified", "timestep_start_step"}
+NOT_SHOWN_ON_1X = {
+    "shift_mode": "use --mode (every mode given is shown)",
+    "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
+    "use_timestep_transform": "inspect and plot show the shift",
+}
+
+
+class Mode1(NamedTuple):
+    """One Open-Sora 1.x --mode under the chosen settings."""
+
+    mode: str
+    scheduler: Any  # the RFlowTimeShift training would build: its distribution, weighting, and guarded shift
+    stock: TimestepShift  # the same shift under on_degenerate='ignore': stock's numbers, a collapse included
+
+
+def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, Any]]:
+    """The scheduler for each --mode, built from the chosen settings as training builds it (standalone backend), so
+    it accepts and refuses what training would, and the chosen settings. A policy's parameter goes to the selected
+    modes that take it."""
+    settings = chosen_settings(args, v2=False)
+    for key, value in settings.items():
+        if key in NOT_SHOWN_ON_1X or (key in SETTINGS and key not in SHOWN_ON_1X):
+            why = NOT_SHOWN_ON_1X.get(key, "inspect and plot show the shift, the timestep distribution and the loss "
+                                           "weighting, which it does not change (config --set takes it)")
+            raise UsageError(f"--set {key}={short(value)}: not for inspect and plot on Open-Sora 1.x: {why}")
+    out = []
+    for mode in args.mode:
+        mine = {k: v for k, v in settings.items() if not _other_modes_param(k, mode, args.mode)}
+        mine["shift_mode"] = mode
+        shift = {k: v for k, v in mine.items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
+        try:
+            scheduler = build_timeshift(mine)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                stock = TimestepShift(**{**shift, "on_degenerate": "ignore"})
+        except (ValueError, TypeError) as err:
+            raise UsageError(str(err)) from err
+        out.append(Mode1(mode, scheduler, stock))
+    return out, settings
+
+
+def _other_modes_param(key: str, mode: str, modes: Sequence[str]) -> bool:
+    """Whether ``key`` is a parameter of other selected modes' policies, not of ``mode``'s (then ``mode`` skips it;
+    a parameter no selected mode takes goes to all, to be refused)."""
+    owners = POLICIES.owners(key)
+    return bool(owners) and mode not in owners and any(m in owners for m in modes)
 
 
 def input_file(path: str, what: str) -> str:
@@ -271,25 +425,76 @@ def load_config(path: str, what: str) -> Any:
         raise UsageError(f"{what} {path!r} does not load: {type(err).__name__}: {err}") from err
 
 
-def bucket_row(mode: str, hw: Tuple[int, int], frames: int, distribution: TimestepDistribution) -> Dict[str, Any]:
-    """T_eff, shift factor and quantiles of the shifted t for one (mode, resolution, frames) bucket.
+def bucket_row(rule: Mode1, hw: Tuple[int, int], frames: int, emphasis_t: Optional[torch.Tensor] = None
+               ) -> Dict[str, Any]:
+    """T_eff, shift factor and quantiles of the shifted t for one (mode, resolution, frames) bucket, and with
+    ``emphasis_t`` (base timesteps standing for the distribution, see :func:`emphasis_of`) the median of the
+    effective emphasis.
 
     The shift is increasing in t and t = F^-1(u), so the q-quantile of the shifted timestep is exactly the shift
     of F^-1(q): no sampling needed.
     """
-    meta = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in zip(("height", "width", "num_frames"),
-                                                                              (*hw, frames))}
-    t_eff = temporal_size(meta["num_frames"], mode).item()
-    q = distribution(torch.tensor(QUANTILES, dtype=torch.float64))
+    meta = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in zip(META_KEYS, (*hw, frames))}
+    t_eff = rule.stock.temporal_size(meta["num_frames"]).item()
+    q = rule.scheduler.distribution(torch.tensor(QUANTILES, dtype=torch.float64))
     batch = {k: v.expand(len(QUANTILES)) for k, v in meta.items()}
-    shifted, ratio = TimestepShift(mode, "ignore")(q * 1000, batch, num_timesteps=1000, ret_ratio=True)
-    row = dict(mode=mode, height=hw[0], width=hw[1], frames=frames, t_eff=t_eff, shift_factor=ratio[0].item(),
-               p5=shifted[0].item(), median=shifted[1].item(), p95=shifted[2].item(), degenerate=False, message=None)
+    shifted, ratio = rule.stock(q * 1000, batch, num_timesteps=1000, ret_ratio=True)
+    row = dict(mode=rule.mode, height=hw[0], width=hw[1], frames=frames, t_eff=t_eff, shift_factor=ratio[0].item(),
+               p5=shifted[0].item(), median=shifted[1].item(), p95=shifted[2].item(), degenerate=False, message=None,
+               status="ok")
     try:
-        TimestepShift(mode, "error")(q, batch)
+        rule.scheduler.shift(q, batch)
     except ValueError as err:
-        row.update(degenerate=True, message=str(err))
+        row.update(degenerate=True, message=str(err), status="collapsed" if t_eff <= 0 else "refused")
+    if emphasis_t is not None:
+        try:
+            density = emphasis_of(rule, ratio[0], emphasis_t, EMPHASIS_EDGES)
+            median: Optional[float] = 1000 * density_quantile(EMPHASIS_EDGES, density, 0.5)
+        except ValueError:  # every weight 0 (a collapse to t = 0 under min_snr): no budget to share out
+            median = None
+        row["emphasis_median"] = median
     return row
+
+
+# The effective emphasis is computed, not sampled: the shifted inverse CDF at the midpoints of EMPHASIS_POINTS equal
+# cells of (0, 1), histogrammed on EMPHASIS_EDGES (inspect's median: to 0.1 on the 0..1000 scale) or PLOT_EDGES.
+EMPHASIS_POINTS = 100_000
+EMPHASIS_EDGES = np.linspace(0.0, 1.0, 10_001)
+PLOT_EDGES = np.linspace(0.0, 1.0, 101)
+STATUS_TEXT = {"ok": "ok", "collapsed": "DEGENERATE (t = 0)", "refused": "refused by the guard"}
+
+
+def midpoint_uniforms(n: int = EMPHASIS_POINTS) -> torch.Tensor:
+    """``(i + 1/2) / n`` for i < n: equally likely points of (0, 1), whose image under an inverse CDF stands for the
+    distribution without sampling noise."""
+    return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+
+
+def stock_factor(rule: Mode1, hw: Tuple[int, int], frames: int) -> float:
+    """The shift factor stock's numbers use for a bucket under a mode (0 for a collapse)."""
+    meta = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in zip(META_KEYS, (*hw, frames))}
+    _, ratio = rule.stock(torch.tensor([0.5], dtype=torch.float64), meta, ret_ratio=True)
+    return ratio[0].item()
+
+
+def emphasis_of(rule: Mode1, factor: Any, base_t: torch.Tensor, edges: Any,
+                weighting: Optional[LossWeighting] = None) -> np.ndarray:
+    """The effective emphasis of a bucket under a mode: ``base_t`` (timesteps in [0, 1] before the shift) shifted
+    by the bucket's stock shift ``factor`` (0 for a collapse), then :func:`~.weighting.effective_emphasis` with the
+    scheduler's weighting (or ``weighting``: 'none' gives the sampling density)."""
+    shifted = rule.stock.curve(base_t, torch.as_tensor(factor, dtype=torch.float64)).clamp(0, 1)
+    return effective_emphasis(shifted, rule.scheduler.weighting if weighting is None else weighting, edges)
+
+
+def density_quantile(edges: Any, density: Any, q: float) -> float:
+    """The q-quantile of a density given on bins: the smallest t at which its integral from 0 reaches q, linear
+    within a bin (so exact to a bin's width; for mass at one point, the right edge of its bin)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(density) * np.diff(edges))])
+    i = min(max(int(np.searchsorted(cumulative, q - 1e-9)), 1), len(edges) - 1)
+    lo, hi = cumulative[i - 1], cumulative[i]
+    part = 1.0 if hi <= lo else min(max((q - lo) / (hi - lo), 0.0), 1.0)
+    return float(edges[i - 1] + part * (edges[i] - edges[i - 1]))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -302,6 +507,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _is_number(text: str) -> bool:
+    if text == "-":  # a number that does not exist for this row
+        return True
     try:
         float(text.rstrip("!"))
         return True
@@ -315,21 +522,35 @@ def fmt(x: float, digits: int = 1) -> str:
 
 # --- inspect -----------------------------------------------------------------------------------------------
 
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.opensora_version == "2.0":
         return inspect_opensora2(args)
-    distribution = distribution_of(args)
     only_opensora2(args)
-    rows = [bucket_row(m, hw, n, distribution) for hw in resolutions_of(args, None) for n in args.frames
-            for m in args.mode]
+    modes, settings = opensora1_modes(args)
+    distribution, weighting = modes[0].scheduler.distribution, modes[0].scheduler.weighting
+    weighted = "loss_weighting" in settings
+    emphasis_t = distribution(midpoint_uniforms()) if weighted else None
+    rows = [bucket_row(m, hw, n, emphasis_t) for hw in resolutions_of(args, None) for n in args.frames for m in modes]
+    shift_settings = {k: v for k, v in settings.items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
     if args.json:
-        print(json.dumps(dict(sample_method=args.sample_method, num_timesteps=1000, rows=rows), indent=1))
+        print(json.dumps(dict(sample_method=distribution.sample_method, distribution=repr(distribution),
+                              loss_weighting=repr(weighting) if weighted else None, shift_settings=shift_settings,
+                              num_timesteps=1000, rows=rows), indent=1))
         return 0
     print(f"t ~ {distribution!r}, shifted, on the 0..1000 scale (1000 = pure noise)")
+    if shift_settings:
+        print("shift settings: " + ", ".join(f"{k}={v!r}" for k, v in shift_settings.items()))
+    headers = ["resolution", "frames", "mode", "T_eff", "shift", "p5", "median", "p95"]
+    if weighted:
+        print(f"loss weight {weighting!r}; w_median: the shifted t below which half the gradient budget lies (the "
+              "density of the shifted t times w(t), normalised)")
+        headers.append("w_median")
     table = [(f"{r['height']}x{r['width']}", r["frames"], r["mode"], fmt(r["t_eff"], 2), fmt(r["shift_factor"], 3),
-              fmt(r["p5"]), fmt(r["median"]), fmt(r["p95"]), "DEGENERATE (t = 0)" if r["degenerate"] else "ok")
-             for r in rows]
-    print(format_table(["resolution", "frames", "mode", "T_eff", "shift", "p5", "median", "p95", "status"], table))
+              fmt(r["p5"]), fmt(r["median"]), fmt(r["p95"]),
+              *([] if not weighted else ["-" if r["emphasis_median"] is None else fmt(r["emphasis_median"])]),
+              STATUS_TEXT[r["status"]]) for r in rows]
+    print(format_table([*headers, "status"], table))
     messages = {r["message"] for r in rows if r["degenerate"]}
     for message in sorted(messages):
         print(f"\nguard (on_degenerate='error'): {message}")
@@ -347,7 +568,7 @@ class Rule(NamedTuple):
 
 def only_opensora2(args: argparse.Namespace) -> None:
     """Refuse the 2.0-only options under Open-Sora 1.x, where nothing would read them."""
-    for option in ("vae", "set"):
+    for option in ("vae",):
         if getattr(args, option, None):
             raise UsageError(f"--{option} applies to --opensora-version 2.0 only, not {args.opensora_version}: remove "
                              "it or pass --opensora-version 2.0")
@@ -371,16 +592,7 @@ def stock_opensora2() -> Opensora2Timesteps:
 def opensora2_rules(args: argparse.Namespace) -> List[Rule]:
     """Stock 2.0's rule, then the user's settings (one rule per --mode when --mode is given)."""
     given = _given_options(args)
-    settings: Dict[str, Any] = {}
-    if "sample_method" in given:
-        settings["sample_method"] = args.sample_method
-    for key in DISTRIBUTIONS.params("logit-normal"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    for key, value in args.set or []:
-        if key in settings or (key == "shift_mode" and "mode" in given):
-            raise UsageError(f"--set {key}=...: {key} is already set (by its own option, or an earlier --set)")
-        settings[key] = value
+    settings = chosen_settings(args, v2=True)
     rules = [Rule("stock", stock_opensora2())]
     for mode in (args.mode if "mode" in given else [None]):
         chosen = dict(settings) if mode is None else {**settings, "shift_mode": mode}
@@ -565,8 +777,10 @@ def _plot(args: argparse.Namespace) -> int:
         resolutions = resolutions_of(args, geometry)
         frame_counts = args.frames if "frames" in _given_options(args) else DEFAULT_FRAMES_2
     else:
-        distribution = distribution_of(args)
         only_opensora2(args)
+        modes, settings = opensora1_modes(args)
+        distribution = modes[0].scheduler.distribution
+        emphasis_t = distribution(midpoint_uniforms()) if "loss_weighting" in settings else None
         resolutions, frame_counts = resolutions_of(args, None), args.frames
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -592,7 +806,7 @@ def _plot(args: argparse.Namespace) -> int:
                 t, h, w = geometry.latent(frames, *hw)
                 title += f" (Open-Sora 2.0, latent {t}x{h}x{w}, {args.vae or 'hunyuan'} VAE)"
             else:
-                curves = list(opensora1_curves(args.mode, distribution(uniforms), hw, frames, t_grid))
+                curves = list(opensora1_curves(modes, distribution(uniforms), hw, frames, t_grid))
             for label, curve, shifted, collapsed in curves:
                 if curve is None:  # refused by the guard: named in the legend, nothing drawn
                     ax_curve.plot([], [], ls="none", label=label)
@@ -621,21 +835,71 @@ def _plot(args: argparse.Namespace) -> int:
             finally:
                 plt.close(fig)
             written.append(path)
+            if not v2 and emphasis_t is not None:
+                written.append(plot_emphasis(plt, modes, hw, frames, emphasis_t, out, args.dpi))
     for path in written:
         print(path)
     return 0
 
 
-def opensora1_curves(modes: Sequence[str], draws: torch.Tensor, hw: Tuple[int, int], frames: int,
+def plot_emphasis(plt: Any, modes: Sequence[Mode1], hw: Tuple[int, int], frames: int, base_t: torch.Tensor,
+                  out: Path, dpi: int) -> Path:
+    """One PNG for a bucket: per mode, the density of the shifted training timestep (dashed) and the effective
+    emphasis (solid: that density times the loss weight, normalised), with w(t') on the right axis."""
+    weighting = modes[0].scheduler.weighting
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, rule in enumerate(modes):
+        color = colors[i % len(colors)]
+        t_eff = rule.stock.temporal_size(torch.tensor([float(frames)], dtype=torch.float64)).item()
+        label = f"{rule.mode} (T_eff {t_eff:.3g})"
+        factor = stock_factor(rule, hw, frames)
+        sampled = emphasis_of(rule, factor, base_t, PLOT_EDGES, LossWeighting("none"))
+        if sampled[0] * (PLOT_EDGES[1] - PLOT_EDGES[0]) > 0.999:  # every draw at t' = 0: a line at 0 keeps the scale
+            ax.axvline(0.0, lw=3, color=color, label=f"{label}: t = 0, degenerate")
+            continue
+        ax.stairs(sampled, PLOT_EDGES, ls="--", lw=1, color=color, label=f"{label}: sampling density")
+        try:
+            emphasis = emphasis_of(rule, factor, base_t, PLOT_EDGES)
+        except ValueError:  # every weight 0
+            ax.plot([], [], ls="none", label=f"{label}: every loss weight is 0")
+            continue
+        median = density_quantile(PLOT_EDGES, emphasis, 0.5)
+        ax.stairs(emphasis, PLOT_EDGES, lw=1.8, color=color,
+                  label=f"{label}: effective emphasis (half below t' = {median:.2f})")
+    grid = torch.linspace(0, 1, 401, dtype=torch.float64)
+    weights = weighting(grid)
+    right = ax.twinx()
+    right.plot(grid, weights, color="grey", lw=0.9, ls=":", label=f"loss weight w(t') ({weighting.name})")
+    if bool((weights > 0).all()) and float(weights.max() / weights.min()) >= 100:
+        right.set_yscale("log")
+    right.set_ylabel("loss weight w(t'), clipped at max_loss_weight")
+    ax.set(xlabel="shifted t' (1 = noise)", ylabel="density (each curve integrates to 1)", xlim=(0, 1),
+           title=f"{hw[0]}x{hw[1]}, {frames} frames: where the gradient budget goes\n{weighting!r}")
+    ax.set_ylim(bottom=0)
+    handles, labels = ax.get_legend_handles_labels()
+    more, more_labels = right.get_legend_handles_labels()
+    ax.legend(handles + more, labels + more_labels, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = out / f"emphasis_{hw[0]}x{hw[1]}_{frames}f.png"
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from err
+    finally:
+        plt.close(fig)
+    return path
+
+
+def opensora1_curves(modes: Sequence[Mode1], draws: torch.Tensor, hw: Tuple[int, int], frames: int,
                      t_grid: torch.Tensor) -> Iterator[Tuple[str, Any, Any, bool]]:
-    """(label, transform on t_grid, shifted draws, collapsed) per Open-Sora 1.x mode."""
-    for mode in modes:
-        shift = TimestepShift(mode, "ignore")
-        kw = lambda n: {k: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
-                        for k, v in zip(("height", "width", "num_frames"), (*hw, frames))}
-        t_eff = temporal_size(torch.tensor([float(frames)]), mode).item()
-        label = f"{mode} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
-        yield label, shift(t_grid, kw(len(t_grid))), shift(draws, kw(len(draws))), t_eff <= 0
+    """(label, transform on t_grid, shifted draws, collapsed) per Open-Sora 1.x mode, shifted as stock does."""
+    kw = lambda n: {k: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
+                    for k, v in zip(META_KEYS, (*hw, frames))}
+    for rule in modes:
+        t_eff = rule.stock.temporal_size(torch.tensor([float(frames)], dtype=torch.float64)).item()
+        label = f"{rule.mode} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
+        yield label, rule.stock(t_grid, kw(len(t_grid))), rule.stock(draws, kw(len(draws))), t_eff <= 0
 
 
 def opensora2_curves(rules: Sequence[Rule], geometry: Opensora2Geometry, hw: Tuple[int, int], frames: int,
@@ -1428,7 +1692,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each resolution x frame count x mode: T_eff, the shift factor and the 5th,\n"
                                    "50th and 95th percentiles of the shifted training timestep (exact quantiles of\n"
                                    "the base distribution, shifted). Degenerate rows are marked with the guard's\n"
-                                   "message. --opensora-version 2.0: per resolution x frame count, the latent, the\n"
+                                   "message. With --loss-weighting, w_median: the shifted t below which half the\n"
+                                   "gradient budget lies (the effective emphasis: the density of the shifted t times\n"
+                                   "the loss weight w(t), normalised). --set tries shift settings (spatial_exponent,\n"
+                                   "temporal_exponent, token_count, ...) before a run, validated as training\n"
+                                   "validates them. --opensora-version 2.0: per resolution x frame count, the latent, the\n"
                                    "tokens, alpha and the shifted-t quantiles under stock 2.0's rule and under your\n"
                                    "settings, built as rflow-timeshift builds them on 2.0.")
     add_selection(p)
@@ -1440,7 +1708,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One PNG per resolution x frame count: the transform t -> t' and the histogram\n"
                                    "of sampled training timesteps, for every selected mode side by side. --out is a\n"
                                    "directory (created if missing); its timeshift_*.png files of the same name are\n"
-                                   "replaced.")
+                                   "replaced. With --loss-weighting, also one emphasis_*.png per resolution x frame\n"
+                                   "count: per mode, the density of the shifted training timestep and the effective\n"
+                                   "emphasis (that density times the loss weight w(t), normalised), with w(t); both\n"
+                                   "computed at 100000 equally likely points, not sampled.")
     p.add_argument("--out", required=True, action=Once, help="directory for the PNG files (not an existing file)")
     add_selection(p)
     p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=20000, action=Once,

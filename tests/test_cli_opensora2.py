@@ -139,7 +139,7 @@ def test_inspect_2_0_hostile_input(argv, words, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["--vae", "dc-ae"], "--vae applies to --opensora-version 2.0 only"),
-    (["--set", "patch_size=1"], "--set applies to --opensora-version 2.0 only"),
+    (["--set", "patch_size=1"], "patch_size=1 only applies with resolution_shift='linear'"),
     (["--resolution", "256px"], "is an Open-Sora 2.0 name"),
 ])
 def test_2_0_options_are_refused_on_1_x(argv, words, capsys):
