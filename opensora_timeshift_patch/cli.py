@@ -36,7 +36,6 @@ from .buckets import (BUCKET_RESOLUTIONS, MAX_FRAMES, OPENSORA2_NAME, OPENSORA2_
                       opensora2_base_size, opensora2_fps_max, opensora2_geometry, opensora2_sizes, sampling_interval)
 from .opensora2 import SCHEDULER_TYPE, Opensora2Timesteps
 from .policies import SHIFT_MODES, temporal_size
-from .sampling import SAMPLE_METHODS
 from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, POLICIES, SETTINGS, WEIGHTINGS, FunctionRegistry,
                        Setting, SettingError)
 from .shift import META_KEYS, SHIFT_SETTINGS, TimestepShift
@@ -277,7 +276,7 @@ def add_selection(p: argparse.ArgumentParser) -> None:
                         f"{' '.join(DEFAULT_RESOLUTIONS)}; 2.0: {' '.join(DEFAULT_RESOLUTIONS_2)})")
     p.add_argument("--mode", choices=SHIFT_MODES, nargs="+", default=list(SHIFT_MODES), action=Accumulate,
                    help="shift modes (default: all; 2.0: the settings' own, 'latent' unless --set says otherwise)")
-    p.add_argument("--sample-method", choices=SAMPLE_METHODS, default="logit-normal", action=Once,
+    p.add_argument("--sample-method", choices=list(DISTRIBUTIONS), default="logit-normal", action=Once,
                    help="base distribution of t (default: logit-normal, as Open-Sora's training configs); its "
                         "parameters are the options below, each for the methods it names")
     registry_options(p, DISTRIBUTIONS, "sample-method")
@@ -1762,7 +1761,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, action=Once, help="path of the .py config to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     setting_option(p, SETTINGS["on_degenerate"], default="error")
-    p.add_argument("--sample-method", choices=SAMPLE_METHODS, action=Once,
+    p.add_argument("--sample-method", choices=list(DISTRIBUTIONS), action=Once,
                    help="base distribution (default: the base config's)")
     setting_option(p, SETTINGS["timestep_rng"], default=None, help="timestep stream (default: the base config's)")
     p.add_argument("--stratified", action="store_true", help="stratify the global batch (needs per_sample)")
