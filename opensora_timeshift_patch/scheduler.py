@@ -14,9 +14,10 @@ from .patch import swapped_transform
 from .rflow import StandaloneRFlow, sampling_grid
 from .sampling import (TimestepDistribution, counter_uniform, cycle_uniform, data_parallel_layout,
                        global_sample_index, stratified_uniform)
-from .settings import (OPENSORA_ONLY, SETTINGS, SettingError, is_numpy_bool, describe, resolve, route, settings_doc,
-                       unknown_setting_error)
-from .shift import SHIFT_SETTINGS, TimestepShift
+from .per_bucket import BucketRule, outside, parse_bucket_settings
+from .settings import (APPLIES_ONLY_WITH, DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, SETTINGS, SettingError, describe,
+                       is_numpy_bool, resolve, route, settings_doc, unknown_setting_error)
+from .shift import SHIFT_SETTINGS, TimestepShift, read_meta
 from .weighting import LossWeighting
 
 # Open-Sora 1.3 keywords of RFLOW.sample that only its own RFLOW implements: the standalone backend takes them at
@@ -95,6 +96,14 @@ class RFlowTimeShift:
                                                  **dist_params)
         self.shift = TimestepShift(**{k: v for k, v in own.items() if k in SHIFT_SETTINGS}, **policy_params)
         self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight_params)
+        self.rules: Tuple[BucketRule, ...] = ()
+        self._per_bucket: List["RFlowTimeShift"] = []
+        if values["bucket_settings"] is not None:
+            self.rules = parse_bucket_settings(values["bucket_settings"])
+            self._per_bucket = [_rule_scheduler(settings, rule) for rule in self.rules]
+            if values["uniform_over_threshold"] is not None or not values["use_timestep_transform"]:
+                raise SettingError("bucket_settings needs use_timestep_transform=True and no uniform_over_threshold "
+                                   "(Open-Sora 1.3's redraw is not applied per bucket)")
         self.num_sampling_steps: int = values["num_sampling_steps"]
         self.num_timesteps: int = values["num_timesteps"]
         self.cfg_scale: float = values["cfg_scale"]
@@ -175,6 +184,9 @@ class RFlowTimeShift:
             if self.uniform_over_threshold is not None:
                 resample_u = counter_uniform(self.timestep_seed, step, index, lane=2)
             t = self._from_uniform(u)
+        elif self.rules:  # one uniform per sample, mapped by the distribution of the rule it falls under
+            u = torch.rand((n,), device=device, dtype=torch.float64)
+            t = self._from_uniform(u)
         elif self._stock_draw and self.use_discrete_timesteps:
             t = torch.randint(0, self.num_timesteps, (n,), device=device)
         elif self._stock_draw and self.sample_method == "uniform":
@@ -185,9 +197,27 @@ class RFlowTimeShift:
             t = self._from_uniform(torch.rand((n,), device=device, dtype=torch.float64))
         if not self.use_timestep_transform:
             return t
-        return self.shift(t, model_kwargs, self.num_timesteps, latent_frames=_latent_frames(x_start),
-                          uniform_over_threshold=self.uniform_over_threshold, latent_hw=_latent_hw(x_start),
+        latent_frames, latent_hw = _latent_frames(x_start), _latent_hw(x_start)
+        if self.rules:
+            return self._by_rule(model_kwargs, n, device, lambda scheduler, meta: scheduler.shift(
+                scheduler._from_uniform(u), meta, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw))
+        return self.shift(t, model_kwargs, self.num_timesteps, latent_frames=latent_frames,
+                          uniform_over_threshold=self.uniform_over_threshold, latent_hw=latent_hw,
                           resample_u=resample_u)
+
+    def _by_rule(self, meta: Any, batch: int, device: Any,
+                 shifted: Callable[["RFlowTimeShift", Dict[str, Tensor]], Tensor]) -> Tensor:
+        """Per sample, ``shifted`` under the settings of the rule it falls under, or the scheduler's own; no host
+        sync. Each set of settings sees only its own samples' meta (the others as a plain image), so its guard
+        judges only its own samples."""
+        height, width, num_frames = (x.expand(batch) for x in read_meta(meta, torch.float64, device, batch))
+        full = {"height": height, "width": width, "num_frames": num_frames}
+        masks = [rule.mask(num_frames, height, width) for rule in self.rules]
+        unmatched = ~torch.stack(masks).any(dim=0)
+        out = shifted(self, outside(unmatched, full))
+        for mask, child in zip(masks, self._per_bucket):
+            out = torch.where(mask, shifted(child, outside(mask, full)).to(out.dtype), out)
+        return out
 
     def _from_uniform(self, u: Tensor) -> Tensor:
         t = self.distribution(u)
@@ -267,11 +297,46 @@ class RFlowTimeShift:
         if not self.use_timestep_transform:
             return None
         latent_frames, latent_hw = _latent_frames(z), _latent_hw(z)
-        return lambda t, args: self.shift(t, args, self.num_timesteps, latent_frames=latent_frames,
-                                          latent_hw=latent_hw)
+
+        def shift(t: Tensor, args: Any) -> Tensor:
+            if self.rules:
+                return self._by_rule(args, t.shape[0], t.device, lambda scheduler, meta: scheduler.shift(
+                    t, meta, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw))
+            return self.shift(t, args, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw)
+
+        return shift
 
 
 RFlowTimeShift.__doc__ = (RFlowTimeShift.__doc__ or "") + settings_doc(SETTINGS)
+
+
+def _rule_scheduler(given: Dict[str, Any], rule: BucketRule) -> RFlowTimeShift:
+    """The settings of a rule's samples: the scheduler's, overridden by the rule's, validated as the scheduler's.
+
+    A rule that picks another distribution, policy or rule drops the scheduler's parameters of the one it replaces.
+    """
+    own = rule.settings
+    inherited = {}
+    for key, value in given.items():
+        if key in ("bucket_settings", "backend") or key in OPENSORA_ONLY:
+            continue
+        if "sample_method" in own and any(key in DISTRIBUTIONS.params(m) for m in DISTRIBUTIONS):
+            continue
+        if "shift_mode" in own and any(key in POLICIES.params(m) for m in POLICIES):
+            continue
+        if key in APPLIES_ONLY_WITH and APPLIES_ONLY_WITH[key][0] in own:
+            continue
+        inherited[key] = value
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the scheduler itself has said what it warns about
+            child = RFlowTimeShift(**{**inherited, **own}, backend="standalone")
+    except (SettingError, TypeError) as err:
+        raise SettingError(f"{rule}: {err}") from None
+    if child.fixed_cycle:
+        raise SettingError(f"{rule}: fixed_order='cycle' is the scheduler's stream, not a bucket's: set it at the top "
+                           "level")
+    return child
 
 
 def _backend(values: Dict[str, Any], opensora_only: Dict[str, Any]) -> Tuple[str, Any]:

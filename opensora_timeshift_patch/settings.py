@@ -330,6 +330,9 @@ _SETTINGS = (
             "inference, as stock)", low=1, high=64),
     Setting("spatial_compression", "int", 8, "pixels per latent pixel side, for token counts from pixel meta",
             low=1, high=64),
+    Setting("bucket_settings", "any", None,
+            "rules dict(frames=(lo, hi), resolution=(lo, hi), **settings) giving some buckets their own distribution "
+            "and shift settings (see per_bucket)", optional=True),
     # --- the stream of random numbers -----------------------------------------------------------------------
     Setting("timestep_rng", "choice", "global",
             "'global' draws from torch's RNG as stock does; 'per_sample' from a counter-based stream keyed on "
@@ -412,6 +415,7 @@ NOT_ON_OPENSORA2: Dict[str, str] = {
     "loss_weighting": "2.0's train.py computes its loss itself",
     "max_loss_weight": "2.0's train.py computes its loss itself",
     "min_snr_gamma": "2.0's train.py computes its loss itself",
+    "bucket_settings": "not supported on 2.0 yet; its batches hold one bucket each, so a config per bucket set works",
 }
 """Settings with no meaning on Open-Sora 2.0, and why: given there, they are refused rather than ignored."""
 

@@ -10,7 +10,7 @@ its own bucket of clips (one frame count per batch). Gloo on CPU, NCCL on GPU. R
 checkpoints (model, optimizer, the scheduler's ``state_dict``, step) to the work dir, and at the end an
 evaluation, ``eval.json``:
 
-* ``heldout_loss``: the flow-matching loss on held-out clips, averaged over ``evaluation.loss_timesteps``
+* ``heldout_loss``: the (unweighted) flow-matching loss on held-out clips, averaged over ``evaluation.loss_timesteps``
   uniformly spaced t (unshifted, so every policy is scored on the same footing);
 * ``fd``: the Fréchet distance between random-conv features of held-out clips and of clips generated with the
   scheduler's own ``sample()`` (NaN when a sample is not finite);
@@ -146,7 +146,9 @@ def evaluate(model: torch.nn.Module, scheduler: Any, cfg: Config, device: torch.
         for k in range(k_steps):
             t = torch.full((n,), (k + 0.5) / k_steps * big_n, device=device)
             noise = torch.randn(x.shape, generator=g).to(device)
-            losses.append(scheduler.training_losses(model, x, meta, noise=noise, t=t)["loss"].mean().item())
+            # The plain velocity loss, whatever loss_weighting trains with, so that runs compare on one scale.
+            plain = getattr(scheduler, "rflow", scheduler)
+            losses.append(plain.training_losses(model, x, meta, noise, None, None, t)["loss"].mean().item())
         z = torch.randn(x.shape, generator=g).to(device)
         sample = scheduler.sample(model, NullTextEncoder(), z=z, prompts=[""] * n, device=device,
                                   additional_args=meta, progress=False)

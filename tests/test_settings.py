@@ -188,7 +188,12 @@ EXTRA = {"loc": st.floats(-6, 6), "scale": st.floats(0.01, 6), "mode_scale": st.
          "micro_frame_size": st.one_of(st.none(), st.integers(1, 40)), "temporal_compression": st.integers(1, 8),
          "causal": st.booleans(), "beta_alpha": st.floats(0.05, 120), "beta_beta": st.floats(0.05, 120),
          "min_snr_gamma": st.floats(0.001, 2000), "fixed_order": st.sampled_from(["random", "cycle"]),
-         "timesteps": st.lists(st.floats(-0.1, 1.1), min_size=0, max_size=6)}
+         "timesteps": st.lists(st.floats(-0.1, 1.1), min_size=0, max_size=6),
+         "bucket_settings": st.sampled_from([
+             None, [dict(frames=1, sample_method="uniform")], [dict(frames=(2, 16), shift_mode="frames16")],
+             [dict(frames=1, transform_scale=2.0), dict(frames=(65, None), temporal_exponent=0.0)],
+             [dict(resolution=(1, 200_000), sample_method="beta", beta_alpha=0.5)],
+             [dict(frames=1, sample_method="uniform"), dict(frames=(1, 3), shift_mode="v13")], "images"])}
 
 
 @st.composite
@@ -196,7 +201,7 @@ def scheduler_settings(draw):
     chosen = {}
     for name in draw(st.lists(st.sampled_from(PROPERTY_SETTINGS + list(EXTRA)), max_size=7, unique=True)):
         setting = SETTINGS.get(name)
-        strategy = EXTRA[name] if setting is None else valid_value(setting)
+        strategy = EXTRA[name] if name in EXTRA else valid_value(setting)
         chosen[name] = draw(st.one_of(strategy, st.sampled_from(HOSTILE)) if draw(st.booleans()) else strategy)
     # "ignore" replays stock's collapse on purpose; the guard's own paths are what is checked here.
     chosen["on_degenerate"] = draw(st.sampled_from(["error", "clamp"]))
