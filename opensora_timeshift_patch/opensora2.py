@@ -187,7 +187,7 @@ def _shifted(shift: TimestepShift, t: Tensor, alpha: float) -> Tensor:
     return shifted.clamp(0, 1) if alpha < 0.5 else shifted
 
 
-_LATENT_COUNT = Setting("latent_frames", "int", None, "", low=1, high=1_000_000)
+_LATENT_COUNT = Setting("latent_frames", "int", None, "", low=0, high=1_000_000)  # 0: a too-short clip, for the guard
 _TOKENS = Setting("tokens", "int", None, "", low=1, high=10**9)
 _STEPS = Setting("num_steps", "int", None, "", low=0, high=100_000)
 
