@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
-                       stratified_uniform)
+from .sampling import (TimestepDistribution, counter_uniform, cycle_uniform, data_parallel_layout,
+                       global_sample_index, stratified_uniform)
 from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, NOT_ON_OPENSORA2, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS,
                        Setting, SettingError, describe, resolve, route, unknown_setting_error)
 from .shift import SHIFT_SETTINGS, MetaError, TimestepShift
@@ -77,6 +77,10 @@ class Opensora2Timesteps:
         self.timestep_seed: int = values["timestep_seed"]
         self.stratified: bool = values["stratified"]
         self.patch_size: Optional[int] = values["patch_size"] if "patch_size" in settings else None
+        self.fixed_cycle = values["sample_method"] == "fixed" and dist_params.get("fixed_order") == "cycle"
+        if self.fixed_cycle and (self.timestep_rng != "per_sample" or self.stratified):
+            raise SettingError("fixed_order='cycle' visits the list by train.py's step and the sample index, which "
+                               "needs timestep_rng='per_sample' without stratified")
         # Stock's own draw, sigmoid(randn), is used as it is where the settings ask for that distribution.
         self.stock_draw = (self.timestep_rng == "global" and values["sample_method"] == "logit-normal"
                            and values["t_range"] is None
@@ -139,10 +143,13 @@ class Opensora2Timesteps:
                                            "not found")
             step = SETTINGS["timestep_start_step"].check(step)
             dp_rank, dp_size = data_parallel_layout()
-            if self.stratified:
+            index = global_sample_index(n, dp_rank, dp_size, device)
+            if self.fixed_cycle:
+                u = cycle_uniform(step, index, len(self.distribution.params["timesteps"]))
+            elif self.stratified:
                 u = stratified_uniform(self.timestep_seed, step, dp_rank, dp_size, n, device)
             else:
-                u = counter_uniform(self.timestep_seed, step, global_sample_index(n, dp_rank, dp_size, device))
+                u = counter_uniform(self.timestep_seed, step, index)
         else:
             u = torch.rand(n, device=device, dtype=torch.float64)
         return self.distribution(u).to(torch.promote_types(t_stock.dtype, torch.float32))

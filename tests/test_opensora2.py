@@ -421,3 +421,12 @@ def test_unpatch_after_a_reload_still_restores(fake2):
     ots.opensora2._ORIGINALS.clear()  # what a reloaded or re-imported copy of the module starts with
     ots.opensora2.unpatch()
     assert sampling.get_schedule is stock_schedule and config.merge_args is stock_merge
+
+
+def test_fixed_cycle_on_2_0_follows_train_py_step():
+    ts = Opensora2Timesteps(sample_method="fixed", timesteps=[0.2, 0.4, 0.6], fixed_order="cycle",
+                            timestep_rng="per_sample", use_timestep_transform=False)
+    seen = [ts.training_timesteps(torch.zeros(2), (1, 32, 32), step=s).tolist() for s in range(3)]
+    torch.testing.assert_close(torch.tensor(seen), torch.tensor([[0.2, 0.4], [0.4, 0.6], [0.6, 0.2]]))
+    with pytest.raises(ots.SettingError, match="fixed_order='cycle' visits the list"):
+        Opensora2Timesteps(sample_method="fixed", fixed_order="cycle")
