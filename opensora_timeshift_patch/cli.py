@@ -35,6 +35,7 @@ from .buckets import (BUCKET_RESOLUTIONS, MAX_FRAMES, OPENSORA2_NAME, OPENSORA2_
                       BucketConfigError, Opensora2Geometry, bucket_rule_of, closest_size, config_buckets,
                       opensora2_base_size, opensora2_fps_max, opensora2_geometry, opensora2_sizes, sampling_interval)
 from .opensora2 import SCHEDULER_TYPE, Opensora2Timesteps
+from .per_bucket import BucketRule, rule_for
 from .policies import SHIFT_MODES, temporal_size
 from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, POLICIES, SETTINGS, WEIGHTINGS, FunctionRegistry,
                        Setting, SettingError)
@@ -350,7 +351,7 @@ def chosen_settings(args: argparse.Namespace, v2: bool) -> Dict[str, Any]:
 # 'per_sample'). Other scheduler settings would be accepted and silently change nothing shown, so --set refuses them.
 SHOWN_ON_1X = (set(SHIFT_SETTINGS) - {"shift_mode", "on_degenerate"}) | {
     "sample_method", "t_range", "t_range_mode", "loss_weighting", "max_loss_weight", "timestep_rng", "timestep_seed",
-    "stratified", "timestep_start_step"}
+    "stratified", "timestep_start_step", "bucket_settings"}
 NOT_SHOWN_ON_1X = {
     "shift_mode": "use --mode (every mode given is shown)",
     "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
@@ -364,6 +365,44 @@ class Mode1(NamedTuple):
     mode: str
     scheduler: Any  # the RFlowTimeShift training would build: its distribution, weighting, and guarded shift
     stock: TimestepShift  # the same shift under on_degenerate='ignore': stock's numbers, a collapse included
+    children: Tuple["Mode1", ...] = ()  # per bucket_settings rule, the mode under that rule's settings
+    rule: Optional[int] = None  # for a child, the index of its rule
+
+
+def unguarded(shift: TimestepShift) -> TimestepShift:
+    """``shift`` under on_degenerate='ignore': stock's numbers, a collapse included."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        given = {k: v for k, v in shift.settings.items() if v != SETTINGS[k].default}  # as the shift was given
+        return TimestepShift(**{**given, **shift.policy_params, "on_degenerate": "ignore"})
+
+
+def with_rules(mode: str, scheduler: Any, stock: TimestepShift) -> Mode1:
+    """The Mode1 of a scheduler, with one child per bucket_settings rule (the rule's own scheduler, built by the
+    scheduler itself from the rule's merged settings)."""
+    children = tuple(Mode1(mode, child, unguarded(child.shift), (), rule.index)
+                     for rule, child in zip(scheduler.rules, scheduler._per_bucket))
+    return Mode1(mode, scheduler, stock, children)
+
+
+def for_bucket(mode: Mode1, hw: Tuple[int, int], frames: int) -> Mode1:
+    """The mode under the settings a clip of this size gets: its bucket_settings rule's, else the scheduler's."""
+    applies = rule_for(mode.scheduler.rules, frames, *hw)
+    return mode if applies is None else mode.children[applies.index]
+
+
+def mode_label(mode: Mode1) -> str:
+    """A mode's name in a plot legend, with the rule whose settings it is under."""
+    return mode.mode + ("" if mode.rule is None else f" under bucket_settings[{mode.rule}]")
+
+
+def rule_cell(rule: Optional[int]) -> str:
+    return "-" if rule is None else f"[{rule}]"
+
+
+def rule_text(rule: BucketRule) -> str:
+    """A rule in words: where it applies, and its settings."""
+    return f"{rule}: " + ", ".join(f"{k}={v!r}" for k, v in rule.settings.items())
 
 
 def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, Any]]:
@@ -388,7 +427,7 @@ def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, An
                 stock = TimestepShift(**{**shift, "on_degenerate": "ignore"})
         except (ValueError, TypeError) as err:
             raise UsageError(str(err)) from err
-        out.append(Mode1(mode, scheduler, stock))
+        out.append(with_rules(mode, scheduler, stock))
     return out, settings
 
 
@@ -438,7 +477,8 @@ def bucket_row(rule: Mode1, hw: Tuple[int, int], frames: int, emphasis_t: Option
     q = rule.scheduler.distribution(torch.tensor(QUANTILES, dtype=torch.float64))
     batch = {k: v.expand(len(QUANTILES)) for k, v in meta.items()}
     shifted, ratio = rule.stock(q * 1000, batch, num_timesteps=1000, ret_ratio=True)
-    row = dict(mode=rule.mode, height=hw[0], width=hw[1], frames=frames, t_eff=t_eff, shift_factor=ratio[0].item(),
+    row = dict(mode=rule.mode, rule=rule.rule, height=hw[0], width=hw[1], frames=frames, t_eff=t_eff,
+               shift_factor=ratio[0].item(),
                p5=shifted[0].item(), median=shifted[1].item(), p95=shifted[2].item(), degenerate=False, message=None,
                status="ok")
     try:
@@ -461,6 +501,22 @@ EMPHASIS_POINTS = 100_000
 EMPHASIS_EDGES = np.linspace(0.0, 1.0, 10_001)
 PLOT_EDGES = np.linspace(0.0, 1.0, 101)
 STATUS_TEXT = {"ok": "ok", "collapsed": "DEGENERATE (t = 0)", "refused": "refused by the guard"}
+
+
+class EmphasisPoints:
+    """Per distribution, the base timesteps standing for it in the effective emphasis (computed once each); None
+    when no weighting is shown."""
+
+    def __init__(self, weighted: bool) -> None:
+        self.weighted = weighted
+        self._done: Dict[int, Tuple[Any, torch.Tensor]] = {}
+
+    def __call__(self, distribution: Any) -> Optional[torch.Tensor]:
+        if not self.weighted:
+            return None
+        if id(distribution) not in self._done:  # the distribution is kept too, so its id is not reused
+            self._done[id(distribution)] = (distribution, distribution(midpoint_uniforms()))
+        return self._done[id(distribution)][1]
 
 
 def midpoint_uniforms(n: int = EMPHASIS_POINTS) -> torch.Tensor:
@@ -529,23 +585,40 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     modes, settings = opensora1_modes(args)
     distribution, weighting = modes[0].scheduler.distribution, modes[0].scheduler.weighting
     weighted = "loss_weighting" in settings
-    emphasis_t = distribution(midpoint_uniforms()) if weighted else None
-    rows = [bucket_row(m, hw, n, emphasis_t) for hw in resolutions_of(args, None) for n in args.frames for m in modes]
+    points = EmphasisPoints(weighted)
+    rows = []
+    for hw in resolutions_of(args, None):
+        for n in args.frames:
+            for m in modes:
+                mode = for_bucket(m, hw, n)
+                rows.append(bucket_row(mode, hw, n, points(mode.scheduler.distribution)))
     shift_settings = {k: v for k, v in settings.items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
+    rules = modes[0].scheduler.rules
+    rule_distributions = [child.scheduler.distribution for child in modes[0].children]
     if args.json:
         print(json.dumps(dict(sample_method=distribution.sample_method, distribution=repr(distribution),
                               loss_weighting=repr(weighting) if weighted else None, shift_settings=shift_settings,
+                              bucket_settings=[dict(rule=r.index, applies=str(r), settings=dict(r.settings),
+                                                    distribution=repr(d))
+                                               for r, d in zip(rules, rule_distributions)],
                               num_timesteps=1000, rows=rows), indent=1))
         return 0
     print(f"t ~ {distribution!r}, shifted, on the 0..1000 scale (1000 = pure noise)")
     if shift_settings:
         print("shift settings: " + ", ".join(f"{k}={v!r}" for k, v in shift_settings.items()))
-    headers = ["resolution", "frames", "mode", "T_eff", "shift", "p5", "median", "p95"]
+    if rules:
+        print("bucket_settings: a row takes the settings of the rule it falls under (column rule; '-': the settings "
+              "above):")
+        for r, d in zip(rules, rule_distributions):
+            print(f"  {rule_text(r)}" + ("" if repr(d) == repr(distribution) else f"; t ~ {d!r}"))
+    headers = ["resolution", "frames", "mode"] + (["rule"] if rules else []) + ["T_eff", "shift", "p5", "median",
+                                                                               "p95"]
     if weighted:
         print(f"loss weight {weighting!r}; w_median: the shifted t below which half the gradient budget lies (the "
               "density of the shifted t times w(t), normalised)")
         headers.append("w_median")
-    table = [(f"{r['height']}x{r['width']}", r["frames"], r["mode"], fmt(r["t_eff"], 2), fmt(r["shift_factor"], 3),
+    table = [(f"{r['height']}x{r['width']}", r["frames"], r["mode"], *([rule_cell(r["rule"])] if rules else []),
+              fmt(r["t_eff"], 2), fmt(r["shift_factor"], 3),
               fmt(r["p5"]), fmt(r["median"]), fmt(r["p95"]),
               *([] if not weighted else ["-" if r["emphasis_median"] is None else fmt(r["emphasis_median"])]),
               STATUS_TEXT[r["status"]]) for r in rows]
@@ -778,8 +851,7 @@ def _plot(args: argparse.Namespace) -> int:
     else:
         only_opensora2(args)
         modes, settings = opensora1_modes(args)
-        distribution = modes[0].scheduler.distribution
-        emphasis_t = distribution(midpoint_uniforms()) if "loss_weighting" in settings else None
+        points = EmphasisPoints("loss_weighting" in settings)
         resolutions, frame_counts = resolutions_of(args, None), args.frames
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -793,7 +865,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     t_grid = torch.linspace(0, 1, 201, dtype=torch.float64)
     uniforms = torch.rand(args.samples, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    method = "per rule" if v2 else args.sample_method
+    method = "per rule" if v2 else args.sample_method + (" or a rule's" if not v2 and modes[0].scheduler.rules else "")
     written = []
     for hw in resolutions:
         for frames in frame_counts:
@@ -805,7 +877,8 @@ def _plot(args: argparse.Namespace) -> int:
                 t, h, w = geometry.latent(frames, *hw)
                 title += f" (Open-Sora 2.0, latent {t}x{h}x{w}, {args.vae or 'hunyuan'} VAE)"
             else:
-                curves = list(opensora1_curves(modes, distribution(uniforms), hw, frames, t_grid))
+                bucket_modes = [for_bucket(m, hw, frames) for m in modes]
+                curves = list(opensora1_curves(bucket_modes, uniforms, hw, frames, t_grid))
             for label, curve, shifted, collapsed in curves:
                 if curve is None:  # refused by the guard: named in the legend, nothing drawn
                     ax_curve.plot([], [], ls="none", label=label)
@@ -834,25 +907,27 @@ def _plot(args: argparse.Namespace) -> int:
             finally:
                 plt.close(fig)
             written.append(path)
-            if not v2 and emphasis_t is not None:
-                written.append(plot_emphasis(plt, modes, hw, frames, emphasis_t, out, args.dpi))
+            if not v2 and points.weighted:
+                written.append(plot_emphasis(plt, bucket_modes, hw, frames, points, out, args.dpi))
     for path in written:
         print(path)
     return 0
 
 
-def plot_emphasis(plt: Any, modes: Sequence[Mode1], hw: Tuple[int, int], frames: int, base_t: torch.Tensor,
+def plot_emphasis(plt: Any, modes: Sequence[Mode1], hw: Tuple[int, int], frames: int, points: EmphasisPoints,
                   out: Path, dpi: int) -> Path:
-    """One PNG for a bucket: per mode, the density of the shifted training timestep (dashed) and the effective
-    emphasis (solid: that density times the loss weight, normalised), with w(t') on the right axis."""
+    """One PNG for a bucket: per mode (under the bucket's rule, if any), the density of the shifted training
+    timestep (dashed) and the effective emphasis (solid: that density times the loss weight, normalised), with w(t')
+    on the right axis."""
     weighting = modes[0].scheduler.weighting
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, rule in enumerate(modes):
         color = colors[i % len(colors)]
         t_eff = rule.stock.temporal_size(torch.tensor([float(frames)], dtype=torch.float64)).item()
-        label = f"{rule.mode} (T_eff {t_eff:.3g})"
+        label = f"{mode_label(rule)} (T_eff {t_eff:.3g})"
         factor = stock_factor(rule, hw, frames)
+        base_t = points(rule.scheduler.distribution)
         sampled = emphasis_of(rule, factor, base_t, PLOT_EDGES, LossWeighting("none"))
         if sampled[0] * (PLOT_EDGES[1] - PLOT_EDGES[0]) > 0.999:  # every draw at t' = 0: a line at 0 keeps the scale
             ax.axvline(0.0, lw=3, color=color, label=f"{label}: t = 0, degenerate")
@@ -890,14 +965,20 @@ def plot_emphasis(plt: Any, modes: Sequence[Mode1], hw: Tuple[int, int], frames:
     return path
 
 
-def opensora1_curves(modes: Sequence[Mode1], draws: torch.Tensor, hw: Tuple[int, int], frames: int,
+def opensora1_curves(modes: Sequence[Mode1], uniforms: torch.Tensor, hw: Tuple[int, int], frames: int,
                      t_grid: torch.Tensor) -> Iterator[Tuple[str, Any, Any, bool]]:
-    """(label, transform on t_grid, shifted draws, collapsed) per Open-Sora 1.x mode, shifted as stock does."""
+    """(label, transform on t_grid, shifted draws, collapsed) per Open-Sora 1.x mode (under the bucket's rule, if
+    any), shifted as stock does; the draws are ``uniforms`` through the mode's distribution (the chosen one, or
+    the rule's)."""
     kw = lambda n: {k: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
                     for k, v in zip(META_KEYS, (*hw, frames))}
+    drawn: Dict[Optional[int], torch.Tensor] = {}  # every mode draws alike under the same rule (or none)
     for rule in modes:
+        if rule.rule not in drawn:
+            drawn[rule.rule] = rule.scheduler.distribution(uniforms)
+        draws = drawn[rule.rule]
         t_eff = rule.stock.temporal_size(torch.tensor([float(frames)], dtype=torch.float64)).item()
-        label = f"{rule.mode} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
+        label = f"{mode_label(rule)} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
         yield label, rule.stock(t_grid, kw(len(t_grid))), rule.stock(draws, kw(len(draws))), t_eff <= 0
 
 
@@ -1021,6 +1102,14 @@ class Current(NamedTuple):
 
     shift: Optional[TimestepShift]
     description: str
+    rules: Tuple[BucketRule, ...] = ()  # rflow-timeshift's bucket_settings
+    per_rule: Tuple[TimestepShift, ...] = ()  # the shift of each rule's samples: its child scheduler's
+
+    def shift_for(self, height: int, width: int, frames: int) -> Tuple[Optional[TimestepShift], Optional[int]]:
+        """The shift a clip of this size trains under, and the index of the rule that gives it (None: the
+        scheduler's own)."""
+        applies = rule_for(self.rules, frames, height, width)
+        return (self.shift, None) if applies is None else (self.per_rule[applies.index], applies.index)
 
 
 def current_scheduler(cfg: Optional[Any], version: str) -> Current:
@@ -1056,8 +1145,11 @@ def current_scheduler(cfg: Optional[Any], version: str) -> Current:
         if not built.use_timestep_transform:
             return Current(None, "rflow-timeshift with use_timestep_transform=False: no shift")
         shift = built.shift
+        rules = built.rules
         return Current(shift, f"rflow-timeshift, shift_mode {shift.shift_mode!r}, on_degenerate "
-                              f"{shift.on_degenerate!r}")
+                              f"{shift.on_degenerate!r}"
+                              + (f", {len(rules)} bucket_settings rule{'s' * (len(rules) > 1)}" if rules else ""),
+                       rules, tuple(child.shift for child in built._per_bucket))
     raise UsageError(f"scheduler type {short(kind)} is not audited: only 'rflow' and 'rflow-timeshift' shift timesteps")
 
 
@@ -1134,15 +1226,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if not b.on:
                 off.add(key)
 
-    headers = ["resolution", "frames", "clips", "current", "factor", *SHIFT_MODES] + (["bucket"] if has_buckets else [])
+    ruled = bool(current.rules)
+    headers = (["resolution", "frames", "clips", "current", "factor"] + (["rule"] if ruled else []) + [*SHIFT_MODES]
+               + (["bucket"] if has_buckets else []))
     rows: List[List[Any]] = []
     counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS}
     extreme: List[Tuple[int, int, int, Optional[str]]] = []  # not refused, but timesteps pile up at one end
     messages: List[str] = []
+    rule_of: Dict[Tuple[int, int, int, Optional[str]], Optional[int]] = {}  # the bucket_settings rule of a bucket
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
         h, w, n, name = key
         count = groups[key]
-        verdict = Verdict("off", math.nan, None) if key in off else judge(current.shift, h, w, n)
+        shift, applies = current.shift_for(h, w, n)
+        rule_of[key] = applies
+        verdict = Verdict("off", math.nan, None) if key in off else judge(shift, h, w, n)
         counted[verdict.kind].append((key, 1 if count is None else count))
         if verdict.kind == "ok" and not 1 / MAX_SHIFT_FACTOR < verdict.factor < MAX_SHIFT_FACTOR:
             extreme.append(key)
@@ -1154,13 +1251,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
             t = temporal_size(n_t, m).item()
             cells.append(f"{t:.2f}" if m == "continuous" else f"{int(t)}" + ("!" if t <= 0 else ""))
         rows.append([f"{h}x{w}", n, "-" if count is None else count, STATUS[verdict.kind],
-                     "-" if math.isnan(verdict.factor) else f"{verdict.factor:.3f}", *cells]
+                     "-" if math.isnan(verdict.factor) else f"{verdict.factor:.3f}",
+                     *([rule_cell(applies)] if ruled else []), *cells]
                     + ([name] if has_buckets else []))
     collapsed, refused = counted["collapsed"], counted["refused"]
     code = 1 if collapsed or refused else 0
     args.verdict = code  # what a broken stdout pipe still exits with
 
     print(f"current scheduler: {current.description}")
+    if ruled:
+        print("bucket_settings: a bucket trains under the settings of the rule it falls under (column rule; '-': "
+              "the scheduler's own), and current and factor are that rule's:")
+        for r in current.rules:
+            print(f"  {rule_text(r)}")
     if rule is not None:
         print(f"buckets: Open-Sora's Bucket rule, every keep probability above 0 taken as kept (frame_interval "
               f"{rule.frame_interval}); sizes are each resolution's base aspect ratio")
@@ -1189,9 +1292,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if collapsed:
         what = (f"{sum(c for _, c in collapsed)} clips" if args.csv is not None
                 else f"buckets with {frames_of(collapsed)} frames")
+        by_rule = sorted({rule_of[k] for k, _ in collapsed if rule_of[k] is not None})
+        own = any(rule_of[k] is None for k, _ in collapsed)
+        where = " and ".join((["scheduler = dict(type='rflow-timeshift', shift_mode='latent')"] if own else [])
+                             + [f"shift_mode='latent' in bucket_settings[{i}]" for i in by_rule])
         print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler. "
-              "Recommendation: scheduler = dict(type='rflow-timeshift', shift_mode='latent'), which matches the "
-              "VAE's latent length and equals the stock rule on 17k-frame clips.")
+              f"Recommendation: {where}, which matches the VAE's latent length and equals the stock rule on "
+              "17k-frame clips.")
     if refused:
         what = (f"{sum(c for _, c in refused)} clips in {_buckets_text([k for k, _ in refused])}"
                 if args.csv is not None else _buckets_text([k for k, _ in refused]))
