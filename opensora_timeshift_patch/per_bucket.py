@@ -73,17 +73,18 @@ def _inside(value: float, span: Tuple[Any, Optional[Any]]) -> bool:
 
 def _span(rule: int, key: str, value: Any, integral: bool) -> Tuple[Any, Optional[Any]]:
     kind = numbers.Integral if integral else numbers.Real
-    what = "a frame count" if integral else "a pixel count H * W"
+    what = "a frame count >= 1" if integral else "a pixel count H * W >= 0"
+    least = 1 if integral else 0
 
     def ok(v: Any) -> bool:
-        return isinstance(v, kind) and not isinstance(v, bool) and 1 <= v < float("inf")
+        return isinstance(v, kind) and not isinstance(v, bool) and least <= v < float("inf")
 
     if ok(value):
         return value, value
     if isinstance(value, (list, tuple)) and len(value) == 2 and ok(value[0]) and (value[1] is None or ok(value[1])):
         if value[1] is None or value[0] <= value[1]:
             return value[0], value[1]
-    raise SettingError(f"bucket_settings[{rule}] {key}={describe(value)} is not allowed: use {what} >= 1, or an "
+    raise SettingError(f"bucket_settings[{rule}] {key}={describe(value)} is not allowed: use {what}, or an "
                        f"inclusive pair (lo, hi) with lo <= hi (hi None for no upper bound)")
 
 
