@@ -148,7 +148,8 @@ def figure(summary: Dict[str, Dict[str, Any]], reference: Dict[str, Dict[str, fl
                         va="bottom", fontsize=8, color="grey")
         ax.set_xlim(-0.7, len(labels) - 0.3)
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=8 if len(labels) > 6 else None)
+        long_labels = max(map(len, labels)) > 10
+        ax.set_xticklabels(labels, rotation=20 if long_labels else 0, ha="right" if long_labels else "center")
         ax.set_title(title)
         ax.legend(title="dataset")
     fig.tight_layout()
