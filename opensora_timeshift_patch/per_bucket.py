@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .settings import DISTRIBUTIONS, POLICIES, SettingError, describe
+from .settings import DISTRIBUTIONS, POLICIES, SETTINGS, SettingError, describe
 
 PER_BUCKET = ("sample_method", "t_range", "t_range_mode", "shift_mode", "scale_temporal", "transform_scale",
               "scale_images", "base_resolution", "base_num_frames", "spatial_exponent", "temporal_exponent",
@@ -77,7 +77,7 @@ def _span(rule: int, key: str, value: Any, integral: bool) -> Tuple[Any, Optiona
     least = 1 if integral else 0
 
     def ok(v: Any) -> bool:
-        return isinstance(v, kind) and not isinstance(v, bool) and least <= v < float("inf")
+        return isinstance(v, kind) and not isinstance(v, bool) and least <= v <= 2 ** 53  # exact in float64
 
     if ok(value):
         return value, value
@@ -106,6 +106,9 @@ def parse_bucket_settings(value: Any) -> Tuple[BucketRule, ...]:
         settings = {k: v for k, v in entry.items() if k not in ("frames", "resolution")}
         params = {p for registry in (POLICIES, DISTRIBUTIONS) for name in registry for p in registry.params(name)}
         for key in settings:
+            if key not in SETTINGS and key not in params:
+                raise SettingError(f"bucket_settings[{i}] sets {key}={describe(settings[key])}, which is no setting of "
+                                   "rflow-timeshift")
             if key not in PER_BUCKET and key not in params:
                 raise SettingError(f"bucket_settings[{i}] sets {key}={describe(settings[key])}, which cannot differ "
                                    f"per bucket: a rule sets only {', '.join(PER_BUCKET)} and policy or distribution "
@@ -130,8 +133,10 @@ def rule_for(rules: Sequence[BucketRule], num_frames: float, height: float, widt
     return next((r for r in rules if r.contains(num_frames, height * width)), None)
 
 
-def outside(mask: Tensor, meta: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """The meta with every sample outside ``mask`` replaced by a 512 x 512 image, which any rule shifts validly, so
-    a rule's guard never judges a sample that is not its own."""
+def outside(mask: Tensor, meta: Dict[str, Tensor], like: Optional[int] = None) -> Dict[str, Tensor]:
+    """The meta with every sample outside ``mask`` replaced: by sample ``like`` (one of the mask's own), or by a
+    512 x 512 image, so that a rule's guard never judges a sample that is not its own."""
+    if like is not None:
+        return {key: torch.where(mask, value, value[like]) for key, value in meta.items()}
     return {key: torch.where(mask, value, torch.full_like(value, 1.0 if key == "num_frames" else 512.0))
             for key, value in meta.items()}

@@ -150,7 +150,7 @@ class TimestepDistribution:
         self._inverse_cdf = DISTRIBUTIONS.get(sample_method)
         self._u_range = None
         if self.t_range is not None and t_range_mode == "truncate":
-            self._u_range = tuple(self._cdf(t) for t in self.t_range)
+            self._u_range = (self._cdf(self.t_range[0]), self._cdf(self.t_range[1], upper=True))
         self._check_spread()
 
     def __repr__(self) -> str:
@@ -192,12 +192,15 @@ class TimestepDistribution:
             raise SettingError(f"{what} collapses: 98% of its timesteps fall within {spread:.2g} of "
                                f"t = {t[499].item():.4g} (x N). Widen the distribution or the t_range.")
 
-    def _cdf(self, t: float) -> float:
-        """F(t) by bisection on the increasing inverse CDF, once per bound at set-up (float64, 60 halvings)."""
+    def _cdf(self, t: float, upper: bool = False) -> float:
+        """F(t) by bisection on the increasing inverse CDF, once per bound at set-up (float64, 60 halvings): the
+        least u with F^-1(u) >= t, or with ``upper`` the greatest u with F^-1(u) <= t, so that a distribution with
+        atoms (``fixed``) keeps the ones on both bounds of t_range."""
         lo, hi = 0.0, 1.0
         for _ in range(60):
             mid = (lo + hi) / 2
-            if self._inverse_cdf(torch.tensor([mid], dtype=torch.float64), **self.params).item() < t:
+            value = self._inverse_cdf(torch.tensor([mid], dtype=torch.float64), **self.params).item()
+            if value < t or (upper and value == t):
                 lo = mid
             else:
                 hi = mid

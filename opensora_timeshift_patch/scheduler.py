@@ -104,6 +104,9 @@ class RFlowTimeShift:
             if values["uniform_over_threshold"] is not None or not values["use_timestep_transform"]:
                 raise SettingError("bucket_settings needs use_timestep_transform=True and no uniform_over_threshold "
                                    "(Open-Sora 1.3's redraw is not applied per bucket)")
+            if dist_params.get("fixed_order") == "cycle":
+                raise SettingError("fixed_order='cycle' with bucket_settings: the cycle is the whole batch's stream, "
+                                   "which the rules' own distributions cannot share. Use fixed_order='random'")
         self.num_sampling_steps: int = values["num_sampling_steps"]
         self.num_timesteps: int = values["num_timesteps"]
         self.cfg_scale: float = values["cfg_scale"]
@@ -213,10 +216,23 @@ class RFlowTimeShift:
         height, width, num_frames = (x.expand(batch) for x in read_meta(meta, torch.float64, device, batch))
         full = {"height": height, "width": width, "num_frames": num_frames}
         masks = [rule.mask(num_frames, height, width) for rule in self.rules]
-        unmatched = ~torch.stack(masks).any(dim=0)
-        out = shifted(self, outside(unmatched, full))
-        for mask, child in zip(masks, self._per_bucket):
-            out = torch.where(mask, shifted(child, outside(mask, full)).to(out.dtype), out)
+        owners = [(None, self, ~torch.stack(masks).any(dim=0))] + list(zip(self.rules, self._per_bucket, masks))
+        # The guard's error path looks at the values anyway (one host sync): there, settings with no sample in the
+        # batch are skipped and the others' samples stand in as copies of an own one, so no guard ever judges a
+        # sample that is not its own. Elsewhere a 512 x 512 image stands in, which every setting shifts validly.
+        judged = self.shift.on_degenerate == "error"
+        out: Optional[Tensor] = None
+        for rule, scheduler, mask in owners:
+            if judged and not bool(mask.any()):
+                continue
+            try:
+                value = shifted(scheduler, outside(mask, full, int(mask.nonzero()[0]) if judged else None))
+            except ValueError as err:
+                if rule is None:
+                    raise
+                raise type(err)(f"{rule}: {err}") from None
+            out = value if out is None else torch.where(mask, value.to(out.dtype), out)
+        assert out is not None  # every sample is someone's
         return out
 
     def _from_uniform(self, u: Tensor) -> Tensor:
@@ -334,8 +350,8 @@ def _rule_scheduler(given: Dict[str, Any], rule: BucketRule) -> RFlowTimeShift:
     except (SettingError, TypeError) as err:
         raise SettingError(f"{rule}: {err}") from None
     if child.fixed_cycle:
-        raise SettingError(f"{rule}: fixed_order='cycle' is the scheduler's stream, not a bucket's: set it at the top "
-                           "level")
+        raise SettingError(f"{rule}: fixed_order='cycle' is the whole batch's stream, not a bucket's; a rule takes "
+                           "fixed_order='random'")
     return child
 
 

@@ -446,6 +446,11 @@ def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
     if not values["scale_temporal"] and "shift_mode" in given and values["shift_mode"] != "spatial":
         raise SettingError(f"scale_temporal=False (Open-Sora 1.3's spatial-only shift) contradicts "
                            f"shift_mode={values['shift_mode']!r}: remove one, or use shift_mode='spatial'")
+    if not values["scale_temporal"]:
+        temporal = sorted({"temporal_exponent", "base_num_frames"} & set(given))
+        if temporal:
+            raise SettingError(f"{temporal[0]}={describe(given[temporal[0]])} does not apply with scale_temporal=False "
+                               "(Open-Sora 1.3's spatial-only shift has no temporal factor): remove one of them")
     if values["token_count"] == "video":
         counted = sorted({"temporal_exponent", "base_num_frames"} & set(given))
         if counted:

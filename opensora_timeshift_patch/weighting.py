@@ -82,7 +82,8 @@ class LossWeighting:
         t = torch.linspace(0, 1, 1001, dtype=torch.float64)
         with torch.no_grad():
             w = self._fn(t.clone(), **self.params)
-        if not isinstance(w, Tensor) or w.shape != t.shape or bool(w.isnan().any()) or bool((w < 0).any()):
+        if not isinstance(w, Tensor) or w.shape != t.shape or w.dtype.is_complex or bool(w.isnan().any()) or \
+                bool((w < 0).any()):
             raise SettingError(f"loss_weighting={loss_weighting!r} gives {describe(w)} on t in [0, 1]: a weighting "
                                "must return one weight >= 0 (possibly +inf, which is clipped) per timestep, never NaN")
 
@@ -97,6 +98,10 @@ class LossWeighting:
     def __call__(self, t: Tensor) -> Tensor:
         """Weights for timesteps ``t`` in [0, 1], in float64 (float32 on devices without it is the caller's cast)."""
         w = self._fn(t.to(torch.float64).clamp(0, 1), **self.params)
+        if not isinstance(w, Tensor) or w.shape != t.shape:
+            raise SettingError(f"loss_weighting={self.name!r} returned {describe(w)} for timesteps of shape "
+                               f"{tuple(t.shape)}: a weighting returns one weight per timestep")
+        # A registered weighting was checked on a grid of [0, 1]; off it, a NaN or a negative weight counts as 0.
         return w.nan_to_num(nan=0.0, posinf=self.max_loss_weight).clamp(0, self.max_loss_weight)
 
 

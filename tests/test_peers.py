@@ -223,3 +223,21 @@ def test_video_token_count_interpolates_on_the_whole_clip():
 
 def test_opensora2_takes_the_exponents():
     assert Opensora2Timesteps(temporal_exponent=0.25).factor(16, 256) == pytest.approx(2.0)
+
+
+def test_fixed_with_t_range_keeps_the_listed_timesteps_on_both_bounds():
+    t = ours("fixed", timesteps=[0.1, 0.3, 0.5, 0.7, 0.9], t_range=(0.3, 0.7))
+    assert sorted(set(t.tolist())) == [0.3, 0.5, 0.7]
+    assert sorted(set(ours("fixed", timesteps=[0.0, 0.5, 1.0], t_range=(0.0, 1.0)).tolist())) == [0.0, 0.5, 1.0]
+
+
+def test_a_weighting_of_the_wrong_shape_at_run_time_is_named():
+    @ots.register_weighting("shape_test")
+    def column(t):
+        return t[:, None] if t.numel() != 1001 else torch.ones_like(t)
+
+    try:
+        with pytest.raises(ots.SettingError, match="returned <Tensor of shape \\(4, 1\\)"):
+            LossWeighting("shape_test")(torch.rand(4))
+    finally:
+        ots.settings.WEIGHTINGS.unregister("shape_test")

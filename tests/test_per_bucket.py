@@ -113,3 +113,38 @@ def test_refused_where_it_cannot_apply():
         Opensora2Timesteps(bucket_settings=RULES)
     with pytest.raises(ots.SettingError, match="no uniform_over_threshold"):
         ots.RFlowTimeShift(uniform_over_threshold=0.5, bucket_settings=RULES)
+
+
+def test_settings_with_no_sample_in_the_batch_are_never_judged():
+    # A rule for 4K images whose settings suit only 4K: a batch of 1080p images (none of them its own) trains, and a
+    # batch mixing both gives each its own settings' result.
+    rule = dict(frames=1, resolution=(8_000_000, None), base_resolution=8_294_400.0, spatial_exponent=2.0)
+    scheduler = ots.RFlowTimeShift(bucket_settings=[rule])
+    x = torch.zeros(2, 4, 1, 8, 8)
+    assert bool(scheduler.sample_timesteps(x, meta(1080, 1920, [1, 1])).isfinite().all())
+    both = meta([2160, 1080], [3840, 1920], [1, 1])
+    torch.manual_seed(5)
+    t = scheduler.sample_timesteps(x, both)
+    torch.manual_seed(5)
+    s = torch.rand(2, dtype=torch.float64)  # the scheduler's uniform draw
+    expected = [s[0] * 1000, rational(math.sqrt(1080 * 1920 / 512 ** 2), s[1]) * 1000]  # 4K: a = 1 ** 2
+    torch.testing.assert_close(t.double(), torch.stack(expected), rtol=1e-5, atol=1e-3)
+
+
+def test_a_guard_error_under_a_rule_names_the_rule():
+    scheduler = ots.RFlowTimeShift(shift_mode="legacy", bucket_settings=[dict(frames=(2, 16), shift_mode="frames16")])
+    with pytest.raises(ots.MetaError, match=r"bucket_settings\[0\] \(frames 2..16\): shift_mode='frames16' gives "
+                                            "T_eff = 0 for num_frames=5"):
+        scheduler.sample_timesteps(torch.zeros(1, 4, 2, 8, 8), meta(256, 256, [5]))
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(bucket_settings=[dict(frames=(1, 10 ** 400), temporal_exponent=0.3)]), r"frames=\(1, 1000"),
+    (dict(bucket_settings=[dict(frames=1, foo=1)]), "sets foo=1, which is no setting of rflow-timeshift"),
+    (dict(sample_method="fixed", timesteps=[0.2, 0.8], fixed_order="cycle", timestep_rng="per_sample",
+          bucket_settings=[dict(frames=1, sample_method="uniform")]), "fixed_order='cycle' with bucket_settings"),
+    (dict(scale_temporal=False, temporal_exponent=2.0), "temporal_exponent=2.0 does not apply with scale_temporal"),
+])
+def test_more_refusals(settings, message):
+    with pytest.raises(ots.SettingError, match=message):
+        ots.RFlowTimeShift(**settings)
