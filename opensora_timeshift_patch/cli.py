@@ -775,8 +775,10 @@ def inspect_opensora2(args: argparse.Namespace) -> int:
     notes = [mismatch_note(rule, per_rule[rule.label], geometry) for rule in rules]
     notes = [note for note in notes if note]
     if args.json:
+        strict = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
         print(json.dumps(dict(opensora_version="2.0", vae=args.vae or "hunyuan", geometry=geometry._asdict(),
-                              rules={r.label: repr(r.timesteps) for r in rules}, rows=rows, notes=notes), indent=1))
+                              rules={r.label: repr(r.timesteps) for r in rules}, rows=strict, notes=notes), indent=1,
+                         allow_nan=False))
         return 0
     for line in opensora2_header(geometry, rules):
         print(line)

@@ -321,3 +321,19 @@ def test_config_2_0_never_writes_the_base(tmp_path, capsys):
 def test_config_1_x_still_needs_a_shift_mode(tmp_path, capsys):
     code, _, err = run(capsys, "config", FIXTURES / "opensora_v1_2_stage1.py", "--out", tmp_path / "o.py")
     assert code == 2 and "--shift-mode is required" in err and list(tmp_path.iterdir()) == []
+
+
+def test_json_is_strict_even_for_refused_rows(capsys):
+    import json as _json
+
+    from opensora_timeshift_patch.cli import main as cli_main
+
+    assert cli_main(["inspect", "--opensora-version", "2.0", "--resolution", "256px", "--frames", "2", "--vae",
+                     "dc-ae", "--json"]) == 0
+    out = capsys.readouterr().out
+
+    def refuse(constant):
+        raise AssertionError(f"non-JSON constant {constant}")
+
+    rows = _json.loads(out, parse_constant=refuse)["rows"]
+    assert any(row["status"] == "refused" and row["p5"] is None for row in rows)
