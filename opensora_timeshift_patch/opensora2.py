@@ -31,8 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .sampling import (TimestepDistribution, counter_uniform, cycle_uniform, data_parallel_layout,
-                       global_sample_index, stratified_uniform)
+from .sampling import TimestepDistribution, data_parallel_layout, global_sample_index, stream_uniform
 from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, NOT_ON_OPENSORA2, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS,
                        Setting, SettingError, describe, resolve, route, unknown_setting_error)
 from .shift import SHIFT_SETTINGS, MetaError, TimestepShift
@@ -143,13 +142,9 @@ class Opensora2Timesteps:
                                            "not found")
             step = SETTINGS["timestep_start_step"].check(step)
             dp_rank, dp_size = data_parallel_layout()
-            index = global_sample_index(n, dp_rank, dp_size, device)
-            if self.fixed_cycle:
-                u = cycle_uniform(step, index, len(self.distribution.params["timesteps"]))
-            elif self.stratified:
-                u = stratified_uniform(self.timestep_seed, step, dp_rank, dp_size, n, device)
-            else:
-                u = counter_uniform(self.timestep_seed, step, index)
+            cycle = len(self.distribution.params["timesteps"]) if self.fixed_cycle else None
+            u = stream_uniform(self.timestep_seed, step, global_sample_index(n, dp_rank, dp_size, device), dp_rank,
+                               dp_size, self.stratified, cycle)
         else:
             u = torch.rand(n, device=device, dtype=torch.float64)
         return self.distribution(u).to(torch.promote_types(t_stock.dtype, torch.float32))

@@ -276,6 +276,18 @@ def stratified_uniform(seed: int, step: int, dp_rank: int, dp_size: int, batch_s
     return torch.remainder(u0 + (dp_rank + i / batch_size) / dp_size, 1.0)
 
 
+def stream_uniform(seed: int, step: int, index: Tensor, dp_rank: int, dp_size: int, stratified: bool,
+                   cycle: Optional[int] = None) -> Tensor:
+    """This rank's uniforms of the per-sample stream at ``step``, for the samples at global positions ``index``:
+    :func:`cycle_uniform` over ``cycle`` list entries when given, else :func:`stratified_uniform` or
+    :func:`counter_uniform`."""
+    if cycle is not None:
+        return cycle_uniform(step, index, cycle)
+    if stratified:
+        return stratified_uniform(seed, step, dp_rank, dp_size, index.shape[0], index.device)
+    return counter_uniform(seed, step, index)
+
+
 # --- where a rank's samples sit in the global batch -------------------------------------------------------
 
 def data_parallel_layout(data_parallel_group: Any = None, sequence_parallel_group: Any = None) -> Tuple[int, int]:

@@ -12,8 +12,8 @@ from torch.distributions import LogisticNormal
 
 from .patch import swapped_transform
 from .rflow import StandaloneRFlow, sampling_grid
-from .sampling import (TimestepDistribution, counter_uniform, cycle_uniform, data_parallel_layout,
-                       global_sample_index, stratified_uniform)
+from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
+                       stream_uniform)
 from .per_bucket import BucketRule, outside, parse_bucket_settings
 from .settings import (APPLIES_ONLY_WITH, DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, SETTINGS, SettingError, describe,
                        is_numpy_bool, resolve, route, settings_doc, unknown_setting_error)
@@ -178,12 +178,8 @@ class RFlowTimeShift:
         if self.timestep_rng == "per_sample":
             dp_rank, dp_size = data_parallel_layout(*self._groups)
             index = global_sample_index(n, dp_rank, dp_size, device)
-            if self.fixed_cycle:
-                u = cycle_uniform(step, index, len(self.distribution.params["timesteps"]))
-            elif self.stratified:
-                u = stratified_uniform(self.timestep_seed, step, dp_rank, dp_size, n, device)
-            else:
-                u = counter_uniform(self.timestep_seed, step, index)
+            cycle = len(self.distribution.params["timesteps"]) if self.fixed_cycle else None
+            u = stream_uniform(self.timestep_seed, step, index, dp_rank, dp_size, self.stratified, cycle)
             if self.uniform_over_threshold is not None:
                 resample_u = counter_uniform(self.timestep_seed, step, index, lane=2)
             t = self._from_uniform(u)
