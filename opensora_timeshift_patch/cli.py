@@ -26,7 +26,7 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -1184,6 +1184,24 @@ STATUS = {"ok": "ok", "clamped": "clamped", "collapsed": "t = 0 !", "refused": "
           "off": "off"}
 
 
+def print_bucket_report(csv: Optional[str], groups: Mapping[Any, Any], legend: str, headers: Sequence[str],
+                        rows: Sequence[Sequence[Any]], dropped: Mapping[str, int], why_dropped: str,
+                        skipped: Counter, examples: Sequence[str]) -> None:
+    """The part of an audit report both releases share: the clip count, the table, dropped clips, malformed rows."""
+    if csv is not None:
+        print(f"{sum(c for c in groups.values() if c)} clips in {len(groups)} buckets from {csv}")
+    print(legend)
+    print(format_table(headers, rows))
+    if dropped:
+        print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
+              + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items())) + f"): {why_dropped}")
+    if skipped:
+        print(f"\nskipped {sum(skipped.values())} malformed rows: "
+              + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
+        for example in examples:
+            print(f"  {example}")
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.csv is None and args.config is None:
         raise UsageError("give --csv PATH, --config PATH or both")
@@ -1269,21 +1287,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if rule is not None:
         print(f"buckets: Open-Sora's Bucket rule, every keep probability above 0 taken as kept (frame_interval "
               f"{rule.frame_interval}); sizes are each resolution's base aspect ratio")
-    if args.csv is not None:
-        print(f"{sum(c for c in groups.values() if c)} clips in {len(groups)} buckets from {args.csv}")
-    print("T_eff per mode ('!' marks T_eff <= 0: every timestep of such a clip collapses to t = 0); factor: the "
-          "current scheduler's shift factor")
-    print(format_table(headers, rows))
-    if dropped:
-        print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
-              + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items()))
-              + "): a video needs more frames than a frame count other than 1 (T > t), at a resolution whose pixel "
-                "count it reaches to 0.8; an image needs a kept 1-frame bucket")
-    if skipped:
-        print(f"\nskipped {sum(skipped.values())} malformed rows: "
-              + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
-        for example in examples:
-            print(f"  {example}")
+    print_bucket_report(
+        args.csv, groups, "T_eff per mode ('!' marks T_eff <= 0: every timestep of such a clip collapses to t = 0); "
+        "factor: the current scheduler's shift factor", headers, rows, dropped,
+        "a video needs more frames than a frame count other than 1 (T > t), at a resolution whose pixel count it "
+        "reaches to 0.8; an image needs a kept 1-frame bucket", skipped, examples)
     if extreme:
         print(f"\nnote: the shift factor is outside [0.01, 100] for {_buckets_text(extreme)}: timesteps pile up at "
               "one end (on_degenerate='error' would refuse such batches)")
@@ -1410,22 +1418,12 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
               f"stride ceil(fps / fps_max) at fps >= fps_max {fps_max}, 1 without an fps), every keep probability above "
               "0 taken as kept; sizes are "
               + ("each clip's closest aspect ratio" if args.csv is not None else "each name's square or 16:9 size"))
-    if args.csv is not None:
-        print(f"{sum(c for c in groups.values() if c)} clips in {len(groups)} buckets from {args.csv}")
-    print("latent: T x h x w; tokens and alpha: what training counts and shifts by; inf.tokens and inf.alpha: what "
-          "inference does for the same size")
-    print(format_table(headers, rows))
-    if dropped:
-        print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
-              + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items()))
-              + "): a video needs at least as many frames (after the fps stride) as a frame count other than 1, at a "
-                "resolution whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket and an fps "
-                "below fps_max, or none (2.0 divides its one frame by the stride too)")
-    if skipped:
-        print(f"\nskipped {sum(skipped.values())} malformed rows: "
-              + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
-        for example in examples:
-            print(f"  {example}")
+    print_bucket_report(
+        args.csv, groups, "latent: T x h x w; tokens and alpha: what training counts and shifts by; inf.tokens and "
+        "inf.alpha: what inference does for the same size", headers, rows, dropped,
+        "a video needs at least as many frames (after the fps stride) as a frame count other than 1, at a resolution "
+        "whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket and an fps below fps_max, or none "
+        "(2.0 divides its one frame by the stride too)", skipped, examples)
     extreme = [k for k, _ in counted["extreme"]]
     if extreme:
         print(f"\nnote: alpha is outside [0.01, 100] for {_buckets_text(extreme)}: timesteps pile up at one end "
