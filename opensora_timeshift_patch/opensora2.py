@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .sampling import TimestepDistribution, data_parallel_layout, global_sample_index, stream_uniform
-from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, NOT_ON_OPENSORA2, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS,
+from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS, not_on_opensora2,
                        Setting, SettingError, describe, resolve, route, unknown_setting_error)
 from .shift import SHIFT_SETTINGS, MetaError, TimestepShift
 
@@ -54,14 +54,14 @@ class Opensora2Timesteps:
 
     def __init__(self, **settings: Any) -> None:
         for key, value in settings.items():
-            if key in NOT_ON_OPENSORA2 or key in OPENSORA_ONLY:
-                why = NOT_ON_OPENSORA2.get(key, "it is an Open-Sora 1.3 RFLOW keyword")
+            why = not_on_opensora2(key)
+            if why:
                 raise SettingError(f"{key}={describe(value)} has no meaning on Open-Sora 2.0 ({why}): remove it")
         own, policy_params, dist_params, _, rest = route(settings, SETTINGS, distribution=True, release="2.0")
         values = resolve(own, release="2.0")
         if rest:
             key = next(iter(rest))
-            takes = [name for name in SETTINGS if name not in NOT_ON_OPENSORA2]
+            takes = [name for name in SETTINGS if not not_on_opensora2(name)]
             raise unknown_setting_error(f"{SCHEDULER_TYPE} (Open-Sora 2.0)", key, rest[key], takes,
                                         values["shift_mode"], values["sample_method"])
         self.given: Dict[str, Any] = dict(settings)

@@ -24,13 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .settings import DISTRIBUTIONS, POLICIES, SETTINGS, SettingError, describe
-
-PER_BUCKET = ("sample_method", "t_range", "t_range_mode", "shift_mode", "scale_temporal", "transform_scale",
-              "scale_images", "base_resolution", "base_num_frames", "spatial_exponent", "temporal_exponent",
-              "shift_family", "shift_sigma", "resolution_shift", "shift", "base_shift", "max_shift", "token_count",
-              "base_seq_len", "max_seq_len", "patch_size", "spatial_compression")
-"""The settings a rule may override: what draws and shifts a sample's timestep."""
+from .settings import DISTRIBUTIONS, PER_BUCKET, POLICIES, SETTINGS, SettingError, describe
 
 MAX_RULES = 64
 

@@ -45,12 +45,17 @@ def v13(n: Tensor) -> Tensor:
     return _floordiv(n - 1, 4)
 
 
+_FROM_LATENT = "2.0's latent length comes from the latent itself"
+
+
 @register_policy(
     "latent",
     micro_frame_size=Setting("micro_frame_size", "int", 17, "frames per VAE micro-batch (None: whole clips)",
-                             low=1, high=100_000, optional=True),
-    temporal_compression=Setting("temporal_compression", "int", 4, "pixel frames per latent frame", low=1, high=64),
-    causal=Setting("causal", "bool", False, "the causal-VAE rule 1 + (n - 1) // temporal_compression"),
+                             low=1, high=100_000, optional=True, not_on_2=_FROM_LATENT),
+    temporal_compression=Setting("temporal_compression", "int", 4, "pixel frames per latent frame", low=1, high=64,
+                                 not_on_2=_FROM_LATENT),
+    causal=Setting("causal", "bool", False, "the causal-VAE rule 1 + (n - 1) // temporal_compression",
+                   not_on_2=_FROM_LATENT),
 )
 def latent(
     n: Tensor,

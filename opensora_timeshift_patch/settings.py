@@ -15,8 +15,8 @@ import difflib
 import inspect
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 
 class SettingError(ValueError):
@@ -41,6 +41,10 @@ class Setting:
     high_open: bool = False
     choices: Optional[Choices] = None
     optional: bool = False  # None is allowed and means "off"
+    # The setting's scope, declared here rather than in lists beside the declaration:
+    group: str = ""  # the selection it belongs to: one of GROUPS
+    applies_with: Optional[Tuple[str, Tuple[Any, ...]]] = None  # (setting, values) it means something under; () for any value but that setting's default
+    not_on_2: str = ""  # why it has no meaning on Open-Sora 2.0 ("" where it has one)
 
     def allowed(self) -> str:
         """What the setting accepts, in words."""
@@ -173,8 +177,9 @@ class FunctionRegistry:
     Each parameter is validated by the :class:`Setting` given at registration, or one inferred from its default.
     """
 
-    def __init__(self, key: str, kind: str) -> None:
+    def __init__(self, key: str, kind: str, group: str, not_on_2: str = "") -> None:
         self.key, self.kind = key, kind
+        self.group, self.not_on_2 = group, not_on_2  # every parameter's scope: the registry's selection
         self._functions: Dict[str, Fn] = {}
         self._params: Dict[str, Dict[str, Setting]] = {}
 
@@ -204,7 +209,9 @@ class FunctionRegistry:
                     taken = "a scheduler setting" if p.name in SETTINGS else f"a parameter of {owners[0]}"
                     raise SettingError(f"{self.key} {name!r}: parameter name {p.name!r} is already {taken}; "
                                        "rename it")
-            self._params[name] = {p.name: settings.get(p.name) or infer_setting(p.name, p.default) for p in params}
+            declared = {p.name: settings.get(p.name) or infer_setting(p.name, p.default) for p in params}
+            self._params[name] = {k: replace(v, group=self.group, not_on_2=v.not_on_2 or self.not_on_2)
+                                  for k, v in declared.items()}
             self._functions[name] = fn
             return fn
 
@@ -250,13 +257,15 @@ class FunctionRegistry:
         return isinstance(name, str) and name in self._functions
 
 
-POLICIES = FunctionRegistry("shift_mode", "policy")
+_OWN_LOSS = "2.0's train.py computes its loss itself"
+
+POLICIES = FunctionRegistry("shift_mode", "policy", "shift")
 """Temporal-size policies by name (filled by :mod:`.policies`): the choices of ``shift_mode``."""
 
-DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution")
+DISTRIBUTIONS = FunctionRegistry("sample_method", "distribution", "distribution")
 """Timestep distributions by name (filled by :mod:`.sampling`): the choices of ``sample_method``."""
 
-WEIGHTINGS = FunctionRegistry("loss_weighting", "weighting")
+WEIGHTINGS = FunctionRegistry("loss_weighting", "weighting", "loss", not_on_2=_OWN_LOSS)
 """Loss weightings w(t) by name (filled by :mod:`.weighting`): the choices of ``loss_weighting``."""
 
 _REGISTRIES = (POLICIES, DISTRIBUTIONS, WEIGHTINGS)
@@ -268,82 +277,82 @@ MAX_SHIFT_FACTOR = 100.0
 
 _SETTINGS = (
     # --- Open-Sora's rflow ------------------------------------------------------------------------------------
-    Setting("num_sampling_steps", "int", 10, "Euler steps in sample()", low=1, high=10_000),
-    Setting("num_timesteps", "int", 1000, "the time scale N; t = N is pure noise", low=1, high=1_000_000),
-    Setting("cfg_scale", "float", 4.0, "classifier-free guidance scale when sample() gets none", low=0, high=100),
-    Setting("use_discrete_timesteps", "bool", False, "integer training timesteps and a rounded sampling grid"),
+    Setting("num_sampling_steps", "int", 10, "Euler steps in sample()", low=1, high=10_000, group="rflow", not_on_2="2.0's inference config sets sampling_option.num_steps"),
+    Setting("num_timesteps", "int", 1000, "the time scale N; t = N is pure noise", low=1, high=1_000_000, group="rflow", not_on_2='2.0 keeps t in [0, 1]'),
+    Setting("cfg_scale", "float", 4.0, "classifier-free guidance scale when sample() gets none", low=0, high=100, group="rflow", not_on_2="2.0's inference config sets sampling_option.guidance"),
+    Setting("use_discrete_timesteps", "bool", False, "integer training timesteps and a rounded sampling grid", group="rflow", not_on_2='2.0 draws continuous t'),
     Setting("use_timestep_transform", "bool", True,
-            "shift timesteps at all (stock rflow defaults to False; a timeshift scheduler that does not shift is rflow)"),
+            "shift timesteps at all (stock rflow defaults to False; a timeshift scheduler that does not shift is rflow)", group="rflow"),
     # --- the base distribution ------------------------------------------------------------------------------
-    Setting("sample_method", "choice", "uniform", "base distribution of training timesteps", choices=DISTRIBUTIONS),
+    Setting("sample_method", "choice", "uniform", "base distribution of training timesteps", choices=DISTRIBUTIONS, group="distribution"),
     Setting("t_range", "range", None, "(t_min, t_max), fractions of N, confining the base draw (before the shift)",
-            optional=True),
+            optional=True, group="distribution"),
     Setting("loss_weighting", "choice", "none",
-            "per-sample loss weight w(t) of the shifted timestep, times Open-Sora's own weights", choices=WEIGHTINGS),
+            "per-sample loss weight w(t) of the shifted timestep, times Open-Sora's own weights", choices=WEIGHTINGS, group="loss", not_on_2=_OWN_LOSS),
     Setting("max_loss_weight", "float", 1000.0,
             "loss weights are clipped to this (sigma_sqrt and debiased grow without bound at an end of [0, 1])",
-            low=1, high=1e6),
+            low=1, high=1e6, group="loss", applies_with=('loss_weighting', ()), not_on_2=_OWN_LOSS),
     Setting("t_range_mode", "choice", "truncate",
             "'truncate' conditions the distribution on t_range, 'rescale' squeezes it into t_range",
-            choices=("truncate", "rescale")),
+            choices=("truncate", "rescale"), group="distribution", applies_with=('t_range', ())),
     # --- the shift ------------------------------------------------------------------------------------------
-    Setting("shift_mode", "choice", "latent", "temporal-size policy: how num_frames becomes T_eff", choices=POLICIES),
+    Setting("shift_mode", "choice", "latent", "temporal-size policy: how num_frames becomes T_eff", choices=POLICIES, group="shift"),
     Setting("on_degenerate", "choice", "error",
             "a sample with T_eff <= 0: 'error' raises, 'clamp' shifts it as T_eff = 1, 'ignore' keeps stock's collapse",
-            choices=("error", "clamp", "ignore")),
+            choices=("error", "clamp", "ignore"), group="guard"),
     Setting("scale_temporal", "bool", True,
-            "False: Open-Sora 1.3's spatial-only shift (every sample treated as an image, as stock 1.3 does)"),
+            "False: Open-Sora 1.3's spatial-only shift (every sample treated as an image, as stock 1.3 does)", group="shift"),
     Setting("transform_scale", "float", 1.0, "extra multiplier on the shift factor (Open-Sora's transform_scale)",
-            low=1 / MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
-    Setting("scale_images", "bool", True, "whether transform_scale applies to images too (1.2: yes; 1.3: videos only)"),
+            low=1 / MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift"),
+    Setting("scale_images", "bool", True, "whether transform_scale applies to images too (1.2: yes; 1.3: videos only)", group="shift"),
     Setting("uniform_over_threshold", "float", None,
             "Open-Sora 1.3: redraw shifted video timesteps above this fraction of N uniformly above it",
-            low=0, high=1, high_open=True, optional=True),
+            low=0, high=1, high_open=True, optional=True, group="redraw", not_on_2="it is Open-Sora 1.3's redraw"),
     Setting("base_resolution", "float", 512 * 512, "H * W at which the spatial factor is 1 (resolution_shift='sqrt')",
-            low=1, high=1e9),
-    Setting("base_num_frames", "float", 1, "T_eff at which the temporal factor is 1", low=1e-3, high=1e5),
+            low=1, high=1e9, group="shift", applies_with=('resolution_shift', ('sqrt',))),
+    Setting("base_num_frames", "float", 1, "T_eff at which the temporal factor is 1", low=1e-3, high=1e5, group="shift"),
     Setting("spatial_exponent", "float", 0.5, "the exponent e of (H W / base_resolution) ** e (resolution_shift='sqrt')",
-            low=0, high=2),
+            low=0, high=2, group="shift", applies_with=('resolution_shift', ('sqrt',))),
     Setting("temporal_exponent", "float", 0.5,
-            "the exponent of (T_eff / base_num_frames) in the factor (0: no temporal factor)", low=0, high=2),
+            "the exponent of (T_eff / base_num_frames) in the factor (0: no temporal factor)", low=0, high=2, group="shift"),
     Setting("shift_family", "choice", "rational",
             "'rational' a t / (1 + (a - 1) t) (SD3, Open-Sora) or 'exponential' (Flux, shift given as mu = log a)",
-            choices=("rational", "exponential")),
-    Setting("shift_sigma", "float", 1.0, "the exponent of the exponential family (Flux: 1)", low=0.1, high=10),
+            choices=("rational", "exponential"), group="shift"),
+    Setting("shift_sigma", "float", 1.0, "the exponent of the exponential family (Flux: 1)", low=0.1, high=10, group="shift", applies_with=('shift_family', ('exponential',))),
     Setting("resolution_shift", "choice", "sqrt",
             "'sqrt' of H W / base_resolution (Open-Sora 1.x), 'linear' in latent tokens (Flux, Open-Sora 2.0), "
-            "or 'constant' (shift)", choices=("sqrt", "linear", "constant")),
+            "or 'constant' (shift)", choices=("sqrt", "linear", "constant"), group="shift"),
     Setting("shift", "float", None, "the constant of resolution_shift='constant' (a, or mu for exponential)",
-            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift", applies_with=('resolution_shift', ('constant',))),
     Setting("base_shift", "float", None, "the linear rule's value at base_seq_len (a, or mu); default 1 / 0.5",
-            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("max_shift", "float", None, "the linear rule's value at max_seq_len (a, or mu); default 3 / 1.15",
-            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR),
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("token_count", "choice", "frame",
             "what the linear rule counts: 'frame' latent tokens per frame, times the temporal factor (Open-Sora "
             "2.0, Flux); 'video' the whole clip's T_eff H W tokens, no temporal factor (SimpleTuner's video rule)",
-            choices=("frame", "video")),
-    Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7),
-    Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7),
+            choices=("frame", "video"), group="shift", applies_with=('resolution_shift', ('linear',))),
+    Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7, group="shift", applies_with=('resolution_shift', ('linear',))),
+    Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7, group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("patch_size", "int", 2,
             "latent pixels per token side, for the token count (on Open-Sora 2.0 unset: 2 in training, the model's at "
-            "inference, as stock)", low=1, high=64),
+            "inference, as stock)", low=1, high=64, group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("spatial_compression", "int", 8, "pixels per latent pixel side, for token counts from pixel meta",
-            low=1, high=64),
+            low=1, high=64, group="shift", applies_with=('resolution_shift', ('linear',)), not_on_2="2.0's token count comes from the latent itself"),
     Setting("bucket_settings", "any", None,
             "rules dict(frames=(lo, hi), resolution=(lo, hi), **settings) giving some buckets their own distribution "
-            "and shift settings (see per_bucket)", optional=True),
+            "and shift settings (see per_bucket)", optional=True, group="rules", not_on_2='not supported on 2.0 yet; its batches hold one bucket each, so a config per bucket set works'),
     # --- the stream of random numbers -----------------------------------------------------------------------
     Setting("timestep_rng", "choice", "global",
             "'global' draws from torch's RNG as stock does; 'per_sample' from a counter-based stream keyed on "
-            "(timestep_seed, step, global sample index)", choices=("global", "per_sample")),
-    Setting("timestep_seed", "int", 0, "the per-sample stream's seed", low=0, high=2**64 - 1),
-    Setting("stratified", "bool", False, "stratify the uniforms of the whole global batch (per_sample only)"),
+            "(timestep_seed, step, global sample index)", choices=("global", "per_sample"), group="stream"),
+    Setting("timestep_seed", "int", 0, "the per-sample stream's seed", low=0, high=2**64 - 1, group="stream", applies_with=('timestep_rng', ('per_sample',))),
+    Setting("stratified", "bool", False, "stratify the uniforms of the whole global batch (per_sample only)", group="stream", applies_with=('timestep_rng', ('per_sample',))),
     Setting("timestep_start_step", "int", 0,
             "the step to resume the per-sample stream from, under a trainer that does not restore state_dict()",
-            low=0, high=2**63 - 1),
+            low=0, high=2**63 - 1, group="stream", applies_with=('timestep_rng', ('per_sample',)), not_on_2="on 2.0 the per-sample stream follows train.py's own step, which a resumed run restores"),
     Setting("backend", "choice", "auto", "'auto' (Open-Sora's RFLOW when importable), 'opensora' or 'standalone'",
-            choices=("auto", "opensora", "standalone")),
+            choices=("auto", "opensora", "standalone"), group="backend", not_on_2='2.0 has no RFLOW: only the timesteps are replaced'),
 )
 
 SETTINGS: Dict[str, Setting] = {s.name: s for s in _SETTINGS}
@@ -361,35 +370,85 @@ OPENSORA_ONLY: Dict[str, Setting] = {s.name: s for s in (
 """Open-Sora 1.3's RFLOW keywords for guidance variants and conditioning: passed to its RFLOW, which implements
 them; the standalone backend takes them only at these defaults."""
 
-# The settings of the shift itself: with use_timestep_transform=False nothing reads them.
-SHIFTING = ("shift_mode", "on_degenerate", "scale_temporal", "transform_scale", "scale_images", "uniform_over_threshold",
-            "base_resolution", "base_num_frames", "spatial_exponent", "temporal_exponent", "shift_family",
-            "shift_sigma", "resolution_shift", "shift", "base_shift", "max_shift", "token_count", "base_seq_len",
-            "max_seq_len", "patch_size", "spatial_compression")
-
-# Settings that only mean something under another setting's value: given explicitly otherwise, they would be
-# silently ignored, so they are refused. name -> (the setting it depends on, the values under which it applies;
-# () for any value but that setting's default).
-APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
-    "t_range_mode": ("t_range", ()),
-    "max_loss_weight": ("loss_weighting", ()),
-    "base_resolution": ("resolution_shift", ("sqrt",)),
-    "spatial_exponent": ("resolution_shift", ("sqrt",)),
-    "token_count": ("resolution_shift", ("linear",)),
-    "shift": ("resolution_shift", ("constant",)),
-    "base_shift": ("resolution_shift", ("linear",)),
-    "max_shift": ("resolution_shift", ("linear",)),
-    "base_seq_len": ("resolution_shift", ("linear",)),
-    "max_seq_len": ("resolution_shift", ("linear",)),
-    "patch_size": ("resolution_shift", ("linear",)),
-    "spatial_compression": ("resolution_shift", ("linear",)),
-    "shift_sigma": ("shift_family", ("exponential",)),
-    "timestep_seed": ("timestep_rng", ("per_sample",)),
-    "stratified": ("timestep_rng", ("per_sample",)),
-    "timestep_start_step": ("timestep_rng", ("per_sample",)),
+GROUPS: Dict[str, str] = {
+    "rflow": "Open-Sora's rflow: the time scale and the sampling loop",
+    "distribution": "the base distribution of t (a bucket_settings rule may set these)",
+    "shift": "the shift: T_eff, the resolution rule and the curve (a bucket_settings rule may set these)",
+    "guard": "what a degenerate sample gets",
+    "redraw": "Open-Sora 1.3's redraw above a threshold",
+    "loss": "the loss weighting",
+    "rules": "per-bucket rules",
+    "stream": "where the uniforms come from",
+    "backend": "which rectified flow runs the rest",
 }
+"""The selections a setting belongs to (``Setting.group``); the lists below are read off the declaration."""
 
 
+def names_in(*groups: str) -> Tuple[str, ...]:
+    """The scheduler's settings in these groups, in declaration order."""
+    return tuple(name for name, s in SETTINGS.items() if s.group in groups)
+
+
+SHIFTING = names_in("shift", "guard", "redraw")
+"""What the shift reads: with use_timestep_transform=False none of these may be given."""
+
+PER_BUCKET = names_in("distribution", "shift")
+"""What a bucket_settings rule may set (with the parameters of the policies and distributions): what draws and
+shifts a sample's timestep."""
+
+APPLIES_ONLY_WITH: Dict[str, Tuple[str, Tuple[Any, ...]]] = {
+    name: s.applies_with for name, s in SETTINGS.items() if s.applies_with is not None}
+"""Settings that only mean something under another setting's value (``Setting.applies_with``): given otherwise,
+they would be silently ignored, so they are refused."""
+
+
+def applies(setting: Setting, values: Mapping[str, Any]) -> bool:
+    """Whether ``setting`` means something under the resolved ``values`` (its ``applies_with``)."""
+    if setting.applies_with is None:
+        return True
+    on, under = setting.applies_with
+    return values[on] in under if under else values[on] != SETTINGS[on].default
+
+
+def declaration(name: str) -> Optional[Setting]:
+    """The declaration of a scheduler setting or of any registered function's parameter (the first owner's)."""
+    if name in SETTINGS:
+        return SETTINGS[name]
+    for registry in _REGISTRIES:
+        owners = registry.owners(name)
+        if owners:
+            return registry.params(owners[0])[name]
+    return None
+
+
+class _NotOnOpensora2(Mapping):
+    """Every setting and parameter with no meaning on Open-Sora 2.0, and why: read off the declarations when asked,
+    so a policy registered later is included."""
+
+    def _all(self) -> Dict[str, str]:
+        names = list(SETTINGS) + list(OPENSORA_ONLY) + [p for r in _REGISTRIES for f in r for p in r.params(f)]
+        return {n: not_on_opensora2(n) for n in dict.fromkeys(names) if not_on_opensora2(n)}
+
+    def __getitem__(self, name: str) -> str:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+NOT_ON_OPENSORA2: Mapping[str, str] = _NotOnOpensora2()
+"""Settings with no meaning on Open-Sora 2.0, and why (``Setting.not_on_2``): given there, they are refused."""
+
+
+def not_on_opensora2(name: str) -> str:
+    """Why ``name`` has no meaning on Open-Sora 2.0 ("" where it has one), from its declaration."""
+    if name in OPENSORA_ONLY:
+        return "it is an Open-Sora 1.3 RFLOW keyword"
+    found = declaration(name)
+    return "" if found is None else found.not_on_2
 
 
 RELEASE_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -399,26 +458,6 @@ RELEASE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "2.0": {"sample_method": "logit-normal", "resolution_shift": "linear"},
 }
 """Defaults that differ by Open-Sora release, so that no settings means that release's stock rule."""
-
-NOT_ON_OPENSORA2: Dict[str, str] = {
-    "num_sampling_steps": "2.0's inference config sets sampling_option.num_steps",
-    "num_timesteps": "2.0 keeps t in [0, 1]",
-    "cfg_scale": "2.0's inference config sets sampling_option.guidance",
-    "use_discrete_timesteps": "2.0 draws continuous t",
-    "uniform_over_threshold": "it is Open-Sora 1.3's redraw",
-    "spatial_compression": "2.0's token count comes from the latent itself",
-    "timestep_start_step": "on 2.0 the per-sample stream follows train.py's own step, which a resumed run restores",
-    "backend": "2.0 has no RFLOW: only the timesteps are replaced",
-    "micro_frame_size": "2.0's latent length comes from the latent itself",
-    "temporal_compression": "2.0's latent length comes from the latent itself",
-    "causal": "2.0's latent length comes from the latent itself",
-    "loss_weighting": "2.0's train.py computes its loss itself",
-    "max_loss_weight": "2.0's train.py computes its loss itself",
-    "min_snr_gamma": "2.0's train.py computes its loss itself",
-    "bucket_settings": "not supported on 2.0 yet; its batches hold one bucket each, so a config per bucket set works",
-}
-"""Settings with no meaning on Open-Sora 2.0, and why: given there, they are refused rather than ignored."""
-
 
 def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
     """Validate the scheduler's own settings in ``given`` and fill in the defaults of the rest (``release``'s,
@@ -430,9 +469,10 @@ def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
     values = {name: s.default for name, s in SETTINGS.items()}
     values.update(RELEASE_DEFAULTS[release])
     values.update({name: SETTINGS[name].check(value) for name, value in given.items()})
-    for name, (on, applies) in APPLIES_ONLY_WITH.items():
-        if name in given and not (values[on] in applies if applies else values[on] != SETTINGS[on].default):
-            needs = f"{on}={applies[0]!r}" if len(applies) == 1 else f"a {on}"
+    for name in APPLIES_ONLY_WITH:
+        if name in given and not applies(SETTINGS[name], values):
+            on, under = APPLIES_ONLY_WITH[name]
+            needs = f"{on}={under[0]!r}" if len(under) == 1 else f"a {on}"
             raise SettingError(f"{name}={describe(given[name])} only applies with {needs} (got {on}={values[on]!r}); "
                                "remove it or set that too")
     if not values["use_timestep_transform"]:
