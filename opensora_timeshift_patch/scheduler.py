@@ -10,14 +10,14 @@ import torch
 from torch import Tensor
 from torch.distributions import LogisticNormal
 
+from .core import Recipe
 from .patch import swapped_transform
-from .rflow import StandaloneRFlow, sampling_grid
-from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
-                       stream_uniform)
-from .per_bucket import BucketRule, outside, parse_bucket_settings
-from .settings import (APPLIES_ONLY_WITH, DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, SETTINGS, SettingError, describe,
-                       is_numpy_bool, resolve, route, settings_doc, unknown_setting_error)
-from .shift import SHIFT_SETTINGS, TimestepShift, read_meta
+from .per_bucket import BucketRule
+from .rflow import (Check, StandaloneRFlow, guarded_table, mark_table_checked, mask_problem, refuse,
+                    sampling_grid, timestep_problem)
+from .sampling import TimestepDistribution
+from .settings import OPENSORA_ONLY, SETTINGS, SettingError, describe, is_numpy_bool, settings_doc
+from .shift import TimestepShift
 from .weighting import LossWeighting
 
 # Open-Sora 1.3 keywords of RFLOW.sample that only its own RFLOW implements: the standalone backend takes them at
@@ -75,38 +75,13 @@ class RFlowTimeShift:
 """
 
     def __init__(self, **settings: Any) -> None:
-        own, policy_params, dist_params, weight_params, rest = route(settings, SETTINGS, distribution=True)
-        values = resolve(own)
-        opensora_only = {k: OPENSORA_ONLY[k].check(v) for k, v in rest.items() if k in OPENSORA_ONLY}
-        for key, value in rest.items():
-            if key not in OPENSORA_ONLY:
-                raise unknown_setting_error("rflow-timeshift", key, value, SETTINGS, values["shift_mode"],
-                                            values["sample_method"], OPENSORA_ONLY, values["loss_weighting"])
-        if policy_params and not values["use_timestep_transform"]:
-            key = next(iter(policy_params))
-            raise SettingError(f"{key}={describe(settings[key])} only applies with use_timestep_transform=True (got "
-                               "False): remove it or turn the shift on")
-        self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params, **weight_params}
-        unused = [f"{k}={values[k]!r}" for k in ("transform_scale", "uniform_over_threshold")
-                  if values[k] != SETTINGS[k].default]
-        if not values["scale_temporal"] and unused:
-            warnings.warn(f"scale_temporal=False: as in stock Open-Sora 1.3, every sample is shifted as an image, so "
-                          f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply", stacklevel=2)
-        self.distribution = TimestepDistribution(values["sample_method"], values["t_range"], values["t_range_mode"],
-                                                 **dist_params)
-        self.shift = TimestepShift(**{k: v for k, v in own.items() if k in SHIFT_SETTINGS}, **policy_params)
-        self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight_params)
-        self.rules: Tuple[BucketRule, ...] = ()
-        self._per_bucket: List["RFlowTimeShift"] = []
-        if values["bucket_settings"] is not None:
-            self.rules = parse_bucket_settings(values["bucket_settings"])
-            self._per_bucket = [_rule_scheduler(settings, rule) for rule in self.rules]
-            if values["uniform_over_threshold"] is not None or not values["use_timestep_transform"]:
-                raise SettingError("bucket_settings needs use_timestep_transform=True and no uniform_over_threshold "
-                                   "(Open-Sora 1.3's redraw is not applied per bucket)")
-            if dist_params.get("fixed_order") == "cycle":
-                raise SettingError("fixed_order='cycle' with bucket_settings: the cycle is the whole batch's stream, "
-                                   "which the rules' own distributions cannot share. Use fixed_order='random'")
+        self.recipe = Recipe(settings, release="1.x")
+        values = self.recipe.values
+        self.settings: Dict[str, Any] = self.recipe.settings
+        self.distribution: TimestepDistribution = self.recipe.distribution
+        self.shift: TimestepShift = self.recipe.shift
+        self.weighting: LossWeighting = self.recipe.weighting
+        self.rules: Tuple[BucketRule, ...] = self.recipe.rules
         self.num_sampling_steps: int = values["num_sampling_steps"]
         self.num_timesteps: int = values["num_timesteps"]
         self.cfg_scale: float = values["cfg_scale"]
@@ -118,23 +93,18 @@ class RFlowTimeShift:
         self.timestep_seed: int = values["timestep_seed"]
         self.stratified: bool = values["stratified"]
         self.step: int = values["timestep_start_step"]
-        self.fixed_cycle = self.sample_method == "fixed" and dist_params.get("fixed_order") == "cycle"
-        if self.fixed_cycle and (self.timestep_rng != "per_sample" or self.stratified):
-            raise SettingError("fixed_order='cycle' visits the list by step and sample index, which needs "
-                               "timestep_rng='per_sample' without stratified (got timestep_rng="
-                               f"{self.timestep_rng!r}, stratified={self.stratified!r})")
         self._groups: Tuple[Any, Any] = (None, None)
         # Stock's draws, kept call for call where they apply, so the same RNG state gives the same timesteps.
-        self._stock_draw = (self.timestep_rng == "global" and values["t_range"] is None
+        self._stock_draw = (self.timestep_rng == "global" and values["t_range"] is None and not self.rules
                             and self.sample_method in ("uniform", "logit-normal"))
-        if self.use_discrete_timesteps and self.distribution.spread * self.num_timesteps < 2:
-            raise SettingError(f"use_discrete_timesteps=True with num_timesteps={self.num_timesteps} and "
-                               f"{self.distribution!r} leaves fewer than two integer timesteps: every draw would be "
-                               "the same. Widen t_range or raise num_timesteps")
         if self._stock_draw and self.sample_method == "logit-normal":
             loc, scale = self.distribution.params.get("loc", 0.0), self.distribution.params.get("scale", 1.0)
             self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
-        self.backend, self.rflow = _backend(values, opensora_only)
+        self.backend, self.rflow = _backend(values, self.recipe.rflow_keywords)
+
+    @property
+    def _per_bucket(self) -> Tuple[Recipe, ...]:  # the CLI's old accessor, until it reads recipe.children
+        return self.recipe.children
 
     def __repr__(self) -> str:
         stream = f", timestep_seed={self.timestep_seed}, stratified={self.stratified}" * (self.timestep_rng == "per_sample")
@@ -172,70 +142,30 @@ class RFlowTimeShift:
 
         ``step`` keys the per-sample stream (default: this scheduler's count of ``training_losses`` calls).
         """
-        n, device = _check_latents("x_start", x_start), x_start.device
+        recipe, n, device = self.recipe, _check_latents("x_start", x_start), x_start.device
         step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
-        resample_u = None
+        redraw_u = None
         if self.timestep_rng == "per_sample":
-            dp_rank, dp_size = data_parallel_layout(*self._groups)
-            index = global_sample_index(n, dp_rank, dp_size, device)
-            cycle = len(self.distribution.params["timesteps"]) if self.fixed_cycle else None
-            u = stream_uniform(self.timestep_seed, step, index, dp_rank, dp_size, self.stratified, cycle)
-            if self.uniform_over_threshold is not None:
-                resample_u = counter_uniform(self.timestep_seed, step, index, lane=2)
-            t = self._from_uniform(u)
-        elif self.rules:  # one uniform per sample, mapped by the distribution of the rule it falls under
+            u, redraw_u = recipe.stream_uniforms(n, device, step, self._groups)
+        elif not self._stock_draw:
             u = torch.rand((n,), device=device, dtype=torch.float64)
-            t = self._from_uniform(u)
-        elif self._stock_draw and self.use_discrete_timesteps:
-            t = torch.randint(0, self.num_timesteps, (n,), device=device)
-        elif self._stock_draw and self.sample_method == "uniform":
-            t = torch.rand((n,), device=device) * self.num_timesteps
-        elif self._stock_draw:
-            t = self._logistic_normal.sample((n,))[:, 0].to(device) * self.num_timesteps
+        elif self.use_discrete_timesteps:
+            u, t = None, torch.randint(0, self.num_timesteps, (n,), device=device)
+        elif self.sample_method == "uniform":
+            u, t = None, torch.rand((n,), device=device) * self.num_timesteps
         else:
-            t = self._from_uniform(torch.rand((n,), device=device, dtype=torch.float64))
+            u, t = None, self._logistic_normal.sample((n,))[:, 0].to(device) * self.num_timesteps
+        if u is not None:
+            t = recipe.timesteps(u)
         if not self.use_timestep_transform:
             return t
         latent_frames, latent_hw = _latent_frames(x_start), _latent_hw(x_start)
-        if self.rules:
-            return self._by_rule(model_kwargs, n, device, lambda scheduler, meta: scheduler.shift(
-                scheduler._from_uniform(u), meta, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw))
+        if self.rules:  # one uniform per sample, mapped by the recipe of the rule it falls under
+            return recipe.by_rule(model_kwargs, n, device, lambda rule, meta: rule.shift(
+                rule.timesteps(u), meta, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw))
         return self.shift(t, model_kwargs, self.num_timesteps, latent_frames=latent_frames,
                           uniform_over_threshold=self.uniform_over_threshold, latent_hw=latent_hw,
-                          resample_u=resample_u)
-
-    def _by_rule(self, meta: Any, batch: int, device: Any,
-                 shifted: Callable[["RFlowTimeShift", Dict[str, Tensor]], Tensor]) -> Tensor:
-        """Per sample, ``shifted`` under the settings of the rule it falls under, or the scheduler's own; no host
-        sync. Each set of settings sees only its own samples' meta (the others as a plain image), so its guard
-        judges only its own samples."""
-        height, width, num_frames = (x.expand(batch) for x in read_meta(meta, torch.float64, device, batch))
-        full = {"height": height, "width": width, "num_frames": num_frames}
-        masks = [rule.mask(num_frames, height, width) for rule in self.rules]
-        owners = [(None, self, ~torch.stack(masks).any(dim=0))] + list(zip(self.rules, self._per_bucket, masks))
-        # The guard's error path looks at the values anyway (one host sync): there, settings with no sample in the
-        # batch are skipped and the others' samples stand in as copies of an own one, so no guard ever judges a
-        # sample that is not its own. Elsewhere a 512 x 512 image stands in, which every setting shifts validly.
-        judged = self.shift.on_degenerate == "error"
-        out: Optional[Tensor] = None
-        for rule, scheduler, mask in owners:
-            if judged and not bool(mask.any()):
-                continue
-            try:
-                value = shifted(scheduler, outside(mask, full, int(mask.nonzero()[0]) if judged else None))
-            except ValueError as err:
-                if rule is None:
-                    raise
-                raise type(err)(f"{rule}: {err}") from None
-            out = value if out is None else torch.where(mask, value.to(out.dtype), out)
-        assert out is not None  # every sample is someone's
-        return out
-
-    def _from_uniform(self, u: Tensor) -> Tensor:
-        t = self.distribution(u)
-        if self.use_discrete_timesteps:
-            return (t * self.num_timesteps).floor().clamp(max=self.num_timesteps - 1).long()
-        return (t * self.num_timesteps).float()
+                          resample_u=redraw_u)
 
     def sampling_timesteps(self, z: Tensor, additional_args: Optional[Mapping[str, Any]]) -> List[Tensor]:
         """The timesteps :meth:`sample` visits, from t = N down, one batch-length tensor per step."""
@@ -254,6 +184,22 @@ class RFlowTimeShift:
         Each call counts one step of the per-sample stream; ``step`` overrides the count for this call. On the
         standalone backend, 1.3's ``x_gt``, ``noise_disable_threshold``, ``text_uncond_prob`` and (with no
         ``mask_index``) ``x_noisy_ref`` keep their stock meaning; i2v/v2v conditioning needs Open-Sora's RFLOW.
+        Open-Sora's per-timestep ``weights`` are indexed as :func:`~.rflow.weight_index` says; Open-Sora's own RFLOW
+        takes them only with integer timesteps.
+
+        Inputs that would make a loss NaN, infinite or negative are handled as ``on_degenerate`` says:
+
+        - ``"error"`` raises a :class:`~.settings.SettingError` naming the value: a ``weights`` entry that is NaN,
+          infinite or negative; a ``mask`` row with no True frame (its masked mean is 0/0); an explicit ``t`` outside
+          [0, N] or NaN; a NaN or negative weight from a registered ``loss_weighting``. One host copy of a few flags
+          per call, only when there is a mask, an explicit ``t``, a registered weighting or a new table to look at:
+          a ``weights`` tensor is checked once, and again only after it changes (its ``_version``).
+        - ``"clamp"``: a row with no frame gets loss 0 (and no gradient); ``t`` is clamped into [0, N]; a negative
+          ``weights`` entry counts as 0, as does a weighting's NaN or negative weight. No host sync: a NaN ``t`` or
+          a NaN or +inf ``weights`` entry, which has nothing to be clamped to, stops the run with a device-side assert.
+        - ``"ignore"``: stock's numbers (a ``t`` outside [0, N], a negative weight), with a device-side assert where
+          stock's loss could only be NaN or infinite: a row with no frame, a non-finite ``t`` or ``weights`` entry,
+          and a weighting's NaN or negative weight. No host sync.
         """
         if model_args is not None:
             if model_kwargs is not None:
@@ -262,20 +208,64 @@ class RFlowTimeShift:
         batch = _check_latents("x_start", x_start)
         _check_mask(mask, x_start, torch.bool)
         _check_weights(weights, self.num_timesteps)
+        given_t = t is not None
         if t is not None and (not isinstance(t, Tensor) or t.shape != (batch,) or t.dtype.is_complex or t.dtype == torch.bool):
             raise SettingError(f"t={describe(t)} is not allowed: pass one real timestep per sample, shape ({batch},)")
         step = self.step if step is None else SETTINGS["timestep_start_step"].check(step)
         if t is None:
             t = self.sample_timesteps(x_start, model_kwargs, step)
+        guard, n = self.shift.on_degenerate, self.num_timesteps
+        high, why = n, " (t = N is pure noise)"
+        if weights is not None and self.backend == "opensora":
+            if t.is_floating_point():
+                raise SettingError("weights with continuous timesteps: Open-Sora's RFLOW indexes weights[t], which needs "
+                                   "integer t (use_discrete_timesteps=True with use_timestep_transform=False, or an "
+                                   "integer t=). The standalone backend takes weights[floor(t)]")
+            if len(weights) == n:
+                high, why = n - 1, f": Open-Sora's RFLOW indexes weights[t], and a table of {n} has no entry for t = {n}"
+
+        checks: List[Check] = []  # the "error" path's, looked at in one host copy
+        table = weights
+        if weights is not None:
+            table, table_checks = guarded_table(weights, guard)
+            checks += table_checks
+        has_frame = None if mask is None else mask.any(dim=1)
+        loss_mask = mask
+        if has_frame is not None and guard == "error":
+            checks.append((~has_frame.all(), lambda: mask_problem(mask)))
+        elif has_frame is not None and guard == "clamp":  # such a row is averaged over all its frames, then zeroed
+            loss_mask = mask | ~has_frame[:, None]
+        elif has_frame is not None:
+            torch._assert_async(has_frame.all(), "a mask row has no noised frame: its loss would be 0/0 = NaN")
+        if given_t and guard == "error":
+            explicit = t
+            checks.append((~((t >= 0) & (t <= high)).all(), lambda: timestep_problem(explicit, high, why)))
+        elif given_t and guard == "clamp":
+            if t.is_floating_point():
+                torch._assert_async(~t.isnan().any(), "t holds a NaN timestep")
+            t = t.clamp(0, high)
+        elif given_t and t.is_floating_point():
+            torch._assert_async(t.isfinite().all(), "t holds a NaN or infinite timestep")
+        w = None if self.weighting.is_identity else self.weighting.unclipped(t / n)
+        if w is not None and self.weighting.checked_per_call and guard == "error":
+            unclipped, at = w, t / n
+            checks.append(((w.isnan() | (w < 0)).any(), lambda: self.weighting.problem(at.cpu(), unclipped.cpu())))
+        refuse(checks)
+        if weights is not None and guard == "error":
+            mark_table_checked(weights, guard)
+
         self.step += 1  # counted once the step's timesteps exist, so a refused batch does not advance the stream
         if self.backend == "opensora":
-            terms = self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t, **kwargs)
+            terms = self.rflow.training_losses(model, x_start, model_kwargs, noise, loss_mask, table, t, **kwargs)
         else:
-            terms = self.rflow.training_losses(model, x_start, model_kwargs, noise, mask, weights, t,
+            terms = self.rflow.training_losses(model, x_start, model_kwargs, noise, loss_mask, table, t,
                                                **_standalone_training_keywords(kwargs))
-        if not self.weighting.is_identity:  # a per-sample factor, as stock applies its own weights
-            w = self.weighting(t / self.num_timesteps)
-            terms["loss"] = terms["loss"] * w.to(terms["loss"].dtype)
+        loss = terms["loss"]
+        if has_frame is not None and guard == "clamp":
+            loss = torch.where(has_frame, loss, torch.zeros_like(loss))
+        if w is not None:  # a per-sample factor, as stock applies its own weights
+            loss = loss * self.weighting.clip(w, guard).to(loss.dtype)
+        terms["loss"] = loss
         return terms
 
     def sample(self, model: Callable[..., Tensor], text_encoder: Any, z: Tensor, prompts: Sequence[str], device: Any,
@@ -312,7 +302,7 @@ class RFlowTimeShift:
 
         def shift(t: Tensor, args: Any) -> Tensor:
             if self.rules:
-                return self._by_rule(args, t.shape[0], t.device, lambda scheduler, meta: scheduler.shift(
+                return self.recipe.by_rule(args, t.shape[0], t.device, lambda rule, meta: rule.shift(
                     t, meta, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw))
             return self.shift(t, args, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw)
 
@@ -320,35 +310,6 @@ class RFlowTimeShift:
 
 
 RFlowTimeShift.__doc__ = (RFlowTimeShift.__doc__ or "") + settings_doc(SETTINGS)
-
-
-def _rule_scheduler(given: Dict[str, Any], rule: BucketRule) -> RFlowTimeShift:
-    """The settings of a rule's samples: the scheduler's, overridden by the rule's, validated as the scheduler's.
-
-    A rule that picks another distribution, policy or rule drops the scheduler's parameters of the one it replaces.
-    """
-    own = rule.settings
-    inherited = {}
-    for key, value in given.items():
-        if key in ("bucket_settings", "backend") or key in OPENSORA_ONLY:
-            continue
-        if "sample_method" in own and any(key in DISTRIBUTIONS.params(m) for m in DISTRIBUTIONS):
-            continue
-        if "shift_mode" in own and any(key in POLICIES.params(m) for m in POLICIES):
-            continue
-        if key in APPLIES_ONLY_WITH and APPLIES_ONLY_WITH[key][0] in own:
-            continue
-        inherited[key] = value
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the scheduler itself has said what it warns about
-            child = RFlowTimeShift(**{**inherited, **own}, backend="standalone")
-    except (SettingError, TypeError) as err:
-        raise SettingError(f"{rule}: {err}") from None
-    if child.fixed_cycle:
-        raise SettingError(f"{rule}: fixed_order='cycle' is the whole batch's stream, not a bucket's; a rule takes "
-                           "fixed_order='random'")
-    return child
 
 
 def _backend(values: Dict[str, Any], opensora_only: Dict[str, Any]) -> Tuple[str, Any]:
@@ -390,10 +351,11 @@ def _check_mask(mask: Any, x: Tensor, kind: torch.dtype) -> None:
 
 
 def _check_weights(weights: Any, num_timesteps: int) -> None:
-    """Open-Sora's per-timestep loss weights: one per integer timestep, indexed by t."""
-    if weights is not None and (not isinstance(weights, Tensor) or weights.shape != (num_timesteps + 1,) and
-                                weights.shape != (num_timesteps,)):
-        raise SettingError(f"weights={describe(weights)} is not allowed: give a tensor of {num_timesteps} or "
+    """Open-Sora's per-timestep loss weights: one real number per integer timestep, indexed by t (their values are
+    training_losses' to look at, as ``on_degenerate`` says)."""
+    if weights is not None and (not isinstance(weights, Tensor) or weights.dtype == torch.bool or
+                                weights.dtype.is_complex or weights.shape not in ((num_timesteps + 1,), (num_timesteps,))):
+        raise SettingError(f"weights={describe(weights)} is not allowed: give a real tensor of {num_timesteps} or "
                            f"{num_timesteps + 1} per-timestep loss weights (indexed by the integer timestep)")
 
 

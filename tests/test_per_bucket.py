@@ -13,7 +13,7 @@ import opensora_timeshift_patch as ots
 from conftest import meta
 from opensora_timeshift_patch.opensora2 import Opensora2Timesteps
 from opensora_timeshift_patch.per_bucket import parse_bucket_settings, rule_for
-from opensora_timeshift_patch.testing import StubModel
+from standin.stubs import StubModel
 
 
 def rational(a, t):
@@ -105,7 +105,67 @@ def test_bad_rules_are_refused_by_name(rules, message):
 def test_a_rule_replacing_the_distribution_drops_the_scheduler_parameters_of_the_old_one():
     scheduler = ots.RFlowTimeShift(sample_method="logit-normal", loc=0.5,
                                    bucket_settings=[dict(frames=1, sample_method="uniform")])
-    assert scheduler._per_bucket[0].sample_method == "uniform"
+    child = scheduler.recipe.children[0].distribution
+    assert child.sample_method == "uniform" and child.params == {}
+
+
+def _image_timesteps(scheduler, seed=11, batch=4):
+    """Timesteps of a batch of 512 x 512 images (resolution factor 1 under the sqrt rule), and the uniforms the
+    scheduler drew for them (with bucket_settings it draws float64 uniforms from the global RNG)."""
+    torch.manual_seed(seed)
+    t = scheduler.sample_timesteps(torch.zeros(batch, 4, 1, 8, 8), meta(512, 512, [1] * batch))
+    torch.manual_seed(seed)
+    return t.double(), torch.rand(batch, dtype=torch.float64)
+
+
+# A rule overrides what it names and inherits the rest: each case restates the scheduler's selection, so every
+# parameter of that selection must be inherited (each of these was once dropped or refused).
+def test_a_rule_restating_logit_normal_keeps_the_scheduler_loc():
+    scheduler = ots.RFlowTimeShift(sample_method="logit-normal", loc=1.0,
+                                   bucket_settings=[dict(frames=1, sample_method="logit-normal", scale=0.5)])
+    t, u = _image_timesteps(scheduler)
+    torch.testing.assert_close(t, 1000 * torch.sigmoid(1.0 + 0.5 * torch.special.ndtri(u)), rtol=1e-6, atol=1e-4)
+
+
+def test_a_rule_with_only_t_range_keeps_rescale():
+    scheduler = ots.RFlowTimeShift(sample_method="logit-normal", t_range=(0.2, 0.6), t_range_mode="rescale",
+                                   bucket_settings=[dict(frames=1, t_range=(0.5, 0.7))])
+    t, u = _image_timesteps(scheduler)  # rescale squeezes the whole logit-normal into (0.5, 0.7); truncate would not
+    torch.testing.assert_close(t, 1000 * (0.5 + 0.2 * torch.sigmoid(torch.special.ndtri(u))), rtol=1e-6, atol=1e-4)
+
+
+def test_a_rule_restating_the_exponential_family_keeps_shift_sigma():
+    scheduler = ots.RFlowTimeShift(shift_family="exponential", shift_sigma=2.0, resolution_shift="constant",
+                                   shift=0.5, bucket_settings=[dict(frames=1, shift_family="exponential")])
+    t, u = _image_timesteps(scheduler)
+    a = math.exp(0.5)
+    torch.testing.assert_close(t, 1000 * a / (a + (1 / u - 1) ** 2), rtol=1e-5, atol=1e-3)
+
+
+def test_a_rule_restating_the_linear_rule_keeps_its_anchors():
+    scheduler = ots.RFlowTimeShift(resolution_shift="linear", base_shift=0.5, max_shift=2.0,
+                                   bucket_settings=[dict(frames=1, resolution_shift="linear")])
+    t, u = _image_timesteps(scheduler)
+    tokens = (8 // 2) * (8 // 2)  # the 8 x 8 latent's own tokens of patch_size 2
+    a = 0.5 + (2.0 - 0.5) * (tokens - 256) / (4096 - 256)  # 0.406, where the default anchors 1 -> 3 give 0.875
+    torch.testing.assert_close(t, 1000 * rational(a, u), rtol=1e-5, atol=1e-3)
+
+
+def test_a_rule_restating_the_constant_rule_keeps_the_scheduler_shift():
+    scheduler = ots.RFlowTimeShift(resolution_shift="constant", shift=2.0,
+                                   bucket_settings=[dict(frames=1, resolution_shift="constant")])
+    t, u = _image_timesteps(scheduler)
+    torch.testing.assert_close(t, 1000 * rational(2.0, u), rtol=1e-5, atol=1e-3)
+
+
+def test_a_rule_switching_the_policy_drops_the_old_policy_parameters_only():
+    scheduler = ots.RFlowTimeShift(shift_mode="latent", micro_frame_size=None, temporal_exponent=0.25,
+                                   bucket_settings=[dict(frames=(2, None), shift_mode="v13")])
+    child = scheduler.recipe.children[0].shift
+    assert child.shift_mode == "v13" and child.policy_params == {} and child.temporal_exponent == 0.25
+    same = ots.RFlowTimeShift(shift_mode="latent", micro_frame_size=None,
+                              bucket_settings=[dict(frames=(2, None), shift_mode="latent", transform_scale=2.0)])
+    assert same.recipe.children[0].shift.policy_params == {"micro_frame_size": None}
 
 
 def test_refused_where_it_cannot_apply():

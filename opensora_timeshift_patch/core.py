@@ -1,0 +1,252 @@
+"""The core: every decision about training timesteps, made once, when the settings are read.
+
+A :class:`Recipe` is built from the ``scheduler`` dict's settings for one Open-Sora generation (``"1.x"`` or
+``"2.0"``, whose defaults differ so that no settings means that release's stock rule) and carried to every
+integration: the 1.x scheduler (:mod:`.scheduler`), the 2.0 hooks (:mod:`.opensora2`), ``patch`` and each command of
+the CLI. It holds
+
+- the base distribution of t (:class:`~.sampling.TimestepDistribution`),
+- the guarded shift (:class:`~.shift.TimestepShift`; its guard is :mod:`.guard`),
+- the loss weighting (:class:`~.weighting.LossWeighting`),
+- the stream the uniforms come from (:class:`Stream`),
+- the per-bucket rules, each with a Recipe *derived* from this one (:meth:`Recipe.derive`): a rule overrides what it
+  names and inherits the rest.
+
+Every refusal of a combination lives here or in :func:`~.settings.resolve`; integrations consume the Recipe and
+never decide again.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
+from .sampling import TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, stream_uniform
+from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
+                       applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
+from .shift import SHIFT_SETTINGS, TimestepShift, read_meta
+from .weighting import LossWeighting
+
+RELEASES = tuple(RELEASE_DEFAULTS)
+"""The Open-Sora generations a Recipe is built for: ``"1.x"`` (1.2 and 1.3) and ``"2.0"``."""
+
+
+class Stream(NamedTuple):
+    """Where a training step's uniforms come from (the ``stream`` settings)."""
+
+    rng: str  # "global": torch's RNG, as stock; "per_sample": the counter-based stream
+    seed: int
+    stratified: bool
+    start_step: int
+    cycle: Optional[int]  # fixed_order="cycle": the number of list entries visited in turn; else None
+
+
+class Recipe:
+    """The configured training-timestep recipe: see the module docstring.
+
+    Args:
+        settings: the ``scheduler`` dict's keywords (without ``type``): the scheduler's settings
+            (:data:`~.settings.SETTINGS`), the selected policy's, distribution's and weighting's parameters, and on
+            1.x Open-Sora 1.3's RFLOW keywords (kept in :attr:`rflow_keywords` for its RFLOW).
+        release: ``"1.x"`` or ``"2.0"``; on 2.0 a setting with no meaning there is refused with the reason.
+        who: how errors name the caller.
+    """
+
+    def __init__(self, settings: Optional[Mapping[str, Any]] = None, release: str = "1.x",
+                 who: str = "rflow-timeshift") -> None:
+        if release not in RELEASES:
+            raise SettingError(f"release={describe(release)} is not allowed: use one of {', '.join(map(repr, RELEASES))}")
+        given = dict(settings or {})
+        if release == "2.0":
+            for key, value in given.items():
+                why = not_on_opensora2(key)
+                if why:
+                    raise SettingError(f"{key}={describe(value)} has no meaning on Open-Sora 2.0 ({why}): remove it")
+        own, policy, dist, weight, rest = route(given, SETTINGS, distribution=True, release=release)
+        values = resolve(own, release=release)
+        for key, value in rest.items():
+            if key not in OPENSORA_ONLY:
+                takes = [n for n in SETTINGS if release == "1.x" or not not_on_opensora2(n)]
+                raise unknown_setting_error(who, key, value, takes, values["shift_mode"], values["sample_method"],
+                                            OPENSORA_ONLY if release == "1.x" else (), values["loss_weighting"])
+        if policy and not values["use_timestep_transform"]:
+            key = next(iter(policy))
+            raise SettingError(f"{key}={describe(given[key])} only applies with use_timestep_transform=True (got "
+                               "False): remove it or turn the shift on")
+        self.release, self.who = release, who
+        self.given: Dict[str, Any] = given
+        self.values: Dict[str, Any] = values
+        self.rflow_keywords: Dict[str, Any] = {k: OPENSORA_ONLY[k].check(v) for k, v in rest.items()}
+        self.settings: Dict[str, Any] = {**values, **policy, **dist, **weight}
+        if not values["scale_temporal"]:
+            unused = [f"{k}={values[k]!r}" for k in ("transform_scale", "uniform_over_threshold")
+                      if values[k] != SETTINGS[k].default]
+            if unused:
+                warnings.warn(f"scale_temporal=False: as in stock Open-Sora 1.3, every sample is shifted as an image, "
+                              f"so {' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply",
+                              stacklevel=3)
+
+        self.distribution = TimestepDistribution(values["sample_method"], values["t_range"], values["t_range_mode"],
+                                                 **dist)
+        release_shift = {k: v for k, v in RELEASE_DEFAULTS[release].items() if k in SHIFT_SETTINGS}
+        self.shift = TimestepShift(**{**release_shift, **{k: v for k, v in own.items() if k in SHIFT_SETTINGS}},
+                                   **policy)
+        self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight)
+
+        cycle = len(dist["timesteps"] if "timesteps" in dist else DISTRIBUTIONS.defaults("fixed")["timesteps"]) \
+            if values["sample_method"] == "fixed" and dist.get("fixed_order") == "cycle" else None
+        self.stream = Stream(values["timestep_rng"], values["timestep_seed"], values["stratified"],
+                             values["timestep_start_step"], cycle)
+        if cycle is not None and (self.stream.rng != "per_sample" or self.stream.stratified):
+            raise SettingError("fixed_order='cycle' visits the list by step and sample index, which needs "
+                               f"timestep_rng='per_sample' without stratified (got timestep_rng={self.stream.rng!r}, "
+                               f"stratified={self.stream.stratified!r})")
+        if values["use_discrete_timesteps"] and self.distribution.spread * values["num_timesteps"] < 2:
+            raise SettingError(f"use_discrete_timesteps=True with num_timesteps={values['num_timesteps']} and "
+                               f"{self.distribution!r} leaves fewer than two integer timesteps: every draw would be "
+                               "the same. Widen t_range or raise num_timesteps")
+
+        self.rules: Tuple[BucketRule, ...] = ()
+        self.children: Tuple[Recipe, ...] = ()
+        if values["bucket_settings"] is not None:
+            self.rules = parse_bucket_settings(values["bucket_settings"])
+            if values["uniform_over_threshold"] is not None or not values["use_timestep_transform"]:
+                raise SettingError("bucket_settings needs use_timestep_transform=True and no uniform_over_threshold "
+                                   "(Open-Sora 1.3's redraw is not applied per bucket)")
+            if cycle is not None:
+                raise SettingError("fixed_order='cycle' with bucket_settings: the cycle is the whole batch's stream, "
+                                   "which the rules' own distributions cannot share. Use fixed_order='random'")
+            self.children = tuple(self._rule_recipe(rule) for rule in self.rules)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.given.items())
+        return f"Recipe({shown or 'stock ' + self.release}, release={self.release!r})"
+
+    # --- the time scale -------------------------------------------------------------------------------------
+
+    @property
+    def use_timestep_transform(self) -> bool:
+        return self.values["use_timestep_transform"]
+
+    @property
+    def num_timesteps(self) -> int:
+        """N: training timesteps live in [0, N] (1.x's num_timesteps; 1 on 2.0, whose t is in [0, 1])."""
+        return self.values["num_timesteps"] if self.release == "1.x" else 1
+
+    # --- deriving ---------------------------------------------------------------------------------------------
+
+    def derive(self, overrides: Mapping[str, Any], keep_rules: bool = True) -> "Recipe":
+        """This recipe with ``overrides``: what they name is replaced and the rest inherited, except an inherited
+        setting that no longer means anything under the new selection (a parameter of a distribution, policy or
+        weighting that is no longer selected; a setting whose ``applies_with`` no longer holds). A contradiction
+        between what is inherited and what is overridden is refused, as for any settings."""
+        inherited = {k: v for k, v in self.given.items() if k not in overrides and (keep_rules or k != "bucket_settings")}
+        merged = {**inherited, **overrides}
+        selected = {name: s.default for name, s in SETTINGS.items()}
+        selected.update(RELEASE_DEFAULTS[self.release])
+        selected.update({k: v for k, v in merged.items() if k in SETTINGS})
+        if "shift_mode" not in merged and selected["scale_temporal"] is False:
+            selected["shift_mode"] = "spatial"
+        kept = dict(overrides)
+        for key, value in inherited.items():
+            if key in SETTINGS:
+                if applies(SETTINGS[key], selected):
+                    kept[key] = value
+            elif key in OPENSORA_ONLY or not _registry_param(key) or _taken(key, selected):
+                kept[key] = value
+        return Recipe(kept, self.release, self.who)
+
+    def _rule_recipe(self, rule: BucketRule) -> "Recipe":
+        """A rule's samples' recipe: this one, overridden by the rule (:meth:`derive`)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the scheduler's own settings have said what they warn about
+                child = self.derive(rule.settings, keep_rules=False)
+        except (SettingError, TypeError) as err:
+            raise SettingError(f"{rule}: {err}") from None
+        if child.stream.cycle is not None:
+            raise SettingError(f"{rule}: fixed_order='cycle' is the whole batch's stream, not a bucket's; a rule "
+                               "takes fixed_order='random'")
+        return child
+
+    def for_clip(self, num_frames: float, height: float, width: float) -> Tuple[Optional[int], "Recipe"]:
+        """The recipe a clip of this size trains under, and the index of the rule that gives it (None: this
+        recipe's own settings). On the host, for reports."""
+        rule = rule_for(self.rules, num_frames, height, width)
+        return (None, self) if rule is None else (rule.index, self.children[rule.index])
+
+    # --- a training step ----------------------------------------------------------------------------------------
+
+    def stream_uniforms(self, batch: int, device: Any, step: int,
+                        groups: Tuple[Any, Any] = (None, None)) -> Tuple[Tensor, Optional[Tensor]]:
+        """This rank's uniforms of the per-sample stream at ``step``, and the redraw's own (lane 2) where Open-Sora
+        1.3's ``uniform_over_threshold`` is set."""
+        dp_rank, dp_size = data_parallel_layout(*groups)
+        index = global_sample_index(batch, dp_rank, dp_size, device)
+        u = stream_uniform(self.stream.seed, step, index, dp_rank, dp_size, self.stream.stratified, self.stream.cycle)
+        redraw = None
+        if self.values["uniform_over_threshold"] is not None:
+            redraw = counter_uniform(self.stream.seed, step, index, lane=2)
+        return u, redraw
+
+    def timesteps(self, u: Tensor) -> Tensor:
+        """Unshifted timesteps in [0, N] from uniforms (integers with ``use_discrete_timesteps``)."""
+        t = self.distribution(u)
+        n = self.num_timesteps
+        if self.values["use_discrete_timesteps"]:
+            return (t * n).floor().clamp(max=n - 1).long()
+        return (t * n).float() if n != 1 else t
+
+    def by_rule(self, meta: Any, batch: int, device: Any,
+                shifted: Callable[["Recipe", Dict[str, Tensor]], Tensor]) -> Tensor:
+        """Per sample, ``shifted(recipe, meta)`` under the recipe of the rule it falls under, or this one's; no host
+        sync. Each recipe sees only its own samples' meta (the others as a stand-in), so its guard judges only its
+        own samples."""
+        height, width, num_frames = (x.expand(batch) for x in read_meta(meta, torch.float64, device, batch))
+        full = {"height": height, "width": width, "num_frames": num_frames}
+        masks = [rule.mask(num_frames, height, width) for rule in self.rules]
+        owners: List[Tuple[Optional[BucketRule], Recipe, Tensor]] = [(None, self, ~torch.stack(masks).any(dim=0))]
+        owners += list(zip(self.rules, self.children, masks))
+        # The guard's error path looks at the values anyway (one host sync): there, recipes with no sample in the
+        # batch are skipped and the others' samples stand in as copies of an own one, so no guard ever judges a
+        # sample that is not its own. Elsewhere a 512 x 512 image stands in, which every recipe shifts validly.
+        judged = self.shift.on_degenerate == "error"
+        out: Optional[Tensor] = None
+        for rule, recipe, mask in owners:
+            if judged and not bool(mask.any()):
+                continue
+            try:
+                value = shifted(recipe, outside(mask, full, int(mask.nonzero()[0]) if judged else None))
+            except ValueError as err:
+                if rule is None:
+                    raise
+                raise type(err)(f"{rule}: {err}") from None
+            out = value if out is None else torch.where(mask, value.to(out.dtype), out)
+        assert out is not None  # every sample is someone's
+        return out
+
+    # --- the guard ----------------------------------------------------------------------------------------------
+
+    def judge(self, height: float, width: float, num_frames: float, latent_frames: Optional[int] = None,
+              tokens: Optional[int] = None, where: Optional[str] = None) -> Any:
+        """The guard's :class:`~.guard.Verdict` for one clip of this size under the recipe of its bucket (a rule's
+        or this one's): the same decision training makes."""
+        from .guard import judge
+
+        _, recipe = self.for_clip(num_frames, height, width)
+        return judge(recipe.shift, height, width, num_frames, latent_frames, tokens, where)
+
+
+def _registry_param(key: str) -> bool:
+    return any(registry.owners(key) for registry in (POLICIES, DISTRIBUTIONS, WEIGHTINGS))
+
+
+def _taken(key: str, selected: Mapping[str, Any]) -> bool:
+    """Whether the selected policy, distribution or weighting takes the parameter ``key``."""
+    return any(name in registry and key in registry.params(name)
+               for registry, name in ((POLICIES, selected["shift_mode"]), (DISTRIBUTIONS, selected["sample_method"]),
+                                      (WEIGHTINGS, selected["loss_weighting"])))
