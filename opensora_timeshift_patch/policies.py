@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -128,6 +129,44 @@ def apply_policy(num_frames: Tensor, shift_mode: str, params: Dict[str, object])
     """:func:`temporal_size` for float frame counts and parameters already validated: the per-step path."""
     t_eff = get_policy(shift_mode)(num_frames, **params)
     return torch.where(num_frames == 1, torch.ones_like(t_eff), t_eff)
+
+
+# The built-in policies on host (numpy) arrays, for the guard's one host copy of the meta: the same operations in
+# the same order. The frame counts the guard accepts are whole numbers, for which these give torch's exact values
+# (numpy's floor division is torch's algorithm, and +, *, / and ceil of whole numbers below 2**24 are exact).
+def _host_latent(n: np.ndarray, micro_frame_size: Optional[int] = 17, temporal_compression: int = 4,
+                 causal: bool = False) -> np.ndarray:
+    c = temporal_compression
+    if causal:
+        return 1 + (n - 1) // c
+    if micro_frame_size is None:
+        return np.ceil(n / c)
+    q = n // micro_frame_size
+    return np.ceil((n + q * (math.ceil(micro_frame_size / c) * c - micro_frame_size)) / c)
+
+
+_HOST_POLICIES: Dict[Callable[..., Tensor], Callable[..., np.ndarray]] = {
+    legacy: lambda n: n // 17 * 5,
+    frames16: lambda n: n // 16 * 4,
+    v13: lambda n: (n - 1) // 4,
+    latent: _host_latent,
+    continuous: lambda n: n * 5 / 17,
+    spatial: np.ones_like,
+}
+
+
+def host_temporal_size(num_frames: np.ndarray, shift_mode: str, params: Dict[str, object]) -> np.ndarray:
+    """:func:`apply_policy` on a floating numpy array (1 for images), in its dtype. A registered policy without a
+    numpy counterpart runs on a CPU tensor sharing the array's dtype."""
+    policy = get_policy(shift_mode)
+    host = _HOST_POLICIES.get(policy)
+    with np.errstate(all="ignore"):
+        if host is not None:
+            t_eff = np.asarray(host(num_frames, **params), num_frames.dtype)
+        else:
+            out = policy(torch.from_numpy(num_frames.copy()), **params)
+            t_eff = out.detach().cpu().numpy().astype(num_frames.dtype, copy=False)
+        return np.where(num_frames == 1, num_frames.dtype.type(1), t_eff)
 
 
 def _numbers(value: object) -> bool:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .policies import apply_policy, degenerate_frame_counts, get_policy, temporal_size
+from .guard import classify, explain
+from .policies import apply_policy, degenerate_frame_counts, get_policy, host_temporal_size
 from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
 
@@ -176,18 +177,9 @@ class TimestepShift:
         [0, 1] about to be shifted, when given: they are checked in the same pass). ``tokens`` is the latent's
         token count where the caller has counted it (the linear rule)."""
         height, width, num_frames = read_meta(model_kwargs, dtype, device, batch_size)
-        ratio = self._factor(height, width, num_frames, latent_frames, latent_hw, tokens)
         if self.on_degenerate == "error":
-            # The one host sync this mode pays for: one copy of the meta and the factors, checked on the host (a
-            # dozen tiny kernels would cost more than the shift itself): valid meta, and a factor in [1/100, 100]
-            # (outside, float32 timesteps pile up at 0 or N) for every sample.
-            host = torch.stack(torch.broadcast_tensors(height, width, num_frames, ratio,
-                                                       ratio if t is None else t.to(ratio.dtype))).cpu().numpy()
-            if not _host_checks(*host[:4]):
-                raise MetaError(self._diagnose(height, width, num_frames, ratio, latent_frames))
-            if t is not None and not _timesteps_ok(host[4]):
-                raise MetaError(_BAD_TIMESTEPS)
-            return ratio
+            return self._judged_factor(height, width, num_frames, latent_frames, latent_hw, tokens, t)
+        ratio = self._factor(height, width, num_frames, latent_frames, latent_hw, tokens)
         frames_ok, resolution_ok = meta_checks(height, width, num_frames)
         if self.on_degenerate == "clamp":  # degenerate T_eff was clamped to 1 above; extreme factors are clamped here
             ratio = ratio.clamp(1 / MAX_SHIFT_FACTOR, MAX_SHIFT_FACTOR)
@@ -200,6 +192,84 @@ class TimestepShift:
         if t is not None:
             torch._assert_async(((t >= 0) & (t <= 1)).all(), _BAD_TIMESTEPS)
         return ratio
+
+    def _judged_factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
+                       latent_hw: Optional[Tuple[int, int]], tokens: Optional[int], t: Optional[Tensor]) -> Tensor:
+        """The ``"error"`` path: one host copy of the meta (and t), the factor computed there and judged by the
+        guard, and only the factor sent back. A dozen tiny device kernels would cost more than the whole shift."""
+        if t is not None and t.requires_grad:
+            t = t.detach()
+        rows = torch.broadcast_tensors(height, width, num_frames, *(() if t is None else (t,)))
+        if height.device.type == "cpu":
+            host = [np.atleast_1d(row.numpy()) for row in rows]
+        else:
+            host = list(torch.stack(rows).reshape(len(rows), -1).cpu().numpy())
+        h, w, n = host[:3]
+        t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens)
+        kinds = classify("error", n, h, w, t_eff, factor)
+        if not (kinds == "ok").all():
+            raise MetaError(explain(self, kinds, n, h, w, t_eff, factor))
+        if t is not None and not _timesteps_ok(host[3]):
+            raise MetaError(_BAD_TIMESTEPS)
+        ratio = torch.from_numpy(factor)
+        if height.dim() == width.dim() == num_frames.dim() == 0:  # the factor has the meta's shape
+            ratio = ratio[0]
+        return ratio if height.device.type == "cpu" else ratio.to(height.device)
+
+    def host_factor(self, height: np.ndarray, width: np.ndarray, num_frames: np.ndarray,
+                    latent_frames: Optional[int] = None, latent_hw: Optional[Tuple[int, int]] = None,
+                    tokens: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """``(T_eff before any clamp, the factor)`` per sample, on 1-D host arrays of one floating dtype: what the
+        guard judges. :meth:`_factor`'s operations in its order: IEEE +, -, *, / and sqrt are correctly rounded,
+        so these are torch's bits (powers other than 1/2, exp and registered policies run on CPU tensors)."""
+        one = num_frames.dtype.type(1)
+        with np.errstate(all="ignore"):
+            if latent_frames is not None and self.shift_mode == "latent":
+                t_eff = np.full_like(num_frames, latent_frames)
+            else:
+                t_eff = host_temporal_size(num_frames, self.shift_mode, self.policy_params)
+            used = np.where(t_eff > 0, t_eff, one) if self.on_degenerate == "clamp" else t_eff
+            if self.resolution_shift == "linear" and self.token_count == "video":
+                ratio = np.asarray(self._host_resolution(height, width, latent_hw, tokens, used), num_frames.dtype)
+                ratio = np.broadcast_to(ratio, used.shape)
+            else:
+                space = self._host_resolution(height, width, latent_hw, tokens)
+                temporal = used / self.base_num_frames if self.base_num_frames != 1 else used
+                ratio = space * (np.sqrt(temporal) if self.temporal_exponent == 0.5
+                                 else _cpu(torch.pow, temporal, self.temporal_exponent))
+            if self.transform_scale != 1 and self.scale_temporal:
+                scale: Any = self.transform_scale
+                if not self.scale_images:
+                    scale = np.where(num_frames == 1, one, num_frames.dtype.type(scale))
+                ratio = ratio * scale
+        return t_eff, np.asarray(ratio, num_frames.dtype)
+
+    def _host_resolution(self, height: np.ndarray, width: np.ndarray, latent_hw: Optional[Tuple[int, int]],
+                         tokens: Optional[int], frames: Optional[np.ndarray] = None) -> Any:
+        """:meth:`resolution_factor` on host arrays (errors included)."""
+        if self.resolution_shift == "sqrt":
+            area = height * width / self.base_resolution
+            return np.sqrt(area) if self.spatial_exponent == 0.5 else _cpu(torch.pow, area, self.spatial_exponent)
+        if self.resolution_shift == "constant":
+            value: Any = self.shift
+        else:
+            if tokens is None and latent_hw is not None:
+                tokens = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
+            if tokens is None:
+                count: Any = height * width / (self.spatial_compression * self.patch_size) ** 2
+            elif tokens < 1:
+                raise MetaError(f"the latent{f' of {latent_hw[0]} x {latent_hw[1]}' if latent_hw else ''} holds no "
+                                f"token of patch_size={self.patch_size} ({tokens} counted): the linear rule needs "
+                                "at least one")
+            else:
+                count = tokens
+            if frames is not None:
+                count = count * frames
+            slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
+            value = slope * count + (self.base_shift - slope * self.base_seq_len)
+        if self.shift_family == "exponential":
+            return _cpu(torch.exp, value) if isinstance(value, np.ndarray) else math.exp(value)
+        return value
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
                 latent_hw: Optional[Tuple[int, int]], tokens: Optional[int] = None) -> Tensor:
@@ -266,43 +336,6 @@ class TimestepShift:
             t = t * num_timesteps
         return (t, ratio) if ret_ratio else t
 
-    def _diagnose(self, height: Tensor, width: Tensor, num_frames: Tensor, ratio: Tensor,
-                  latent_frames: Optional[int]) -> str:
-        """Say which samples are invalid or degenerate and why; only runs once the check has already failed."""
-        height, width, num_frames, ratio = torch.broadcast_tensors(height, width, num_frames, ratio)
-        frames_ok, resolution_ok = meta_checks(height, width, num_frames)
-        valid = (frames_ok & resolution_ok).reshape(-1).tolist()
-        h, w, n, a = (x.reshape(-1).tolist() for x in (height, width, num_frames, ratio))
-        raw = self.temporal_size(torch.tensor(n, dtype=torch.float64), latent_frames).tolist()
-        for i, (hi, wi, ni, ti, ok, ai) in enumerate(zip(h, w, n, raw, valid, a)):
-            if not (ni >= 1 and math.isfinite(ni) and float(ni).is_integer()):
-                return (
-                    f"num_frames={_num(ni)} (sample {i}) is not a valid frame count: it must be a whole number >= 1. "
-                    "Check the dataset's num_frames column or the meta passed in model_kwargs."
-                )
-            if not ok:
-                return (
-                    f"height x width = {_num(hi)} x {_num(wi)} (sample {i}) is not a valid resolution: both must be "
-                    f"> 0 and their product finite in {height.dtype}. Check the height/width meta passed in "
-                    "model_kwargs."
-                )
-            if not ti > 0:
-                return (
-                    f"shift_mode={self.shift_mode!r} gives T_eff = {_num(ti)} for num_frames={_num(ni)} (sample {i}), so "
-                    "the shift factor is 0 and every timestep collapses to t = 0: training would only see clean "
-                    "latents and sampling would start from NaN. Use shift_mode='latent' (the VAE's latent length, "
-                    f"{_num(temporal_size(torch.tensor([ni]), 'latent').item())} for {_num(ni)} frames), or "
-                    "on_degenerate='clamp' to shift such samples as T_eff = 1."
-                )
-            if not 1 / MAX_SHIFT_FACTOR <= ai <= MAX_SHIFT_FACTOR:
-                return (
-                    f"the shift factor a = {_num(ai)} for sample {i} ({_num(hi)} x {_num(wi)}, {_num(ni)} frames, "
-                    f"T_eff = {_num(ti)}) is outside [0.01, 100]: its timesteps would pile up at "
-                    f"{'N' if ai > 1 else '0'}. Check the meta, or the shift settings of {self!r}; "
-                    "on_degenerate='clamp' clamps the factor into that range"
-                )
-        return f"the shift factor is not finite for the meta given to {self!r}"
-
 
 _LATENT_FRAMES = Setting("latent_frames", "int", None, "", low=1, high=1_000_000)
 _LATENT_HW = Setting("latent_hw", "int", None, "", low=1, high=1_000_000)
@@ -318,13 +351,6 @@ _INVALID_FACTOR = "timestep shift: a shift factor is negative or not finite (the
 def _timesteps_ok(t: Any) -> bool:
     with np.errstate(all="ignore"):
         return bool(np.all((t >= 0) & (t <= 1)))
-
-
-def _host_checks(h: Any, w: Any, n: Any, a: Any) -> bool:
-    """:func:`meta_checks` and the factor's range, on numpy arrays (in the shift's own dtype)."""
-    with np.errstate(all="ignore"):
-        return bool(np.all((n >= 1) & (n == np.floor(n)) & np.isfinite(n) & (np.minimum(h, w) > 0) & np.isfinite(h * w)
-                           & (a >= 1 / MAX_SHIFT_FACTOR) & (a <= MAX_SHIFT_FACTOR)))
 
 
 def meta_checks(height: Tensor, width: Tensor, num_frames: Tensor) -> Tuple[Tensor, Tensor]:
@@ -407,6 +433,11 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
     return out[0], out[1], out[2]
 
 
+def _cpu(fn: Callable[..., Tensor], x: np.ndarray, *args: Any) -> np.ndarray:
+    """A torch function on a host array, for the operations whose numpy and torch results may differ in the last bit."""
+    return fn(torch.from_numpy(np.ascontiguousarray(x)), *args).numpy()
+
+
 def _as(value: Any, dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:
     # Open-Sora's meta usually arrive in the right dtype already: skip the conversion kernels then.
     if isinstance(value, Tensor) and value.dtype == dtype and (device is None or value.device == device):
@@ -416,12 +447,6 @@ def _as(value: Any, dtype: torch.dtype, device: Optional[torch.device]) -> Tenso
 
 # Resolved once here: torch 2.2's dynamo cannot trace a hasattr on a module. torch.compiler.is_compiling is 2.3+.
 _is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-
-
-def _num(x: float) -> str:
-    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.6g}"
 
 
 def _ranges(values: Tuple[int, ...]) -> str:

@@ -1,0 +1,196 @@
+"""The guard: the one place that decides whether a sample's shift is ok, clamped, collapsed or refused.
+
+Every surface asks it: the 1.x training step (``TimestepShift`` under ``on_degenerate="error"``, on its one host
+copy of the meta), Open-Sora 2.0's host-side factor, and the command line's ``inspect`` and ``audit``. So they agree
+by construction, and say the same sentence for the same sample.
+
+=======================================================  =========  ===========  ==========
+the sample                                               "error"    "clamp"      "ignore"
+=======================================================  =========  ===========  ==========
+invalid meta: frames not a whole number >= 1,            refused    refused      refused
+min(H, W) <= 0, or H * W not finite
+T_eff <= 0 (the policy's temporal size)                  refused    clamped      collapsed
+                                                                    (T_eff = 1)  (factor 0)
+factor negative or not finite                            refused    refused      refused
+factor outside [0.01, 100]                               refused    clamped      ok, with a
+                                                                    into range   note
+anything else                                            ok         ok           ok
+=======================================================  =========  ===========  ==========
+
+Why [0.01, 100]: the shift maps t to a t / (1 + (a - 1) t). With a = 100 the median of a uniform t lands at
+0.990, and a quarter of float32 timesteps on a 1000-step scale sit within 1 of N; with a = 1/100 the mirror image at
+0. Beyond, training sees almost only noise (or almost only clean latents): the silent collapse this package exists
+to prevent, reached by meta or settings rather than by the policy.
+
+"collapsed" is what stock does with T_eff = 0: a factor of 0, so every t is 0. Under ``"ignore"`` any factor of 0
+is called so (an H * W that underflows gives one too); a T_eff <= 0 whose factor is not 0 (a linear rule counting
+the clip's tokens) is judged by its factor. Under ``"clamp"`` the factor judged is the one computed with T_eff
+clamped to 1, before the factor's own clamp.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+
+import numpy as np
+
+from .settings import MAX_SHIFT_FACTOR
+
+if TYPE_CHECKING:
+    from .shift import TimestepShift
+
+LOW, HIGH = 1 / MAX_SHIFT_FACTOR, MAX_SHIFT_FACTOR
+"""The range a shift factor must lie in (see the module's docstring)."""
+
+KINDS = ("ok", "clamped", "collapsed", "refused")
+
+
+class Verdict(NamedTuple):
+    """What the guard says about one bucket or clip."""
+
+    kind: str  # "ok" | "clamped" | "collapsed" | "refused"
+    factor: float  # the shift factor training applies (clamped under 'clamp', 0 for a collapse); nan when refused
+    t_eff: float  # the policy's T_eff before any clamp (nan when the meta is invalid)
+    message: str  # "" for a plain ok; otherwise one line: which sample, the values, why, and the fix
+
+
+def valid_meta(num_frames: Any, height: Any, width: Any) -> np.ndarray:
+    """Per sample: a whole frame count >= 1, and a positive resolution with a finite H * W (in the arrays' dtype)."""
+    with np.errstate(all="ignore"):
+        return ((num_frames >= 1) & (num_frames == np.floor(num_frames)) & np.isfinite(num_frames)
+                & (np.minimum(height, width) > 0) & np.isfinite(height * width))
+
+
+def classify(on_degenerate: str, num_frames: Any, height: Any, width: Any, t_eff: Any, factor: Any) -> np.ndarray:
+    """THE decision, per sample, on host arrays: an array of kinds (``"ok"``, ``"clamped"``, ``"collapsed"``,
+    ``"refused"``), as the table in the module's docstring says.
+
+    ``t_eff`` is the policy's temporal size before any clamp; ``factor`` the shift factor the mode computes
+    (under ``"clamp"``: with T_eff clamped to 1, before the factor's own clamp).
+    """
+    n, h, w, t, a = np.broadcast_arrays(*(np.asarray(x) for x in (num_frames, height, width, t_eff, factor)))
+    valid = valid_meta(n, h, w)
+    with np.errstate(invalid="ignore"):
+        in_range = (a >= LOW) & (a <= HIGH)  # False for NaN
+        if on_degenerate == "error":
+            return np.where(valid & (t > 0) & in_range, "ok", "refused")
+        refused = ~valid | ~((a >= 0) & np.isfinite(a))
+        if on_degenerate == "clamp":
+            return np.where(refused, "refused", np.where(~(t > 0) | ~in_range, "clamped", "ok"))
+        if on_degenerate == "ignore":
+            return np.where(refused, "refused", np.where(a == 0, "collapsed", "ok"))
+    raise ValueError(f"on_degenerate={on_degenerate!r} is not allowed: use one of 'error', 'clamp', 'ignore'")
+
+
+def explain(shift: "TimestepShift", kinds: np.ndarray, num_frames: Any, height: Any, width: Any, t_eff: Any,
+            factor: Any, where: Optional[str] = None) -> str:
+    """The message for the first sample that has one (``""`` when none has): the sentence users see, from the
+    training error, from :func:`judge` and from the command line alike. ``where`` describes the sample in the
+    caller's words (Open-Sora 2.0: "a latent of 5 frames and 880 tokens"); without it, "sample i"."""
+    n, h, w, t, a, k = (np.asarray(x).reshape(-1) for x in
+                        np.broadcast_arrays(num_frames, height, width, t_eff, factor, kinds))
+    noted = k != "ok"
+    if shift.on_degenerate == "ignore":
+        with np.errstate(invalid="ignore"):
+            noted |= ~((a >= LOW) & (a <= HIGH))
+    hits = np.flatnonzero(noted)
+    if hits.size == 0:
+        return ""
+    i = int(hits[0])
+    return _sentence(shift, str(k[i]), i, float(n[i]), float(h[i]), float(w[i]), float(t[i]), float(a[i]),
+                     np.asarray(height).dtype.name, where)
+
+
+def _sentence(shift: "TimestepShift", kind: str, i: int, n: float, h: float, w: float, t: float, a: float,
+              dtype: str, where: Optional[str]) -> str:
+    mode, on = shift.shift_mode, shift.on_degenerate
+    at = f"({where})" if where is not None else f"(sample {i})"
+    if not (n >= 1 and math.isfinite(n) and n.is_integer()):
+        return (f"num_frames={_num(n)} {at} is not a valid frame count: it must be a whole number >= 1. Check the "
+                "dataset's num_frames column or the meta passed in model_kwargs.")
+    if not valid_meta(np.asarray([n], dtype), np.asarray([h], dtype), np.asarray([w], dtype))[0]:
+        return (f"height x width = {_num(h)} x {_num(w)} {at} is not a valid resolution: both must be > 0 and their "
+                f"product finite in {dtype}. Check the height/width meta passed in model_kwargs.")
+    two = where is not None  # Open-Sora 2.0's words: alpha, t = 1 for noise, clips
+    name = "alpha" if two else "a"
+    subject = where if two else f"sample {i} ({_num(h)} x {_num(w)}, {_num(n)} frames, T_eff = {_num(t)})"
+    if not t > 0 and on != "clamp" and (on == "error" or a == 0):
+        if two:
+            return (f"shift_mode={mode!r} gives T_eff = {_num(t)} for {where}: every timestep would collapse to "
+                    "t = 0. Use shift_mode='latent' (2.0's rule), or on_degenerate='clamp' to shift such clips as "
+                    "T_eff = 1")
+        return (f"shift_mode={mode!r} gives T_eff = {_num(t)} for num_frames={_num(n)} {at}, so the shift factor is 0 "
+                "and every timestep collapses to t = 0: training would only see clean latents and sampling would "
+                "start from NaN. Use shift_mode='latent' (the VAE's latent length, "
+                f"{_num(_latent_length(n))} for {_num(n)} frames), or on_degenerate='clamp' to shift such samples "
+                "as T_eff = 1.")
+    if not (a >= 0 and math.isfinite(a)):
+        return (f"the shift factor {name} = {_num(a)} for {subject} is not a finite number >= 0: the meta is too "
+                f"large for the rule. Check the meta, or the shift settings of {shift!r}")
+    end = ("t = 1" if a > 1 else "t = 0") if two else ("N" if a > 1 else "0")
+    if a == 0 and on == "ignore":
+        return (f"the shift factor {name} = 0 for {subject}, so every timestep collapses to t = 0 (on_degenerate="
+                f"'ignore' keeps it). Check the meta, or the shift settings of {shift!r}")
+    if kind == "clamped":
+        if not t > 0:
+            clip = where if two else f"num_frames={_num(n)} {at}"
+            return (f"shift_mode={mode!r} gives T_eff = {_num(t)} for {clip}: on_degenerate='clamp' shifts it as "
+                    f"T_eff = 1 ({name} = {_num(min(max(a, LOW), HIGH))}). shift_mode='latent' needs no clamping.")
+        return (f"the shift factor {name} = {_num(a)} for {subject} is outside [0.01, 100]: on_degenerate='clamp' "
+                f"clamps it to {_num(min(max(a, LOW), HIGH))}, where its timesteps would pile up at {end}")
+    if on == "ignore":
+        return (f"note: the shift factor {name} = {_num(a)} for {subject} is outside [0.01, 100]: its timesteps pile "
+                f"up at {end} (on_degenerate='ignore' keeps it)")
+    if two:
+        return (f"the shift factor alpha = {_num(a)} for {where} is outside [0.01, 100]: its timesteps would pile up "
+                f"at {end}. on_degenerate='clamp' clamps alpha into that range; on_degenerate='ignore' keeps it, as "
+                "stock 2.0 does")
+    return (f"the shift factor a = {_num(a)} for {subject} is outside [0.01, 100]: its timesteps would pile up at "
+            f"{end}. Check the meta, or the shift settings of {shift!r}; on_degenerate='clamp' clamps the factor "
+            "into that range")
+
+
+def judge(shift: "TimestepShift", height: float, width: float, num_frames: float, latent_frames: Optional[int] = None,
+          tokens: Optional[int] = None, where: Optional[str] = None, dtype: Any = np.float32) -> Verdict:
+    """The guard's verdict on one bucket or clip, computed on the host as the training step computes it (in
+    ``dtype``: float32 as 1.x trains; Open-Sora 2.0 computes its alpha in float64). Never raises for user meta.
+
+    ``latent_frames`` and ``tokens`` are the latent's own length and token count where the caller has them.
+    """
+    from .shift import MetaError  # shift imports this module
+
+    try:
+        h, w, n = (np.asarray([_real(v, key)], dtype) for v, key in
+                   ((height, "height"), (width, "width"), (num_frames, "num_frames")))
+        t_eff, factor = shift.host_factor(h, w, n, latent_frames, None, tokens)
+    except (MetaError, TypeError) as err:
+        return Verdict("refused", math.nan, math.nan, str(err))
+    kinds = classify(shift.on_degenerate, n, h, w, t_eff, factor)
+    kind, t, a = str(kinds[0]), float(t_eff[0]), float(factor[0])
+    message = explain(shift, kinds, n, h, w, t_eff, factor, where)
+    if not valid_meta(n, h, w)[0]:
+        t = math.nan
+    if kind == "refused":
+        a = math.nan
+    elif shift.on_degenerate == "clamp":
+        a = min(max(a, LOW), HIGH)
+    return Verdict(kind, a, t, message)
+
+
+def _real(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"meta {key}={value!r} is not allowed: it must be a real number")
+    return float(value)
+
+
+def _latent_length(n: float) -> float:
+    from .policies import host_temporal_size  # policies imports settings only; kept lazy to mirror judge
+
+    return float(host_temporal_size(np.asarray([n], np.float64), "latent", {})[0])
+
+
+def _num(x: float) -> str:
+    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.6g}"
