@@ -27,14 +27,16 @@ import sys
 from types import FrameType, ModuleType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .sampling import TimestepDistribution, data_parallel_layout, global_sample_index, stream_uniform
-from .settings import (DISTRIBUTIONS, MAX_SHIFT_FACTOR, OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS, not_on_opensora2,
-                       Setting, SettingError, describe, resolve, route, unknown_setting_error)
-from .shift import SHIFT_SETTINGS, MetaError, TimestepShift
+from .core import Recipe
+from .guard import judge
+from .sampling import TimestepDistribution
+from .settings import DISTRIBUTIONS, SETTINGS, Setting, SettingError, describe
+from .shift import MetaError, TimestepShift
 
 SCHEDULER_TYPE = "rflow-timeshift"
 logger = logging.getLogger("opensora_timeshift_patch")
@@ -53,33 +55,15 @@ class Opensora2Timesteps:
     """
 
     def __init__(self, **settings: Any) -> None:
-        for key, value in settings.items():
-            why = not_on_opensora2(key)
-            if why:
-                raise SettingError(f"{key}={describe(value)} has no meaning on Open-Sora 2.0 ({why}): remove it")
-        own, policy_params, dist_params, _, rest = route(settings, SETTINGS, distribution=True, release="2.0")
-        values = resolve(own, release="2.0")
-        if rest:
-            key = next(iter(rest))
-            takes = [name for name in SETTINGS if not not_on_opensora2(name)]
-            raise unknown_setting_error(f"{SCHEDULER_TYPE} (Open-Sora 2.0)", key, rest[key], takes,
-                                        values["shift_mode"], values["sample_method"])
-        self.given: Dict[str, Any] = dict(settings)
-        self.settings: Dict[str, Any] = {**values, **policy_params, **dist_params}
-        self.distribution = TimestepDistribution(values["sample_method"], values["t_range"], values["t_range_mode"],
-                                                 **dist_params)
-        release = {k: v for k, v in RELEASE_DEFAULTS["2.0"].items() if k in SHIFT_SETTINGS}
-        shift_given = {k: v for k, v in own.items() if k in SHIFT_SETTINGS}
-        self.shift = TimestepShift(**{**release, **shift_given}, **policy_params)
+        self.recipe = Recipe(settings, release="2.0", who=f"{SCHEDULER_TYPE} (Open-Sora 2.0)")
+        values = self.recipe.values
+        self.given: Dict[str, Any] = self.recipe.given
+        self.settings: Dict[str, Any] = self.recipe.settings
+        self.distribution: TimestepDistribution = self.recipe.distribution
+        self.shift: TimestepShift = self.recipe.shift
         self.use_timestep_transform: bool = values["use_timestep_transform"]
         self.timestep_rng: str = values["timestep_rng"]
-        self.timestep_seed: int = values["timestep_seed"]
-        self.stratified: bool = values["stratified"]
         self.patch_size: Optional[int] = values["patch_size"] if "patch_size" in settings else None
-        self.fixed_cycle = values["sample_method"] == "fixed" and dist_params.get("fixed_order") == "cycle"
-        if self.fixed_cycle and (self.timestep_rng != "per_sample" or self.stratified):
-            raise SettingError("fixed_order='cycle' visits the list by train.py's step and the sample index, which "
-                               "needs timestep_rng='per_sample' without stratified")
         # Stock's own draw, sigmoid(randn), is used as it is where the settings ask for that distribution.
         self.stock_draw = (self.timestep_rng == "global" and values["sample_method"] == "logit-normal"
                            and values["t_range"] is None
@@ -98,8 +82,9 @@ class Opensora2Timesteps:
 
         ``latent_frames`` and ``tokens`` are the latent's length and token count; ``pixel_thw`` the clip's frames,
         height and width, needed by the 'sqrt' rule and the pixel-frame policies only. Computed on the host in
-        float64 with stock's operations, and guarded there, in Python, at no device cost: ``on_degenerate``
-        says what a T_eff <= 0 or an alpha outside [0.01, 100] gets, as on 1.x.
+        float64 with stock's operations, and judged there by the guard (:func:`~.guard.judge`, the same decision
+        as on 1.x), at no device cost: ``on_degenerate`` says what a T_eff <= 0 or an alpha outside [0.01, 100]
+        gets.
         """
         latent_frames = _LATENT_COUNT.check(latent_frames)
         tokens = _TOKENS.check(tokens)
@@ -113,23 +98,12 @@ class Opensora2Timesteps:
             pixel_thw = tuple(Setting(name, "int", None, "", low=1, high=1_000_000).check(v)  # type: ignore
                               for name, v in zip(("clip frames", "clip height", "clip width"), pixel_thw))
             clip = f", clip of {pixel_thw[0]} frames at {pixel_thw[1]}x{pixel_thw[2]}"
-        n, h, w = (torch.tensor(float(v), dtype=torch.float64) for v in pixel_thw)
         where = f"a latent of {latent_frames} frames and {tokens} tokens{clip}"
-        t_eff = float(self.shift.temporal_size(n.reshape(1), latent_frames).item())
-        if t_eff <= 0 and self.shift.on_degenerate == "error":
-            raise MetaError(f"shift_mode={self.shift.shift_mode!r} gives T_eff = {t_eff:g} for {where}: every "
-                            "timestep would collapse to t = 0. Use shift_mode='latent' (2.0's rule), or "
-                            "on_degenerate='clamp' to shift such clips as T_eff = 1")
-        alpha = float(self.shift._factor(h, w, n, latent_frames, None, tokens).item())
-        if self.shift.on_degenerate == "clamp":
-            return min(max(alpha, 1 / MAX_SHIFT_FACTOR), MAX_SHIFT_FACTOR)
-        if self.shift.on_degenerate == "error" and not 1 / MAX_SHIFT_FACTOR <= alpha <= MAX_SHIFT_FACTOR:
-            raise MetaError(f"the shift factor alpha = {alpha:.6g} for {where} is outside [0.01, 100]: its timesteps "
-                            f"would pile up at t = {1 if alpha > 1 else 0}. on_degenerate='clamp' clamps alpha into "
-                            "that range; on_degenerate='ignore' keeps it, as stock 2.0 does")
-        if not (math.isfinite(alpha) and alpha >= 0):
-            raise MetaError(f"the shift factor alpha = {alpha!r} for {where} is not a finite number >= 0")
-        return alpha
+        verdict = judge(self.shift, pixel_thw[1], pixel_thw[2], pixel_thw[0], latent_frames, tokens, where,
+                        dtype=np.float64)  # stock 2.0 computes alpha in Python floats
+        if verdict.kind == "refused":
+            raise MetaError(verdict.message)
+        return verdict.factor
 
     def base_timesteps(self, t_stock: Tensor, step: Optional[int]) -> Tensor:
         """Unshifted training timesteps in [0, 1], one per sample, on ``t_stock``'s device (float32 or wider)."""
@@ -140,11 +114,7 @@ class Opensora2Timesteps:
             if step is None:
                 raise Opensora2LayoutError("timestep_rng='per_sample' keys its stream on train.py's step, which was "
                                            "not found")
-            step = SETTINGS["timestep_start_step"].check(step)
-            dp_rank, dp_size = data_parallel_layout()
-            cycle = len(self.distribution.params["timesteps"]) if self.fixed_cycle else None
-            u = stream_uniform(self.timestep_seed, step, global_sample_index(n, dp_rank, dp_size, device), dp_rank,
-                               dp_size, self.stratified, cycle)
+            u, _ = self.recipe.stream_uniforms(n, device, SETTINGS["timestep_start_step"].check(step))
         else:
             u = torch.rand(n, device=device, dtype=torch.float64)
         return self.distribution(u).to(torch.promote_types(t_stock.dtype, torch.float32))
