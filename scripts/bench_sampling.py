@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
@@ -28,7 +30,9 @@ from opensora_timeshift_patch import RFlowTimeShift
 from opensora_timeshift_patch.sampling import TimestepDistribution, counter_uniform, global_sample_index
 from opensora_timeshift_patch.sampling import stratified_uniform
 from opensora_timeshift_patch.shift import TimestepShift
-from opensora_timeshift_patch.testing import batch_meta
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # standin/, the stub meta, is not installed
+from standin.stubs import batch_meta  # noqa: E402
 
 
 class TinyModel(torch.nn.Module):

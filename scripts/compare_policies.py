@@ -36,9 +36,11 @@ from mmengine.config import Config
 from train_tiny import EVAL_SEED_OFFSET, train
 
 from opensora_timeshift_patch.settings import WEIGHTINGS
-from opensora_timeshift_patch.standin import BouncingBlobs, RandomFeatures, features_by_length, frechet_distance
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # standin/, the stand-in model and data, is not installed with the plugin
+from standin.tiny import BouncingBlobs, RandomFeatures, features_by_length, frechet_distance  # noqa: E402
+
 POLICIES = ["legacy", "spatial", "frames16", "v13", "latent", "continuous"]
 DATASETS = {"mixed": [8, 16, 17, 32, 51], "16f": [16]}
 QUICK = {"train.steps": 40, "train.ckpt_every": 40, "evaluation.clips": 40, "model.width": 32,

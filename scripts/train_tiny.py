@@ -34,8 +34,11 @@ from mmengine.config import Config, DictAction
 from tqdm.auto import tqdm
 
 from opensora_timeshift_patch import SCHEDULERS, build_module
-from opensora_timeshift_patch.standin import (BouncingBlobs, NullTextEncoder, RandomFeatures, TinySTDiT,
-                                              features_by_length, frechet_distance)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(ROOT)  # standin/, the stand-in model and data, is not installed with the plugin
+from standin.tiny import (BouncingBlobs, NullTextEncoder, RandomFeatures, TinySTDiT,  # noqa: E402
+                          features_by_length, frechet_distance)
 
 EVAL_SEED_OFFSET = 10_000  # held-out clips come from another seed of the same generator
 

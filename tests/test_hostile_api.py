@@ -12,7 +12,7 @@ from conftest import meta
 from opensora_timeshift_patch import RFlowTimeShift, SettingError, TimestepShift, temporal_size, timestep_transform
 from opensora_timeshift_patch.policies import POLICIES
 from opensora_timeshift_patch.sampling import DISTRIBUTIONS
-from opensora_timeshift_patch.testing import StubModel, StubTextEncoder, batch_meta
+from standin.stubs import StubModel, StubTextEncoder, batch_meta
 
 
 def quiet(fn, *args, **kwargs):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import opensora_timeshift_patch as ots
-from opensora_timeshift_patch.testing import StubModel, batch_meta, latent_shape, run_sampling, run_training
+from standin.stubs import StubModel, batch_meta, latent_shape, run_sampling, run_training
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "opensora_golden.json").read_text())
 RELEASES = [("opensora_1.2", "latent", True), ("opensora_1.3", "v13", False)]

@@ -14,7 +14,7 @@ import opensora_timeshift_patch as ots
 from conftest import meta
 from opensora_timeshift_patch.opensora2 import Opensora2Timesteps
 from opensora_timeshift_patch.sampling import TimestepDistribution
-from opensora_timeshift_patch.testing import StubModel
+from standin.stubs import StubModel
 from opensora_timeshift_patch.weighting import LossWeighting
 
 T = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)

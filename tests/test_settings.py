@@ -15,7 +15,7 @@ import opensora_timeshift_patch as ots
 from conftest import meta
 from opensora_timeshift_patch import SETTINGS, RFlowTimeShift, SettingError, TimestepShift, timestep_transform
 from opensora_timeshift_patch.sampling import DISTRIBUTIONS, TimestepDistribution
-from opensora_timeshift_patch.testing import StubModel
+from standin.stubs import StubModel
 
 HOSTILE = [True, False, "3", "x", "no", None, math.nan, math.inf, -math.inf, 1e308, -1e308, [1], {"a": 1},
            torch.tensor(2.0), b"1", 2**70]

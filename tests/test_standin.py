@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from opensora_timeshift_patch import temporal_size
-from opensora_timeshift_patch.standin import (BouncingBlobs, RandomFeatures, TinySTDiT, decode, encode,
-                                              features_by_length, frechet_distance, latent_frames)
+from standin.tiny import (BouncingBlobs, RandomFeatures, TinySTDiT, decode, encode, features_by_length,
+                          frechet_distance, latent_frames)
 
 
 def test_latent_map_has_the_geometry_of_the_latent_policy():

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .policies import temporal_size
+from opensora_timeshift_patch.policies import temporal_size
 
 
 def batch_meta(batch: int, height: float, width: float, num_frames: float) -> Dict[str, Tensor]:
