@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List
 
 from . import opensora2
+from .settings import SETTINGS
 from .shift import TimestepShift, timestep_transform
 
 TRANSFORM_MODULES = (
@@ -51,9 +52,11 @@ def patch(shift_mode: str = "latent", on_degenerate: str = "error", **policy_par
     Open-Sora's call sites keep passing their own ``scale``, ``num_timesteps`` and 1.3 keywords. On 1.3 the
     scale applies to videos only, as 1.3 does.
     """
+    # Bad settings fail here, not at the first step, and as the scheduler refuses them (None is no shift_mode).
+    shift_mode, on_degenerate = SETTINGS["shift_mode"].check(shift_mode), SETTINGS["on_degenerate"].check(on_degenerate)
+    TimestepShift(shift_mode, on_degenerate, **policy_params)
     modules = _stock_modules()
     scale_images = not any(m.__name__.endswith("time_sampler") for m in modules)
-    TimestepShift(shift_mode, on_degenerate, **policy_params)  # bad settings fail here, not at the first step
 
     def transform(t: Any, model_kwargs: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("scale_images", scale_images)

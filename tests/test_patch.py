@@ -157,3 +157,15 @@ def test_partial_opensora_install_warns_once_and_falls_back(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(shift_mode=None), "shift_mode=None is not allowed: use one of 'legacy'"),
+    (dict(on_degenerate=None), "on_degenerate=None is not allowed: use one of 'error', 'clamp', 'ignore'"),
+    (dict(shift_mode=True), "shift_mode=True is not allowed"),
+])
+def test_patch_refuses_what_the_scheduler_refuses(kwargs, message):
+    with pytest.raises(ots.SettingError, match=message):
+        ots.RFlowTimeShift(**kwargs)
+    with pytest.raises(ots.SettingError, match=message):  # before it looks for Open-Sora: the settings are wrong
+        ots.patch(**kwargs)
