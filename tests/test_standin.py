@@ -1,6 +1,8 @@
 """The stand-in data, latent map, model and metric used by the end-to-end comparison."""
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +94,20 @@ def test_real_clips_score_well_and_noise_badly():
     f = features_by_length(real, net)
     close, far, flat = (frechet_distance(f, features_by_length(s, net)) for s in (real2, noise, blurred))
     assert close * 10 < far and close * 10 < flat
+
+
+def test_the_stand_in_is_not_installed_with_the_plugin(monkeypatch):
+    """pip puts only opensora_timeshift_patch next to Open-Sora, and the plugin never imports standin/."""
+    import setuptools
+
+    root = Path(__file__).resolve().parents[1]
+    declared = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: declared.update(kwargs))
+    monkeypatch.chdir(root)
+    exec(compile((root / "setup.py").read_text(), "setup.py", "exec"), {"__name__": "__main__"})
+    assert declared["packages"] and all(p.split(".")[0] == "opensora_timeshift_patch" for p in declared["packages"])
+    plugin = root / "opensora_timeshift_patch"
+    assert not (plugin / "standin.py").exists() and not (plugin / "testing.py").exists()  # their old places
+    for source in plugin.rglob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import)\s+(\w+)", source.read_text(encoding="utf-8"), re.MULTILINE)
+        assert "standin" not in imports, source.relative_to(root)
