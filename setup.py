@@ -6,6 +6,7 @@ setup(
     description="Frame-aware timestep-shift policies and samplers for Open-Sora's rectified-flow scheduler",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    # Only the plugin: standin/ (the stand-in model and data, the stubs) serves the scripts and tests here.
     packages=find_packages(include=["opensora_timeshift_patch", "opensora_timeshift_patch.*"]),
     package_data={"opensora_timeshift_patch": ["py.typed"]},
     python_requires=">=3.9",

@@ -1,7 +1,7 @@
 """Small deterministic stand-ins for Open-Sora's model and text encoder, for checking schedulers.
 
 Used by the test-suite and by ``scripts/check_against_opensora.py``, so that numbers recorded against the
-real Open-Sora code can be reproduced here without it.
+real Open-Sora code can be reproduced here without it, and by ``scripts/demo_policies.py``.
 """
 
 from __future__ import annotations
