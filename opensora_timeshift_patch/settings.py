@@ -43,7 +43,8 @@ class Setting:
     optional: bool = False  # None is allowed and means "off"
     # The setting's scope, declared here rather than in lists beside the declaration:
     group: str = ""  # the selection it belongs to: one of GROUPS
-    applies_with: Optional[Tuple[str, Tuple[Any, ...]]] = None  # (setting, values) it means something under; () for any value but that setting's default
+    # (setting, values) under which it means something; values () for any value but that setting's default
+    applies_with: Optional[Tuple[str, Tuple[Any, ...]]] = None
     not_on_2: str = ""  # why it has no meaning on Open-Sora 2.0 ("" where it has one)
 
     def allowed(self) -> str:
@@ -277,18 +278,25 @@ MAX_SHIFT_FACTOR = 100.0
 
 _SETTINGS = (
     # --- Open-Sora's rflow ------------------------------------------------------------------------------------
-    Setting("num_sampling_steps", "int", 10, "Euler steps in sample()", low=1, high=10_000, group="rflow", not_on_2="2.0's inference config sets sampling_option.num_steps"),
-    Setting("num_timesteps", "int", 1000, "the time scale N; t = N is pure noise", low=1, high=1_000_000, group="rflow", not_on_2='2.0 keeps t in [0, 1]'),
-    Setting("cfg_scale", "float", 4.0, "classifier-free guidance scale when sample() gets none", low=0, high=100, group="rflow", not_on_2="2.0's inference config sets sampling_option.guidance"),
-    Setting("use_discrete_timesteps", "bool", False, "integer training timesteps and a rounded sampling grid", group="rflow", not_on_2='2.0 draws continuous t'),
+    Setting("num_sampling_steps", "int", 10, "Euler steps in sample()", low=1, high=10_000,
+            group="rflow", not_on_2="2.0's inference config sets sampling_option.num_steps"),
+    Setting("num_timesteps", "int", 1000, "the time scale N; t = N is pure noise", low=1, high=1_000_000,
+            group="rflow", not_on_2='2.0 keeps t in [0, 1]'),
+    Setting("cfg_scale", "float", 4.0, "classifier-free guidance scale when sample() gets none", low=0, high=100,
+            group="rflow", not_on_2="2.0's inference config sets sampling_option.guidance"),
+    Setting("use_discrete_timesteps", "bool", False, "integer training timesteps and a rounded sampling grid",
+            group="rflow", not_on_2='2.0 draws continuous t'),
     Setting("use_timestep_transform", "bool", True,
-            "shift timesteps at all (stock rflow defaults to False; a timeshift scheduler that does not shift is rflow)", group="rflow"),
+            "shift timesteps at all (stock rflow defaults to False; a timeshift scheduler that does not shift is rflow)",
+            group="rflow"),
     # --- the base distribution ------------------------------------------------------------------------------
-    Setting("sample_method", "choice", "uniform", "base distribution of training timesteps", choices=DISTRIBUTIONS, group="distribution"),
+    Setting("sample_method", "choice", "uniform", "base distribution of training timesteps", choices=DISTRIBUTIONS,
+            group="distribution"),
     Setting("t_range", "range", None, "(t_min, t_max), fractions of N, confining the base draw (before the shift)",
             optional=True, group="distribution"),
     Setting("loss_weighting", "choice", "none",
-            "per-sample loss weight w(t) of the shifted timestep, times Open-Sora's own weights", choices=WEIGHTINGS, group="loss", not_on_2=_OWN_LOSS),
+            "per-sample loss weight w(t) of the shifted timestep, times Open-Sora's own weights", choices=WEIGHTINGS,
+            group="loss", not_on_2=_OWN_LOSS),
     Setting("max_loss_weight", "float", 1000.0,
             "loss weights are clipped to this (sigma_sqrt and debiased grow without bound at an end of [0, 1])",
             low=1, high=1e6, group="loss", applies_with=('loss_weighting', ()), not_on_2=_OWN_LOSS),
@@ -296,63 +304,83 @@ _SETTINGS = (
             "'truncate' conditions the distribution on t_range, 'rescale' squeezes it into t_range",
             choices=("truncate", "rescale"), group="distribution", applies_with=('t_range', ())),
     # --- the shift ------------------------------------------------------------------------------------------
-    Setting("shift_mode", "choice", "latent", "temporal-size policy: how num_frames becomes T_eff", choices=POLICIES, group="shift"),
+    Setting("shift_mode", "choice", "latent", "temporal-size policy: how num_frames becomes T_eff", choices=POLICIES,
+            group="shift"),
     Setting("on_degenerate", "choice", "error",
             "a sample with T_eff <= 0: 'error' raises, 'clamp' shifts it as T_eff = 1, 'ignore' keeps stock's collapse",
             choices=("error", "clamp", "ignore"), group="guard"),
     Setting("scale_temporal", "bool", True,
-            "False: Open-Sora 1.3's spatial-only shift (every sample treated as an image, as stock 1.3 does)", group="shift"),
+            "False: Open-Sora 1.3's spatial-only shift (every sample treated as an image, as stock 1.3 does)",
+            group="shift"),
     Setting("transform_scale", "float", 1.0, "extra multiplier on the shift factor (Open-Sora's transform_scale)",
             low=1 / MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift"),
-    Setting("scale_images", "bool", True, "whether transform_scale applies to images too (1.2: yes; 1.3: videos only)", group="shift"),
+    Setting("scale_images", "bool", True, "whether transform_scale applies to images too (1.2: yes; 1.3: videos only)",
+            group="shift"),
     Setting("uniform_over_threshold", "float", None,
             "Open-Sora 1.3: redraw shifted video timesteps above this fraction of N uniformly above it",
             low=0, high=1, high_open=True, optional=True, group="redraw", not_on_2="it is Open-Sora 1.3's redraw"),
     Setting("base_resolution", "float", 512 * 512, "H * W at which the spatial factor is 1 (resolution_shift='sqrt')",
             low=1, high=1e9, group="shift", applies_with=('resolution_shift', ('sqrt',))),
-    Setting("base_num_frames", "float", 1, "T_eff at which the temporal factor is 1", low=1e-3, high=1e5, group="shift"),
+    Setting("base_num_frames", "float", 1, "T_eff at which the temporal factor is 1", low=1e-3, high=1e5,
+            group="shift"),
     Setting("spatial_exponent", "float", 0.5, "the exponent e of (H W / base_resolution) ** e (resolution_shift='sqrt')",
             low=0, high=2, group="shift", applies_with=('resolution_shift', ('sqrt',))),
     Setting("temporal_exponent", "float", 0.5,
-            "the exponent of (T_eff / base_num_frames) in the factor (0: no temporal factor)", low=0, high=2, group="shift"),
+            "the exponent of (T_eff / base_num_frames) in the factor (0: no temporal factor)", low=0, high=2,
+            group="shift"),
     Setting("shift_family", "choice", "rational",
             "'rational' a t / (1 + (a - 1) t) (SD3, Open-Sora) or 'exponential' (Flux, shift given as mu = log a)",
             choices=("rational", "exponential"), group="shift"),
-    Setting("shift_sigma", "float", 1.0, "the exponent of the exponential family (Flux: 1)", low=0.1, high=10, group="shift", applies_with=('shift_family', ('exponential',))),
+    Setting("shift_sigma", "float", 1.0, "the exponent of the exponential family (Flux: 1)", low=0.1, high=10,
+            group="shift", applies_with=('shift_family', ('exponential',))),
     Setting("resolution_shift", "choice", "sqrt",
             "'sqrt' of H W / base_resolution (Open-Sora 1.x), 'linear' in latent tokens (Flux, Open-Sora 2.0), "
             "or 'constant' (shift)", choices=("sqrt", "linear", "constant"), group="shift"),
     Setting("shift", "float", None, "the constant of resolution_shift='constant' (a, or mu for exponential)",
-            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift", applies_with=('resolution_shift', ('constant',))),
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR,
+            group="shift", applies_with=('resolution_shift', ('constant',))),
     Setting("base_shift", "float", None, "the linear rule's value at base_seq_len (a, or mu); default 1 / 0.5",
-            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift", applies_with=('resolution_shift', ('linear',))),
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR,
+            group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("max_shift", "float", None, "the linear rule's value at max_seq_len (a, or mu); default 3 / 1.15",
-            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR, group="shift", applies_with=('resolution_shift', ('linear',))),
+            optional=True, low=-MAX_SHIFT_FACTOR, high=MAX_SHIFT_FACTOR,
+            group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("token_count", "choice", "frame",
             "what the linear rule counts: 'frame' latent tokens per frame, times the temporal factor (Open-Sora "
             "2.0, Flux); 'video' the whole clip's T_eff H W tokens, no temporal factor (SimpleTuner's video rule)",
             choices=("frame", "video"), group="shift", applies_with=('resolution_shift', ('linear',))),
-    Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7, group="shift", applies_with=('resolution_shift', ('linear',))),
-    Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7, group="shift", applies_with=('resolution_shift', ('linear',))),
+    Setting("base_seq_len", "float", 256, "the linear rule's lower anchor, in latent tokens", low=1, high=1e7,
+            group="shift", applies_with=('resolution_shift', ('linear',))),
+    Setting("max_seq_len", "float", 4096, "the linear rule's upper anchor, in latent tokens", low=1, high=1e7,
+            group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("patch_size", "int", 2,
             "latent pixels per token side, for the token count (on Open-Sora 2.0 unset: 2 in training, the model's at "
             "inference, as stock)", low=1, high=64, group="shift", applies_with=('resolution_shift', ('linear',))),
     Setting("spatial_compression", "int", 8, "pixels per latent pixel side, for token counts from pixel meta",
-            low=1, high=64, group="shift", applies_with=('resolution_shift', ('linear',)), not_on_2="2.0's token count comes from the latent itself"),
+            low=1, high=64,
+            group="shift", applies_with=('resolution_shift', ('linear',)),
+            not_on_2="2.0's token count comes from the latent itself"),
     Setting("bucket_settings", "any", None,
             "rules dict(frames=(lo, hi), resolution=(lo, hi), **settings) giving some buckets their own distribution "
-            "and shift settings (see per_bucket)", optional=True, group="rules", not_on_2='not supported on 2.0 yet; its batches hold one bucket each, so a config per bucket set works'),
+            "and shift settings (see per_bucket)", optional=True,
+            group="rules",
+            not_on_2='not supported on 2.0 yet; its batches hold one bucket each, so a config per bucket set works'),
     # --- the stream of random numbers -----------------------------------------------------------------------
     Setting("timestep_rng", "choice", "global",
             "'global' draws from torch's RNG as stock does; 'per_sample' from a counter-based stream keyed on "
             "(timestep_seed, step, global sample index)", choices=("global", "per_sample"), group="stream"),
-    Setting("timestep_seed", "int", 0, "the per-sample stream's seed", low=0, high=2**64 - 1, group="stream", applies_with=('timestep_rng', ('per_sample',))),
-    Setting("stratified", "bool", False, "stratify the uniforms of the whole global batch (per_sample only)", group="stream", applies_with=('timestep_rng', ('per_sample',))),
+    Setting("timestep_seed", "int", 0, "the per-sample stream's seed", low=0, high=2**64 - 1,
+            group="stream", applies_with=('timestep_rng', ('per_sample',))),
+    Setting("stratified", "bool", False, "stratify the uniforms of the whole global batch (per_sample only)",
+            group="stream", applies_with=('timestep_rng', ('per_sample',))),
     Setting("timestep_start_step", "int", 0,
             "the step to resume the per-sample stream from, under a trainer that does not restore state_dict()",
-            low=0, high=2**63 - 1, group="stream", applies_with=('timestep_rng', ('per_sample',)), not_on_2="on 2.0 the per-sample stream follows train.py's own step, which a resumed run restores"),
+            low=0, high=2**63 - 1,
+            group="stream", applies_with=('timestep_rng', ('per_sample',)),
+            not_on_2="on 2.0 the per-sample stream follows train.py's own step, which a resumed run restores"),
     Setting("backend", "choice", "auto", "'auto' (Open-Sora's RFLOW when importable), 'opensora' or 'standalone'",
-            choices=("auto", "opensora", "standalone"), group="backend", not_on_2='2.0 has no RFLOW: only the timesteps are replaced'),
+            choices=("auto", "opensora", "standalone"),
+            group="backend", not_on_2='2.0 has no RFLOW: only the timesteps are replaced'),
 )
 
 SETTINGS: Dict[str, Setting] = {s.name: s for s in _SETTINGS}
@@ -611,14 +639,25 @@ def unknown_setting_error(who: str, key: str, value: Any, own: Iterable[str], sh
 
 
 def settings_table() -> str:
-    """The README's table of every setting: the scheduler's, then each built-in policy's and distribution's."""
+    """The README's table of every setting: the scheduler's, then each built-in policy's, distribution's and
+    weighting's, with the scope each declares (its group, what it applies with, whether Open-Sora 2.0 takes it)."""
     rows = [("", s) for s in SETTINGS.values()]
     rows += [(f"{r.key}={name!r}", s) for r in _REGISTRIES for name in r for s in r.params(name).values()]
-    lines = ["| setting | allowed | default | what it does |", "|---|---|---|---|"]
+    lines = ["| setting | allowed | default | scope | what it does |", "|---|---|---|---|---|"]
     for owner, s in rows:
         doc = f"{s.doc} (with {owner})" if owner else s.doc
-        lines.append(f"| `{s.name}` | {s.allowed()} | `{s.default!r}` | {doc} |")
+        lines.append(f"| `{s.name}` | {s.allowed()} | `{s.default!r}` | {scope_text(s)} | {doc} |")
     return "\n".join(lines)
+
+
+def scope_text(s: Setting) -> str:
+    """A setting's scope in words, for tables and help: its group, the setting it applies with, the releases."""
+    parts = [s.group]
+    if s.applies_with is not None:
+        on, under = s.applies_with
+        parts.append(f"with {on}={under[0]!r}" if len(under) == 1 else f"with a {on}")
+    parts.append("1.x only" if s.not_on_2 else "1.x, 2.0")
+    return "; ".join(parts)
 
 
 def settings_doc(names: Iterable[str]) -> str:
