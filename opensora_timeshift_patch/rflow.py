@@ -10,11 +10,14 @@ so the same RNG state gives the same noise.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from .settings import SettingError
 
 TimestepFn = Callable[[Tensor, Dict[str, Any]], Tensor]
 
@@ -29,6 +32,98 @@ def mean_flat(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     per_frame = x.transpose(1, 2).flatten(2)  # (B, T, C*H*W)
     # Two single-axis sums, in Open-Sora's order, so the float rounding is the same.
     return (per_frame * mask.unsqueeze(2)).sum(dim=1).sum(dim=1) / (mask.sum(dim=1) * per_frame.shape[-1])
+
+
+def weight_index(t: Tensor, table_size: int) -> Tensor:
+    """The entry of Open-Sora's per-timestep ``weights`` table that timestep ``t`` takes: ``weights[t]``, as stock
+    indexes it, for integer t; ``floor(t)`` for continuous t (stock refuses a float index); and the last entry for
+    t = N when the table has only N entries (stock has none there)."""
+    return t.long().clamp(max=table_size - 1)
+
+
+# --- training_losses' inputs that would make a loss NaN, infinite or negative ---------------------------------------
+
+Check = Tuple[Tensor, Callable[[], str]]
+"""A flag (a one-element bool tensor: something is wrong) and, to call only when it is set, what is wrong in words."""
+
+# id of a table -> (a weak reference to it, its _version when checked, the mode it was checked under); an entry goes
+# when its table does. (A WeakKeyDictionary would compare tensors with ==, which is elementwise.)
+_CHECKED_TABLES: Dict[int, Tuple["weakref.ref[Tensor]", int, str]] = {}
+
+
+def table_checked(weights: Tensor, on_degenerate: str) -> bool:
+    """Whether this very ``weights`` tensor, unchanged since (same ``_version``), was checked under
+    ``on_degenerate`` already: a table changes rarely, so it is looked at once, not every step. One checked under
+    ``"error"`` holds only finite weights >= 0, which every mode takes as they are."""
+    entry = _CHECKED_TABLES.get(id(weights))
+    if entry is None or entry[0]() is not weights:
+        return False
+    try:
+        return entry[1] == weights._version and entry[2] in ("error", on_degenerate)
+    except RuntimeError:  # an inference-mode tensor has no version counter: checked every time
+        return False
+
+
+def mark_table_checked(weights: Tensor, on_degenerate: str) -> None:
+    try:
+        version = weights._version
+    except RuntimeError:
+        return
+    key = id(weights)
+    _CHECKED_TABLES[key] = (weakref.ref(weights, lambda _, key=key: _CHECKED_TABLES.pop(key, None)), version,
+                            on_degenerate)
+
+
+def guarded_table(weights: Tensor, on_degenerate: str) -> Tuple[Tensor, List[Check]]:
+    """The per-timestep ``weights`` training uses under ``on_degenerate``, and what the ``"error"`` path still has to
+    look at (nothing for a table already checked). ``"clamp"`` clips negative weights to 0 and ``"ignore"`` keeps
+    them; both stop the run with a device-side assert at a NaN or +inf one (``"ignore"`` at -inf too), once per
+    table. Mark the table checked (:func:`mark_table_checked`) once the checks have passed."""
+    checks: List[Check] = []
+    if not table_checked(weights, on_degenerate):
+        floating = weights.is_floating_point()
+        if on_degenerate == "error":
+            bad = ~(weights.isfinite() & (weights >= 0)).all() if floating else (weights < 0).any()
+            checks.append((bad, lambda: table_problem(weights)))
+        elif floating:
+            ok = weights.isfinite() if on_degenerate == "ignore" else ~(weights.isnan() | weights.isposinf())
+            torch._assert_async(ok.all(), f"weights holds a NaN or infinite per-timestep loss weight "
+                                          f"(on_degenerate={on_degenerate!r})")
+            mark_table_checked(weights, on_degenerate)
+        else:
+            mark_table_checked(weights, on_degenerate)
+    return (weights.clamp(min=0) if on_degenerate == "clamp" else weights), checks
+
+
+def table_problem(weights: Tensor) -> str:
+    bad = ~(weights.isfinite() & (weights >= 0)) if weights.is_floating_point() else weights < 0
+    k = int(bad.nonzero()[0])
+    return (f"weights[{k}] = {weights[k].item()!r} is not allowed: Open-Sora's per-timestep loss weights must be finite "
+            "and >= 0 (on_degenerate='clamp' clips a negative weight to 0; 'ignore' keeps it)")
+
+
+def mask_problem(mask: Tensor) -> str:
+    i = int((~mask.any(dim=1)).nonzero()[0])
+    return (f"mask row {i} has no noised frame (all False): sample {i}'s loss, a mean over its noised frames, would be "
+            "0/0 = NaN. Give every sample at least one True frame, or use on_degenerate='clamp', which gives such a "
+            "sample loss 0")
+
+
+def timestep_problem(t: Tensor, high: float, why: str) -> str:
+    bad = ~((t >= 0) & (t <= high))
+    i = int(bad.nonzero()[0])
+    return f"t[{i}] = {t[i].item()!r} is not allowed: training timesteps lie in [0, {high:g}]{why}"
+
+
+def refuse(checks: Sequence[Check]) -> None:
+    """Raise a :class:`~.settings.SettingError` for the first ``(bad, explain)`` whose flag ``bad`` is set, with the
+    message ``explain()``. The flags on an accelerator come to the host in one copy (the one sync); CPU ones are read
+    where they are. ``explain`` looks at the values again, which costs nothing that matters: it is about to raise."""
+    on_device = [bad for bad, _ in checks if bad.device.type != "cpu"]
+    device_flags = iter(torch.stack(on_device).cpu().tolist() if on_device else [])
+    for bad, explain in checks:
+        if (bool(bad) if bad.device.type == "cpu" else next(device_flags)):
+            raise SettingError(explain())
 
 
 def sampling_grid(num_sampling_steps: int, num_timesteps: int, batch_size: int, device: Any,
@@ -87,7 +182,7 @@ class StandaloneRFlow:
         velocity = model(x_t, t, **model_kwargs).chunk(2, dim=1)[0]
         error = (velocity - ((x_start if x_gt is None else x_gt) - noise)).pow(2)
         if weights is not None:
-            index = t.long().clamp(max=len(weights) - 1)  # t = N is a timestep too (pure noise)
+            index = weight_index(t, len(weights))
             error = error * weights.to(t.device)[index].float().view(-1, *([1] * (x_start.dim() - 1)))
         return {"loss": mean_flat(error, mask=mask)}
 

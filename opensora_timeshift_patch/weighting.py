@@ -9,13 +9,13 @@ A new weighting is one decorated function; its keyword parameters become setting
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .settings import WEIGHTINGS, Setting, SettingError, describe
+from .settings import SETTINGS, WEIGHTINGS, Setting, SettingError, describe
 
 register_weighting = WEIGHTINGS.register
 """Decorator registering ``fn(t: Tensor, **params) -> w`` (t in [0, 1], w >= 0) as a ``loss_weighting``; keyword
@@ -67,25 +67,48 @@ def debiased(t: Tensor) -> Tensor:
 WEIGHTING_NAMES = tuple(WEIGHTINGS)
 """Names of the built-in loss weightings, the valid values of ``loss_weighting``."""
 
+# The built-ins are finite and >= 0 on all of [0, 1] in closed form (up to +inf, which is clipped): training need not
+# look at their values. A registered weighting is checked on a grid when built and, under on_degenerate="error",
+# at every training timestep.
+_CLOSED_FORM = frozenset({none, sigma_sqrt, cosmap, min_snr, debiased})
+
+
+def _check_grids() -> List[Tensor]:
+    """Where a weighting is checked when built: 0, 1 and 1001 points of [0, 1] between; then the points closest to
+    each end in float32 and float64, a few more near the ends, and the midpoints of a second grid."""
+    f32, f64 = torch.finfo(torch.float32), torch.finfo(torch.float64)
+    ends = [f64.tiny, 2.0 ** -149, f32.tiny, f32.eps, 1e-6, 1e-3, 1 - 1e-3, 1 - 1e-6, 1 - f32.eps / 2, 1 - f64.eps / 2]
+    midpoints = (torch.arange(1001 - len(ends), dtype=torch.float64) + 0.5) / (1001 - len(ends))
+    return [torch.linspace(0, 1, 1001, dtype=torch.float64), torch.cat([torch.tensor(ends, dtype=torch.float64),
+                                                                         midpoints])]
+
 
 class LossWeighting:
-    """A configured weighting: ``w(t)`` for t in [0, 1], clipped to ``[0, max_loss_weight]``, never NaN.
+    """A configured weighting: ``w(t)`` for t in [0, 1], clipped to ``[0, max_loss_weight]``.
 
-    A weighting that returns a negative weight, a NaN, or the wrong shape anywhere on [0, 1] is refused here.
+    ``loss_weighting`` and ``max_loss_weight`` are validated as the scheduler's settings of those names. The
+    weighting is evaluated when built on 0, 1, the points just inside them and a dense grid of [0, 1]; a negative
+    weight, a NaN, or the wrong shape there is refused. Off that grid a registered weighting can still misbehave:
+    what a NaN or negative weight then does is ``on_degenerate``'s choice (see :meth:`__call__`).
     """
 
     def __init__(self, loss_weighting: str = "none", max_loss_weight: float = 1000.0, **params: Any) -> None:
-        self.name = loss_weighting
-        self.params: Dict[str, Any] = WEIGHTINGS.check_params(loss_weighting, params)
-        self.max_loss_weight = max_loss_weight
-        self._fn = WEIGHTINGS.get(loss_weighting)
-        t = torch.linspace(0, 1, 1001, dtype=torch.float64)
-        with torch.no_grad():
-            w = self._fn(t.clone(), **self.params)
-        if not isinstance(w, Tensor) or w.shape != t.shape or w.dtype.is_complex or bool(w.isnan().any()) or \
-                bool((w < 0).any()):
-            raise SettingError(f"loss_weighting={loss_weighting!r} gives {describe(w)} on t in [0, 1]: a weighting "
-                               "must return one weight >= 0 (possibly +inf, which is clipped) per timestep, never NaN")
+        self.name: str = SETTINGS["loss_weighting"].check(loss_weighting)
+        self.max_loss_weight: float = SETTINGS["max_loss_weight"].check(max_loss_weight)
+        self.params: Dict[str, Any] = WEIGHTINGS.check_params(self.name, params)
+        self._fn = WEIGHTINGS.get(self.name)
+        self.checked_per_call: bool = self._fn not in _CLOSED_FORM
+        """Whether training must look at this weighting's values (a registered one), or need not (a built-in)."""
+        for t in _check_grids():
+            with torch.no_grad():
+                w = self._fn(t.clone(), **self.params)
+            if not isinstance(w, Tensor) or w.shape != t.shape or w.dtype.is_complex:
+                raise SettingError(f"loss_weighting={self.name!r} gives {describe(w)} for {describe(t)}: a weighting "
+                                   "must return one weight >= 0 (possibly +inf, which is clipped) per timestep")
+            problem = self.problem(t, w)
+            if problem:
+                raise SettingError(f"{problem} (checked when built at 0, 1, the points next to them and on grids of "
+                                   "[0, 1])")
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.params.items())
@@ -95,14 +118,46 @@ class LossWeighting:
     def is_identity(self) -> bool:
         return self.name == "none"
 
-    def __call__(self, t: Tensor) -> Tensor:
-        """Weights for timesteps ``t`` in [0, 1], in float64 (float32 on devices without it is the caller's cast)."""
+    def __call__(self, t: Tensor, on_degenerate: str = "clamp") -> Tensor:
+        """Weights for timesteps ``t`` in [0, 1] (clamped into it), in float64 (float32 on devices without it is
+        the caller's cast), clipped to ``[0, max_loss_weight]``.
+
+        A NaN or negative weight from a registered weighting (the built-ins have none): ``on_degenerate="error"``
+        raises a :class:`~.settings.SettingError` naming the timestep (a host sync per call); ``"clamp"`` counts it
+        as 0, so that sample does not train; ``"ignore"`` stops the run with a device-side assert (no host sync).
+        """
+        on_degenerate = SETTINGS["on_degenerate"].check(on_degenerate)
+        w = self.unclipped(t)
+        if self.checked_per_call and on_degenerate == "error":
+            host_t, host_w = torch.stack([t.to(w.dtype).reshape(-1), w.reshape(-1)]).cpu()
+            problem = self.problem(host_t, host_w)
+            if problem:
+                raise SettingError(problem)
+        return self.clip(w, on_degenerate)
+
+    def unclipped(self, t: Tensor) -> Tensor:
+        """``w(t)`` as the weighting returns it (float64, NaN and negative weights included), its shape checked."""
         w = self._fn(t.to(torch.float64).clamp(0, 1), **self.params)
         if not isinstance(w, Tensor) or w.shape != t.shape:
             raise SettingError(f"loss_weighting={self.name!r} returned {describe(w)} for timesteps of shape "
                                f"{tuple(t.shape)}: a weighting returns one weight per timestep")
-        # A registered weighting was checked on a grid of [0, 1]; off it, a NaN or a negative weight counts as 0.
+        return w
+
+    def clip(self, w: Tensor, on_degenerate: str = "clamp") -> Tensor:
+        """Unclipped weights clipped to ``[0, max_loss_weight]``, a NaN counted as 0 (``"ignore"``: asserted
+        against on the device first, with a negative weight)."""
+        if self.checked_per_call and on_degenerate == "ignore":
+            torch._assert_async((w >= 0).all(), f"loss_weighting={self.name!r} gave a NaN or negative weight")
         return w.nan_to_num(nan=0.0, posinf=self.max_loss_weight).clamp(0, self.max_loss_weight)
+
+    def problem(self, t: Tensor, w: Tensor) -> str:
+        """On the host: the first timestep where ``w`` is NaN or negative, in words, or "" if there is none."""
+        bad = (w.isnan() | (w < 0)).reshape(-1).nonzero()
+        if len(bad) == 0:
+            return ""
+        i = int(bad[0])
+        return (f"loss_weighting={self.name!r} gives w(t={float(t.reshape(-1)[i])!r}) = {float(w.reshape(-1)[i])!r}: "
+                "a weighting must return one weight >= 0 (possibly +inf, which is clipped) per timestep, never NaN")
 
 
 def effective_emphasis(t: Any, weighting: LossWeighting, edges: Any) -> np.ndarray:
