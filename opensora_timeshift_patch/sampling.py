@@ -75,36 +75,74 @@ def logsnr(u: Tensor, loc: float = 0.0, scale: float = 1.0) -> Tensor:
     return torch.sigmoid((scale * torch.special.ndtri(u) - loc) / 2)
 
 
+# float32 does not tell t below 2^-126 from 0 (it keeps them only as subnormals) nor t above 1 - 2^-24 from 1: a Beta
+# that puts more than this share of its draws there would train that share on t = 0 or N.
+BETA_END_SHARE = 1e-3
+_BETA_LOGIT_EDGE = 38.0  # beyond |logit(u)| of every uniform a stream draws: 37.4 at 2^-54, 36.7 at 1 - 2^-53
+
+
 @register_distribution(
     "beta",
     beta_alpha=Setting("beta_alpha", "float", 2.0, "the Beta distribution's alpha (SimpleTuner's default 2)",
                        low=0.1, high=100),
-    beta_beta=Setting("beta_beta", "float", 2.0, "the Beta distribution's beta (SimpleTuner's default 2)",
-                      low=0.1, high=100),
+    beta_beta=Setting("beta_beta", "float", 2.0, "the Beta distribution's beta (SimpleTuner's default 2); with "
+                      "beta_alpha, it may put at most 0.1% of the draws within float32's reach of t = 0 or 1 "
+                      "(beta_beta >= 0.59 always does)", low=0.1, high=100),
 )
 def beta(u: Tensor, beta_alpha: float = 2.0, beta_beta: float = 2.0) -> Tensor:
     """t ~ Beta(alpha, beta) (SimpleTuner's ``flow_use_beta_schedule``), by its inverse CDF.
 
     The inverse regularised incomplete beta function has no closed form: it is tabulated once per (alpha, beta)
-    with scipy's ``betaincinv`` at 4097 nodes in u, spaced as Chebyshev-Lobatto points (densest at the ends, where
-    the density can be singular), and interpolated linearly on the device, with no loop over samples. Accuracy:
-    ``|F(t) - u| < 2e-5`` at 10^5 uniforms for alpha, beta in [0.1, 100] (measured in the tests).
+    with scipy's ``betaincinv`` as ``logit(t)`` against ``logit(u)`` at 16385 evenly spaced nodes over
+    ``|logit(u)| <= 38`` (every uniform a stream draws), and interpolated linearly on the device, with no loop over
+    samples and no host sync. In these coordinates both tails are straight lines (``t ~ (u alpha B)^(1/alpha)`` as
+    u -> 0, likewise 1 - t as u -> 1), so the tails are as accurate as the middle, and u = 0 and 1 give t = 0 and 1.
+    Accuracy, measured in the tests against scipy's ``betainc`` for float64 uniforms (10^5 draws and both tails out
+    to 2^-54) over accepted pairs across [0.1, 100]: ``|F(t) - u| < 1e-6`` (7e-7 at worst), and within 5e-7 of the
+    error of the exact quantile rounded to float64, which near t = 1 alone reaches 8e-7 at the smallest accepted
+    beta (float64 holds no t between 1 - 2^-53 and 1).
+
+    Refused when built: a pair that puts more than :data:`BETA_END_SHARE` (0.1%) of its draws below 2^-126 or above
+    1 - 2^-24, where float32 training timesteps land on t = 0 or N (Beta(0.1, 0.1) puts 9.6% there, by its true law).
     """
-    nodes, values = _beta_table(float(beta_alpha), float(beta_beta))
-    nodes, values = nodes.to(u.device, u.dtype), values.to(u.device, u.dtype)
-    i = torch.searchsorted(nodes, u.contiguous()).clamp(1, len(nodes) - 1)
-    lo, hi = nodes[i - 1], nodes[i]
-    weight = ((u - lo) / (hi - lo)).clamp(0, 1)
-    return torch.lerp(values[i - 1], values[i], weight)
+    table = _beta_table(float(beta_alpha), float(beta_beta), u.device, u.dtype)
+    size = len(table) - 1
+    position = (torch.logit(u) + _BETA_LOGIT_EDGE) * (size / (2 * _BETA_LOGIT_EDGE))
+    # past the end nodes the end segments extend, so u = 0 and 1 (logit -inf, inf) give t = 0 and 1; NaN stays NaN
+    i = position.floor().clamp(0, size - 1).nan_to_num(0).long()
+    logit_t = torch.lerp(table[i], table[i + 1], position - i)
+    # 1 - sigmoid(-y) above 1/2: 1 / (1 + e^-y) would round 1 + e^-y to 1 already at e^-y = 2^-53, twice too early
+    return torch.where(logit_t > 0, 1 - torch.sigmoid(-logit_t), torch.sigmoid(logit_t))
 
 
 @functools.lru_cache(maxsize=32)
-def _beta_table(alpha: float, beta_: float, size: int = 4096) -> Tuple[Tensor, Tensor]:
-    from scipy.special import betaincinv
+def _beta_table(alpha: float, beta_: float, device: Any, dtype: torch.dtype) -> Tensor:
+    return _beta_logit_table(alpha, beta_).to(device, dtype)  # once per device: no copy per training step
 
-    nodes = (1 - torch.cos(math.pi * torch.arange(size + 1, dtype=torch.float64) / size)) / 2
-    values = torch.from_numpy(betaincinv(alpha, beta_, nodes.numpy()))
-    return nodes, values
+
+@functools.lru_cache(maxsize=32)
+def _beta_logit_table(alpha: float, beta_: float, size: int = 16384) -> Tensor:
+    """``logit(F^-1(u))`` at ``logit(u)`` evenly spaced over [-38, 38]; the upper half through the mirror
+    ``1 - F^-1(u; alpha, beta) = F^-1(1 - u; beta, alpha)``, since 1 - u, not u, keeps its digits there."""
+    import numpy as np
+    from scipy.special import betainc, betaincinv, expit
+
+    near_0, near_1 = betainc(alpha, beta_, 2.0**-126), betainc(beta_, alpha, 2.0**-24)
+    if not near_0 + near_1 <= BETA_END_SHARE:
+        raise SettingError(
+            f"sample_method='beta' with beta_alpha={alpha!r}, beta_beta={beta_!r} puts {near_0 + near_1:.2%} of its "
+            f"draws below t = 2^-126 ({near_0:.2g}) or above t = 1 - 2^-24 ({near_1:.2g}), where float32 training "
+            f"timesteps land on t = 0 or N: at most {BETA_END_SHARE:.1%} is allowed. Raise beta_beta "
+            "(beta_beta >= 0.59 passes with any beta_alpha)")
+    x = np.linspace(-_BETA_LOGIT_EDGE, _BETA_LOGIT_EDGE, size + 1)
+    lower = x <= 0
+    t = betaincinv(alpha, beta_, expit(x[lower]))
+    s = betaincinv(beta_, alpha, expit(-x[~lower]))  # 1 - t
+    y = np.concatenate([np.log(t) - np.log1p(-t), np.log1p(-s) - np.log(s)])
+    if not (np.isfinite(y).all() and (np.diff(y) > 0).all()):  # an old scipy's betaincinv in the far tails
+        raise SettingError(f"sample_method='beta' with beta_alpha={alpha!r}, beta_beta={beta_!r}: scipy's betaincinv "
+                           "does not give a finite, increasing inverse CDF here; upgrade scipy")
+    return torch.from_numpy(y)
 
 
 @register_distribution(
@@ -125,6 +163,12 @@ def fixed(u: Tensor, timesteps: Tuple[float, ...] = (0.25, 0.5, 0.75), fixed_ord
 
 SAMPLE_METHODS: Tuple[str, ...] = tuple(DISTRIBUTIONS)
 """Names of the built-in timestep distributions, the valid values of ``sample_method``."""
+
+
+# The extreme uniforms a stream draws: torch.rand's 0 (float32 and float64), CUDA's float64 and CPU's float64
+# least above 0, the counter stream's (and CUDA float32's) least, CPU float32's least; and their mirrors below 1.
+STREAM_EXTREMES: Tuple[float, ...] = (0.0, 2.0**-54, 2.0**-53, 2.0**-33, 2.0**-24,
+                                      1 - 2.0**-24, 1 - 2.0**-33, 1 - 2.0**-53)
 
 
 class TimestepDistribution:
@@ -158,11 +202,26 @@ class TimestepDistribution:
         return (f"TimestepDistribution({self.sample_method!r}{params}, t_range={self.t_range!r}, "
                 f"t_range_mode={self.t_range_mode!r})")
 
+    @property
+    def cycle_length(self) -> Optional[int]:
+        """For ``fixed``, how many listed timesteps the draws keep: those within t_range under ``"truncate"`` (both
+        bounds included, duplicates counted), all of them otherwise; None for every other distribution.
+        :func:`cycle_uniform` over this many cells visits each kept entry in turn, in ascending order."""
+        if self.sample_method != "fixed":
+            return None
+        timesteps = self.params.get("timesteps", DISTRIBUTIONS.defaults("fixed")["timesteps"])
+        if self._u_range is None:
+            return len(timesteps)
+        t_min, t_max = self.t_range
+        return sum(t_min <= t <= t_max for t in timesteps)
+
     def __call__(self, u: Tensor) -> Tensor:
-        """Map uniforms in (0, 1) to timesteps in [0, 1], increasing in ``u``."""
+        """Map uniforms in [0, 1] to timesteps in [0, 1], increasing in ``u``. A NaN uniform, or one outside [0, 1],
+        gives NaN, as does a distribution that returns NaN: never a valid-looking timestep."""
         if not isinstance(u, Tensor) or not u.is_floating_point():
             raise SettingError(f"u={describe(u)} is not allowed: uniforms are a floating tensor with values in (0, 1)")
-        return self._unclamped(u).clamp(0, 1)  # ndtri and tan round to +-inf at the very ends of (0, 1)
+        t = self._unclamped(u).clamp(0, 1)  # rounding can step past the ends; clamp keeps NaN as NaN
+        return torch.where((u >= 0) & (u <= 1), t, torch.nan)  # fixed's index would turn a NaN u into a listed t
 
     def _unclamped(self, u: Tensor) -> Tensor:
         if self._u_range is not None:
@@ -174,19 +233,30 @@ class TimestepDistribution:
         return t
 
     def _check_spread(self) -> None:
-        """Refuse a distribution that leaves [0, 1], decreases, or puts 98% of its draws within 5/1000: at
-        Open-Sora's N = 1000, five timesteps."""
-        u = torch.arange(1, 1000, dtype=torch.float64) / 1000
+        """Refuse a distribution that leaves [0, 1] or gives NaN (on a grid of u and at every extreme uniform a stream
+        draws), decreases, or puts 98% of its draws within 5/1000: at Open-Sora's N = 1000, five timesteps."""
+        grid = torch.arange(1, 1000, dtype=torch.float64) / 1000
+        low, high = [x for x in STREAM_EXTREMES if x < 0.5], [x for x in STREAM_EXTREMES if x > 0.5]
+        u = torch.cat([torch.tensor(low, dtype=torch.float64), grid, torch.tensor(high, dtype=torch.float64)])
         with torch.no_grad():
             t = self._unclamped(u)
         params = {**DISTRIBUTIONS.defaults(self.sample_method), **self.params}
         what = f"sample_method={self.sample_method!r}" + "".join(f", {k}={v!r}" for k, v in params.items())
         what += f", t_range={self.t_range!r}" if self.t_range is not None else ""
-        if not isinstance(t, Tensor) or t.shape != u.shape or not bool(((t >= 0) & (t <= 1)).all()):
-            raise SettingError(f"{what} does not map (0, 1) into [0, 1]: a distribution must return t in [0, 1] "
-                               "for every u in (0, 1)")
+        if not isinstance(t, Tensor) or t.shape != u.shape:
+            raise SettingError(f"{what} does not map (0, 1) into [0, 1]: it returned {describe(t)} for "
+                               f"{describe(u)}; a distribution must return one t in [0, 1] per u")
+        outside = ~((t >= 0) & (t <= 1))  # NaN too
+        if bool(outside.any()):
+            k = int(outside.nonzero()[0])
+            raise SettingError(f"{what} does not map (0, 1) into [0, 1]: t={t[k].item()!r} at u={u[k].item()!r}; "
+                               "a distribution must return t in [0, 1] for every u a stream draws, 0 and "
+                               "1 - 2^-53 included")
         if not bool((t.diff() >= 0).all()):
-            raise SettingError(f"{what} is not increasing in u: register its inverse CDF")
+            k = int((t.diff() < 0).nonzero()[0])
+            raise SettingError(f"{what} is not increasing in u (t={t[k].item()!r} at u={u[k].item()!r}, "
+                               f"{t[k + 1].item()!r} at u={u[k + 1].item()!r}): register its inverse CDF")
+        t = t[len(low):len(low) + len(grid)]
         self.spread = spread = (t[989] - t[9]).item()
         if not spread >= 5e-3:
             raise SettingError(f"{what} collapses: 98% of its timesteps fall within {spread:.2g} of "
@@ -254,8 +324,12 @@ def counter_uniform(seed: int, step: int, index: Tensor, lane: int = 0) -> Tenso
 
 
 def cycle_uniform(step: int, index: Tensor, count: int) -> Tensor:
-    """The centre of cell ``(step + index) mod count`` of the unit interval: under the inverse CDF of ``fixed``, each
-    sample visits the list in order, one entry per step, and neighbouring samples neighbouring entries."""
+    """The centre of cell ``(step + index) mod count`` of the unit interval. With ``count`` the distribution's
+    :attr:`TimestepDistribution.cycle_length`, ``fixed`` maps cell j to the j-th smallest kept entry (t_range's
+    truncation maps the unit interval onto the kept entries' cells), so each sample visits the kept entries in
+    ascending order, one per step, each once per ``count`` steps, and neighbouring samples neighbouring entries."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SettingError(f"count={describe(count)} is not allowed: use the distribution's cycle_length, an int >= 1")
     return (torch.remainder(index.to(torch.int64) + step % count, count).to(torch.float64) + 0.5) / count
 
 
@@ -279,8 +353,8 @@ def stratified_uniform(seed: int, step: int, dp_rank: int, dp_size: int, batch_s
 def stream_uniform(seed: int, step: int, index: Tensor, dp_rank: int, dp_size: int, stratified: bool,
                    cycle: Optional[int] = None) -> Tensor:
     """This rank's uniforms of the per-sample stream at ``step``, for the samples at global positions ``index``:
-    :func:`cycle_uniform` over ``cycle`` list entries when given, else :func:`stratified_uniform` or
-    :func:`counter_uniform`."""
+    :func:`cycle_uniform` over ``cycle`` cells when given (the distribution's ``cycle_length``), else
+    :func:`stratified_uniform` or :func:`counter_uniform`."""
     if cycle is not None:
         return cycle_uniform(step, index, cycle)
     if stratified:

@@ -1,6 +1,7 @@
 """Timestep distributions, shift families and the counter-based stream, by hand and as properties."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -10,9 +11,10 @@ from hypothesis import strategies as st
 from conftest import meta
 from opensora_timeshift_patch import RFlowTimeShift, TimestepShift
 from opensora_timeshift_patch.sampling import (
-    SAMPLE_METHODS, TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
-    stratified_uniform,
+    DISTRIBUTIONS, SAMPLE_METHODS, TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
+    register_distribution, stratified_uniform, stream_uniform,
 )
+from opensora_timeshift_patch.settings import SettingError
 from opensora_timeshift_patch.shift import SHIFT_FAMILIES, exponential_shift, rational_shift
 
 U = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
@@ -303,3 +305,139 @@ def test_the_sampling_benchmark_draws_its_streams_through_the_current_api():
         assert u.shape == (8,) and bool(((u > 0) & (u < 1)).all())
     stratified = bench.global_uniforms("stratified", step=3, ranks=4, batch=2)
     assert sorted(int(x) for x in stratified * 8) == list(range(8))
+
+
+# --- beta: accuracy against scipy, and the ends float32 cannot resolve -------------------------------------------
+
+BETA_PAIRS = [(2.0, 2.0), (0.5, 0.5), (1.0, 1.0), (0.1, 1.0), (0.1, 100.0), (100.0, 0.59), (100.0, 100.0),
+              (0.1, 0.34), (0.13, 0.345), (3.0, 0.45), (1.0, 3.0), (5.0, 1.5), (0.3, 30.0)]
+
+
+def _beta_uniforms():
+    """10^5 uniforms, plus both tails down to the most extreme uniforms a stream draws."""
+    u = torch.rand(100_000, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    tail = torch.logspace(-16.5, -1, 3000, dtype=torch.float64)
+    return torch.cat([u, tail, 1 - tail, torch.tensor([2.0**-54, 2.0**-53, 2.0**-33, 1 - 2.0**-33, 1 - 2.0**-53],
+                                                      dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("a, b", BETA_PAIRS)
+def test_beta_inverse_cdf_is_accurate_across_the_accepted_range(a, b):
+    """|F(t) - u| < 1e-6 by scipy's betainc, and within 5e-7 of what the exact quantile rounded to float64 achieves
+    (near t = 1 float64's spacing of 2^-53 alone costs up to 8e-7 at the smallest accepted beta)."""
+    from scipy.special import betainc, betaincinv
+
+    u = _beta_uniforms()
+    t = TimestepDistribution("beta", beta_alpha=a, beta_beta=b)(u)
+    error = (torch.from_numpy(betainc(a, b, t.numpy())) - u).abs()
+    floor = (torch.from_numpy(betainc(a, b, betaincinv(a, b, u.numpy()))) - u).abs()
+    assert float(error.max()) < 1e-6
+    assert float((error - floor).max()) < 5e-7
+    near_1 = u > 1 - 1e-5  # where float64's spacing dominates: as good as the rounded exact quantile
+    assert float((error - floor)[near_1].max()) < 5e-8
+
+
+def test_beta_ends_are_exact_and_nan_stays_nan():
+    d = TimestepDistribution("beta", beta_alpha=0.5, beta_beta=0.5)
+    got = d(torch.tensor([0.0, 0.5, 1.0, float("nan")], dtype=torch.float64))
+    assert got[0].item() == 0.0 and got[1].item() == pytest.approx(0.5, abs=1e-15) and got[2].item() == 1.0
+    assert math.isnan(got[3].item())
+
+
+BETA_GRID = [0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 1.0, 3.0, 10.0, 30.0, 100.0]
+
+
+@pytest.mark.parametrize("b", BETA_GRID)
+def test_no_accepted_beta_puts_a_visible_share_of_float32_timesteps_on_0_or_n(b):
+    """Every accepted pair keeps its 0.1% and 99.9% quantiles off t = 0 and N in float32 (t x 1000 as Open-Sora 1.x
+    stores it, t itself as 2.0 does), so at most 0.1% of the draws can land there; a refused one says how many."""
+    ends = torch.tensor([1e-3, 1 - 1e-3], dtype=torch.float64)
+    for a in BETA_GRID:
+        try:
+            q = TimestepDistribution("beta", beta_alpha=a, beta_beta=b)(ends)
+        except ValueError as err:
+            assert re.search(r"sample_method='beta' with beta_alpha=.*, beta_beta=.* puts \d+\.\d\d% of its draws "
+                             r"below t = 2\^-126 .* at most 0.1% is allowed", str(err)), str(err)
+            continue
+        assert 0 < (q[0] * 1000).float() and (q[1] * 1000).float() < 1000, (a, b)
+        assert 0 < q[0].float() and q[1].float() < 1, (a, b)
+
+
+def test_beta_refusal_names_the_pair_and_the_share():
+    # Beta(0.1, 0.1) puts I(2^-24; 0.1, 0.1) = 9.6% of its mass above 1 - 2^-24, by its true law
+    with pytest.raises(ValueError, match=r"beta_alpha=0.1, beta_beta=0.1 puts 9.62% of its draws .* Raise beta_beta"):
+        TimestepDistribution("beta", beta_alpha=0.1, beta_beta=0.1)
+    # both ends count: I(2^-126; 0.1, 0.3325) = 1.3e-4 below, I(2^-24; 0.3325, 0.1) = 9.5e-4 above, 0.108% in all
+    with pytest.raises(ValueError, match=r"beta_beta=0.3325 puts 0.11% of its draws below t = 2\^-126 \(0.00013\) or "
+                                         r"above t = 1 - 2\^-24 \(0.00095\)"):
+        TimestepDistribution("beta", beta_alpha=0.1, beta_beta=0.3325)
+    with pytest.raises(ValueError, match="beta_beta=0.05 is not allowed"):
+        TimestepDistribution("beta", beta_beta=0.05)
+
+
+# --- fixed_order="cycle" with t_range ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t_range_mode, kept", [("truncate", [0.5, 0.8]),
+                                                ("rescale", [0.4 + 0.5 * 0.2, 0.4 + 0.5 * 0.5, 0.4 + 0.5 * 0.8])])
+def test_cycle_visits_every_kept_entry_equally_in_order(t_range_mode, kept):
+    """timesteps [0.2, 0.5, 0.8] with t_range (0.4, 0.9): truncate keeps 0.5 and 0.8, rescale all three (moved
+    into the range). Over K steps of B samples each kept entry comes B times; sample i at step s gets entry
+    (s + i) mod K, in ascending order."""
+    d = TimestepDistribution("fixed", timesteps=[0.8, 0.2, 0.5], fixed_order="cycle", t_range=(0.4, 0.9),
+                             t_range_mode=t_range_mode)
+    k, batch = d.cycle_length, 5
+    assert k == len(kept)
+    index = global_sample_index(batch, 0, 1)
+    seen = torch.stack([d(stream_uniform(0, s, index, 0, 1, False, k)) for s in range(3 * k)])
+    values, counts = seen.unique(return_counts=True)
+    torch.testing.assert_close(values, torch.tensor(kept, dtype=torch.float64))
+    assert counts.tolist() == [3 * batch] * k
+    want = torch.tensor([[kept[(s + i) % k] for i in range(batch)] for s in range(3 * k)], dtype=torch.float64)
+    torch.testing.assert_close(seen, want)
+
+
+def test_cycle_length_counts_the_kept_entries():
+    fixed = lambda **kw: TimestepDistribution("fixed", **kw).cycle_length  # noqa: E731
+    assert fixed() == 3  # the default list
+    assert fixed(timesteps=[0.1, 0.3, 0.3, 0.5, 0.7, 0.9], t_range=(0.3, 0.7)) == 4  # both bounds, duplicates
+    assert fixed(timesteps=[0.1, 0.3, 0.5], t_range=(0.3, 0.7), t_range_mode="rescale") == 3
+    assert TimestepDistribution("uniform").cycle_length is None
+    with pytest.raises(ValueError, match="count=0 is not allowed"):
+        stream_uniform(0, 0, torch.arange(2), 0, 1, False, 0)
+
+
+# --- registered distributions: the extreme uniforms, and NaN never made valid --------------------------------------
+
+@pytest.mark.parametrize("bad, where", [
+    (lambda u: torch.where(u < 1e-4, torch.nan, u), r"u=0\.0"),                 # torch.rand's 0
+    (lambda u: torch.where(u < 2e-16, torch.nan, u), r"u=0\.0"),
+    (lambda u: torch.where(u > 1 - 1e-7, torch.nan, u), r"u=0\.9999999403953552"),  # float32 rand's 1 - 2^-24
+    (lambda u: torch.where(u > 1 - 1e-9, 1.5, u), r"t=1\.5 at u=0\.9999999998835847"),  # the counter's 1 - 2^-33
+    (lambda u: torch.where(u > 1 - 1e-15, torch.nan, u), r"u=0\.9999999999999999"),  # float64 rand's 1 - 2^-53
+    (lambda u: torch.where((u > 0) & (u < 1e-12), -0.5, u), r"t=-0\.5 at u=5\.551115123125783e-17"),  # 2^-54
+])
+def test_a_registered_distribution_bad_only_in_its_far_tails_is_refused(bad, where):
+    register_distribution("tail_test")(bad)
+    try:
+        with pytest.raises(SettingError, match=r"sample_method='tail_test' does not map \(0, 1\) into \[0, 1\]: .*"
+                                               + where):
+            TimestepDistribution("tail_test")
+    finally:
+        DISTRIBUTIONS.unregister("tail_test")
+
+
+@pytest.mark.parametrize("method", SAMPLE_METHODS)
+def test_nan_or_out_of_range_uniforms_give_nan_never_a_valid_timestep(method):
+    d = TimestepDistribution(method, t_range=(0.1, 0.9))
+    u = torch.tensor([float("nan"), -0.5, 1.5, 0.5], dtype=torch.float64)
+    t = d(u)
+    assert bool(t[:3].isnan().all()) and 0.1 <= t[3].item() <= 0.9
+
+
+def test_a_nan_inside_the_check_grid_reaches_the_draw_as_nan():
+    register_distribution("hole_test")(lambda u: torch.where((u > 0.5) & (u < 0.5005), torch.nan, u))
+    try:
+        t = TimestepDistribution("hole_test")(torch.tensor([0.5002, 0.7], dtype=torch.float64))
+        assert math.isnan(t[0].item()) and t[1].item() == 0.7
+    finally:
+        DISTRIBUTIONS.unregister("hole_test")
