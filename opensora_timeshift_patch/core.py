@@ -97,8 +97,7 @@ class Recipe:
                                    **policy)
         self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight)
 
-        cycle = len(dist["timesteps"] if "timesteps" in dist else DISTRIBUTIONS.defaults("fixed")["timesteps"]) \
-            if values["sample_method"] == "fixed" and dist.get("fixed_order") == "cycle" else None
+        cycle = self.distribution.cycle_length if dist.get("fixed_order") == "cycle" else None
         self.stream = Stream(values["timestep_rng"], values["timestep_seed"], values["stratified"],
                              values["timestep_start_step"], cycle)
         if cycle is not None and (self.stream.rng != "per_sample" or self.stream.stratified):
