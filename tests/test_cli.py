@@ -16,7 +16,8 @@ import pytest
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from opensora_timeshift_patch import cli
+from opensora_timeshift_patch.cli import config as config_command
+from opensora_timeshift_patch.cli import options, views
 from opensora_timeshift_patch.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -334,7 +335,7 @@ def test_config_set_writes_only_literals(tmp_path, capsys):
     ("k=uniform", "uniform"), ("k=logit-normal", "logit-normal"), ("k='true'", "true"), ("k='inf'", "inf"),
 ])
 def test_set_values_are_python_literals_or_bare_words(text, value):
-    assert cli.parse_set_item(text) == ("k", value)
+    assert options.parse_set_item(text) == ("k", value)
 
 
 # --- audit: reads as pandas would, and never changes its inputs --------------------------------------------
@@ -405,7 +406,7 @@ def test_an_internal_error_exits_3_with_its_traceback(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cli, "bucket_row", broken)
+    monkeypatch.setattr(views.Opensora1View, "bucket", broken)
     code, _, err = run(capsys, "inspect", "--frames", 16)
     assert code == 3 and "Traceback" in err and "KeyError: 'a bug'" in err and "internal error" in err
 
@@ -716,7 +717,7 @@ def test_config_refuses_an_out_that_mmengine_read_even_if_the_chain_missed_it(tm
     base = tmp_path / "base.py"
     base.write_text('_base_ = ["grand.py"]\n')
     (tmp_path / "grand.py").write_text(BASE.read_text())
-    monkeypatch.setattr(cli, "base_chain", lambda path: [])  # a chain resolution that saw nothing
+    monkeypatch.setattr(config_command, "base_chain", lambda path: [])  # a chain resolution that saw nothing
     before = snapshot(tmp_path)
     code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "grand.py", "--force")
     assert code == 2 and "a file the derived config reads" in err

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from opensora_timeshift_patch.cli import density_quantile, midpoint_uniforms
+from opensora_timeshift_patch.density import density_quantile, midpoint_uniforms
 from opensora_timeshift_patch.sampling import DISTRIBUTIONS, TimestepDistribution, register_distribution
 from opensora_timeshift_patch.settings import Setting
 from opensora_timeshift_patch.weighting import WEIGHTINGS, LossWeighting, effective_emphasis

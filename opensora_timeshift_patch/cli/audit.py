@@ -1,0 +1,467 @@
+"""``audit``: what a dataset CSV and/or a training config's buckets meet under the config's scheduler.
+
+Clips are counted per bucket (:func:`read_csv_buckets`, :func:`group_buckets`), each bucket is judged as a training
+step would judge it (:func:`~.views.judge` on 1.x, :func:`~.views.opensora2_alpha` on 2.0), and the report says
+which clips would collapse to t = 0 or be refused (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from collections import Counter
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from ..buckets import (RESOLUTION_NAMES, bucket_rule_of, closest_size, config_buckets, opensora2_base_size,
+                       opensora2_fps_max, opensora2_geometry, opensora2_sizes, sampling_interval)
+from ..opensora2 import SCHEDULER_TYPE, Opensora2Timesteps
+from ..per_bucket import BucketRule, rule_for
+from ..policies import SHIFT_MODES, temporal_size
+from ..settings import MAX_SHIFT_FACTOR, SETTINGS, SettingError
+from ..shift import TimestepShift
+from .common import (STATUS_TEXT, UsageError, build_timeshift, buckets_text, format_table, input_file, load_config,
+                     rule_cell, rule_text, short)
+from .options import CSV_NUMBER, OPENSORA_VERSIONS, Once
+from .views import VAES, Alpha, Verdict, bucket_children, build_opensora2, judge, opensora2_alpha, stock_opensora2
+
+CSV_COLUMNS = ("num_frames", "height", "width")
+Key = Tuple[int, int, int, Optional[str]]  # (height, width, frames, bucket name or None)
+
+class Current(NamedTuple):
+    """The config's scheduler as the audit sees it: the shift it applies (None: no shift), and in words."""
+
+    shift: Optional[TimestepShift]
+    description: str
+    rules: Tuple[BucketRule, ...] = ()  # rflow-timeshift's bucket_settings
+    per_rule: Tuple[TimestepShift, ...] = ()  # the shift of each rule's samples: its child scheduler's
+
+    def shift_for(self, height: int, width: int, frames: int) -> Tuple[Optional[TimestepShift], Optional[int]]:
+        """The shift a clip of this size trains under, and the index of the rule that gives it (None: the
+        scheduler's own)."""
+        applies = rule_for(self.rules, frames, height, width)
+        return (self.shift, None) if applies is None else (self.per_rule[applies.index], applies.index)
+
+
+def current_scheduler(cfg: Optional[Any], version: str) -> Current:
+    """The shift of a config's ``scheduler``, validated as training would validate it."""
+    stock_mode = "legacy" if version == "1.2" else "v13"
+    if cfg is None or "scheduler" not in cfg:
+        return Current(TimestepShift(stock_mode, "ignore"),
+                       f"no config: stock Open-Sora {version} rflow with use_timestep_transform=True")
+    if not isinstance(cfg["scheduler"], dict):
+        raise UsageError(f"scheduler must be a dict such as dict(type='rflow', ...), got {short(cfg['scheduler'])}")
+    sched = dict(cfg["scheduler"])
+    for key in ("use_timestep_transform", "scale_temporal"):  # truthiness would read "False" as on
+        if key in sched and not isinstance(sched[key], bool):
+            raise UsageError(f"scheduler {key}={short(sched[key])} must be True or False")
+    kind = sched.get("type")
+    if kind == "rflow":
+        if not sched.get("use_timestep_transform", False):
+            return Current(None, "stock rflow with use_timestep_transform=False: no shift")
+        try:
+            scale = SETTINGS["transform_scale"].check(sched.get("transform_scale", 1.0))
+        except SettingError as err:
+            raise UsageError(f"scheduler rflow: {err}") from err
+        # scale_temporal=False (1.3): every sample is shifted as an image, transform_scale unused
+        shift = (TimestepShift(stock_mode, "ignore", transform_scale=scale) if sched.get("scale_temporal", True)
+                 else TimestepShift("spatial", "ignore"))
+        return Current(shift, f"stock Open-Sora {version} rflow, shift on: shift_mode {shift.shift_mode!r} without a "
+                              "guard")
+    if kind == "rflow-timeshift":
+        try:
+            built = build_timeshift(sched)
+        except (ValueError, TypeError, ImportError) as err:
+            raise UsageError(f"scheduler rflow-timeshift: {err}") from err
+        if not built.use_timestep_transform:
+            return Current(None, "rflow-timeshift with use_timestep_transform=False: no shift")
+        shift = built.shift
+        rules = built.rules
+        return Current(shift, f"rflow-timeshift, shift_mode {shift.shift_mode!r}, on_degenerate "
+                              f"{shift.on_degenerate!r}"
+                              + (f", {len(rules)} bucket_settings rule{'s' * (len(rules) > 1)}" if rules else ""),
+                       rules, tuple(child.shift for child in bucket_children(built)))
+    raise UsageError(f"scheduler type {short(kind)} is not audited: only 'rflow' and 'rflow-timeshift' shift timesteps")
+
+
+def current_opensora2(cfg: Optional[Any]) -> Tuple[Opensora2Timesteps, str]:
+    """The timesteps a 2.0 config trains with: stock 2.0's rule without a scheduler key, else rflow-timeshift's, built
+    as the package's hook builds them when 2.0 parses the config."""
+    sched = None if cfg is None else cfg.get("scheduler")
+    if sched is None:
+        return stock_opensora2(), (f"{'no config' if cfg is None else 'no scheduler key'}: stock Open-Sora 2.0's "
+                                   "rule (alpha = lin((h w) // 4) * sqrt(T)), without a guard")
+    if not isinstance(sched, dict) or sched.get("type") != SCHEDULER_TYPE:
+        got = sched.get("type") if isinstance(sched, dict) else sched
+        raise UsageError(f"scheduler type={short(got)} is not allowed on Open-Sora 2.0, which builds no scheduler: "
+                         f"use dict(type={SCHEDULER_TYPE!r}, ...) or remove the scheduler key")
+    ts = build_opensora2({k: v for k, v in sched.items() if k != "type"}, "scheduler rflow-timeshift (Open-Sora 2.0): ")
+    return ts, f"{ts!r}, on_degenerate {ts.shift.on_degenerate!r}"
+
+
+class RowError(UsageError):
+    pass
+
+
+def read_csv_buckets(path: str, progress: bool, skip_bad_rows: bool, fps: bool = False
+                     ) -> Tuple[Counter, Counter, List[str]]:
+    """Stream an Open-Sora dataset CSV into counts per (height, width, num_frames): bounded memory for any size.
+
+    With ``fps`` (Open-Sora 2.0's bucket rule strides frames by it) the key also holds the row's fps, None where the
+    column or the value is missing (2.0 reads a missing value as NaN: no stride).
+
+    Reads as pandas (Open-Sora's reader) does where the two could differ: a byte-order mark is dropped, fields are
+    quoted alike, long fields are fine. Returns the bucket counts, the skipped rows by reason, and the first few
+    skipped rows' descriptions.
+    """
+    from tqdm.auto import tqdm
+
+    input_file(path, "--csv")
+    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))  # pandas has no field limit: a long caption is not an error
+    buckets: Counter = Counter()
+    skipped: Counter = Counter()
+    examples: List[str] = []
+    size = os.path.getsize(path)
+    reader: Any = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f, \
+                tqdm(total=size, unit="B", unit_scale=True, desc="audit", leave=False,
+                     disable=None if progress else True) as bar:
+            reader = csv.DictReader(_counting_lines(f, bar))
+            _check_header(path, reader.fieldnames)
+            for row_number, row in enumerate(reader, start=2):  # row 1 is the header
+                try:
+                    buckets[_bucket_of(row, fps)] += 1
+                except RowError as err:
+                    if not skip_bad_rows:
+                        raise UsageError(f"{path}, row {row_number}: {err} "
+                                         "(pass --skip-bad-rows to count and skip such rows)") from None
+                    skipped[str(err).split(":")[0]] += 1
+                    if len(examples) < 5:
+                        examples.append(f"row {row_number}: {err}")
+    except UnicodeDecodeError as err:
+        line = reader.line_num + 1 if reader is not None else 1
+        raise UsageError(f"{path} is not UTF-8 text ({err.reason} near line {line}); save it as UTF-8") from None
+    except csv.Error as err:
+        raise UsageError(f"{path}, line {reader.line_num}: not readable as CSV: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+    return buckets, skipped, examples
+
+
+def _check_header(path: str, header: Optional[Sequence[str]]) -> None:
+    if not header:
+        raise UsageError(f"{path} is empty: no header row (Open-Sora's data tools write path, text, num_frames, "
+                         "height, width, fps, ...)")
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)});"
+                         " Open-Sora's data tools write path, text, num_frames, height, width, fps, ...")
+    # pandas would rename the second one 'num_frames.1' and use the first; the csv module keeps the last: refuse.
+    repeated = [c for c in CSV_COLUMNS if list(header).count(c) > 1]
+    if repeated:
+        raise UsageError(f"{path}: column {repeated[0]!r} appears {list(header).count(repeated[0])} times in the "
+                         f"header (pandas would read the second as '{repeated[0]}.1'); keep one")
+
+
+def _counting_lines(f: Any, bar: Any) -> Iterator[str]:
+    for line in f:
+        bar.update(len(line.encode("utf-8", "replace")))
+        yield line
+
+
+def _bucket_of(row: Dict[Optional[str], Any], fps: bool = False) -> Tuple[Any, ...]:
+    if None in row:  # csv.DictReader files surplus fields under None; pandas refuses such a row
+        raise RowError(f"extra fields: the row has {len(row[None])} more field(s) than the header")
+    values = []
+    for column in ("height", "width", "num_frames"):
+        text = row.get(column)
+        if text is None or text.strip() == "":
+            raise RowError(f"missing {column}: the row has fewer fields than the header")
+        if not CSV_NUMBER.fullmatch(text):
+            raise RowError(f"non-numeric {column}: {short(text)}")
+        value = float(text)
+        if not (math.isfinite(value) and value > 0 and value.is_integer()):
+            raise RowError(f"invalid {column}: {short(text)} is not a positive whole number")
+        values.append(int(value))
+    if not fps:
+        return values[0], values[1], values[2]
+    text = row.get("fps")
+    if text is None or text.strip() == "" or text.strip().lower() == "nan":  # pandas reads both as NaN
+        return values[0], values[1], values[2], None
+    if not CSV_NUMBER.fullmatch(text) or float(text) < 0:
+        raise RowError(f"invalid fps: {short(text)} is not a number >= 0")
+    return values[0], values[1], values[2], float(text)
+
+
+
+def print_bucket_report(csv: Optional[str], groups: Mapping[Any, Any], legend: str, headers: Sequence[str],
+                        rows: Sequence[Sequence[Any]], dropped: Mapping[str, int], why_dropped: str,
+                        skipped: Counter, examples: Sequence[str]) -> None:
+    """The part of an audit report both releases share: the clip count, the table, dropped clips, malformed rows."""
+    if csv is not None:
+        print(f"{sum(c for c in groups.values() if c)} clips in {len(groups)} buckets from {csv}")
+    print(legend)
+    print(format_table(headers, rows))
+    if dropped:
+        print(f"\n{sum(dropped.values())} clips fit no bucket, so Open-Sora drops them ("
+              + ", ".join(f"{c} {what}" for what, c in sorted(dropped.items())) + f"): {why_dropped}")
+    if skipped:
+        print(f"\nskipped {sum(skipped.values())} malformed rows: "
+              + ", ".join(f"{c} {r}" for r, c in skipped.most_common()))
+        for example in examples:
+            print(f"  {example}")
+
+
+def group_buckets(args: argparse.Namespace, cfg: Optional[Any], bucket_list: Sequence[Any], bucketed: bool,
+                  assign: Callable[[Tuple[Any, ...]], Any], place: Callable[[str, int, Optional[Tuple[Any, ...]]], Key],
+                  fps: bool = False) -> Tuple[Dict[Key, Optional[int]], set, Counter, Counter, List[str]]:
+    """The buckets an audit reports: with --csv, its clips per bucket (``assign`` maps a clip to Open-Sora's bucket,
+    or None when it drops it; ``place`` gives a bucket's row key, sized for the clip), else the config's buckets
+    (``place`` with no clip: the bucket's own size), with None for a count.
+
+    Returns the clip count per key, the keys of buckets that keep no clip, the dropped clips (images, videos), and
+    the malformed rows skipped with a few examples.
+    """
+    skipped: Counter = Counter()
+    examples: List[str] = []
+    dropped: Counter = Counter()
+    groups: Dict[Key, Optional[int]] = {}
+    off: set = set()
+    if args.csv is not None:
+        clips, skipped, examples = read_csv_buckets(args.csv, not args.no_progress, args.skip_bad_rows, fps=fps)
+        if not clips:  # an audit that saw nothing must not pass a launch gate as "OK"
+            raise UsageError(f"{args.csv} has no clips to audit"
+                             + (f": all {sum(skipped.values())} rows are malformed ({examples[0]})" if skipped else ""))
+        for clip, count in clips.items():
+            if not bucketed:
+                groups[(*clip[:3], None)] = count
+                continue
+            bucket = assign(clip)
+            if bucket is None:
+                dropped["images" if clip[2] == 1 else "videos"] += count
+                continue
+            key = place(bucket.name, bucket.frames, clip)
+            groups[key] = (groups.get(key) or 0) + count
+        if not groups:
+            raise UsageError(f"none of the {sum(dropped.values())} clips in {args.csv} fits a bucket of bucket_config: "
+                             "Open-Sora would drop them all")
+    else:
+        if cfg is None or cfg.get("bucket_config") is None:
+            raise UsageError(f"{args.config} has no bucket_config: give --csv too")
+        for b in bucket_list:
+            key = place(b.name, b.frames, None)
+            groups[key] = None
+            if not b.on:
+                off.add(key)
+    return groups, off, dropped, skipped, examples
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    if args.csv is None and args.config is None:
+        raise UsageError("give --csv PATH, --config PATH or both")
+    cfg = None if args.config is None else load_config(args.config, "--config")
+    if args.opensora_version == "2.0":
+        return audit_opensora2(args, cfg)
+    current = current_scheduler(cfg, args.opensora_version)
+    has_buckets = cfg is not None and cfg.get("bucket_config") is not None
+    config_bucket_list = config_buckets(cfg["bucket_config"], args.opensora_version) if has_buckets else []
+    rule = bucket_rule_of(cfg, config_bucket_list, args.opensora_version) if has_buckets else None
+
+    groups, off, dropped, skipped, examples = group_buckets(
+        args, cfg, config_bucket_list, rule is not None, lambda clip: rule.assign(*clip),
+        lambda name, frames, clip: (*RESOLUTION_NAMES[name], frames, name))
+
+    ruled = bool(current.rules)
+    headers = (["resolution", "frames", "clips", "current", "factor"] + (["rule"] if ruled else []) + [*SHIFT_MODES]
+               + (["bucket"] if has_buckets else []))
+    rows: List[List[Any]] = []
+    counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS_TEXT}
+    extreme: List[Tuple[int, int, int, Optional[str]]] = []  # not refused, but timesteps pile up at one end
+    messages: List[str] = []
+    rule_of: Dict[Tuple[int, int, int, Optional[str]], Optional[int]] = {}  # the bucket_settings rule of a bucket
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
+        h, w, n, name = key
+        count = groups[key]
+        shift, applies = current.shift_for(h, w, n)
+        rule_of[key] = applies
+        verdict = Verdict("off", math.nan, None) if key in off else judge(shift, h, w, n)
+        counted[verdict.kind].append((key, 1 if count is None else count))
+        if verdict.kind == "ok" and not 1 / MAX_SHIFT_FACTOR < verdict.factor < MAX_SHIFT_FACTOR:
+            extreme.append(key)
+        if verdict.message and verdict.message not in messages:
+            messages.append(verdict.message)
+        n_t = torch.tensor([float(n)])
+        cells = []
+        for m in SHIFT_MODES:
+            t = temporal_size(n_t, m).item()
+            cells.append(f"{t:.2f}" if m == "continuous" else f"{int(t)}" + ("!" if t <= 0 else ""))
+        rows.append([f"{h}x{w}", n, "-" if count is None else count, STATUS_TEXT[verdict.kind].cell,
+                     "-" if math.isnan(verdict.factor) else f"{verdict.factor:.3f}",
+                     *([rule_cell(applies)] if ruled else []), *cells]
+                    + ([name] if has_buckets else []))
+    collapsed, refused = counted["collapsed"], counted["refused"]
+    code = 1 if collapsed or refused else 0
+    args.verdict = code  # what a broken stdout pipe still exits with
+
+    print(f"current scheduler: {current.description}")
+    if ruled:
+        print("bucket_settings: a bucket trains under the settings of the rule it falls under (column rule; '-': "
+              "the scheduler's own), and current and factor are that rule's:")
+        for r in current.rules:
+            print(f"  {rule_text(r)}")
+    if rule is not None:
+        print(f"buckets: Open-Sora's Bucket rule, every keep probability above 0 taken as kept (frame_interval "
+              f"{rule.frame_interval}); sizes are each resolution's base aspect ratio")
+    print_bucket_report(
+        args.csv, groups, "T_eff per mode ('!' marks T_eff <= 0: every timestep of such a clip collapses to t = 0); "
+        "factor: the current scheduler's shift factor", headers, rows, dropped,
+        "a video needs more frames than a frame count other than 1 (T > t), at a resolution whose pixel count it "
+        "reaches to 0.8; an image needs a kept 1-frame bucket", skipped, examples)
+    if extreme:
+        print(f"\nnote: the shift factor is outside [0.01, 100] for {buckets_text(extreme)}: timesteps pile up at "
+              "one end (on_degenerate='error' would refuse such batches)")
+
+    def frames_of(items: List[Tuple[Tuple[int, int, int, Optional[str]], int]]) -> List[int]:
+        return sorted({k[2] for k, _ in items})
+
+    if collapsed:
+        what = (f"{sum(c for _, c in collapsed)} clips" if args.csv is not None
+                else f"buckets with {frames_of(collapsed)} frames")
+        by_rule = sorted({rule_of[k] for k, _ in collapsed if rule_of[k] is not None})
+        own = any(rule_of[k] is None for k, _ in collapsed)
+        where = " and ".join((["scheduler = dict(type='rflow-timeshift', shift_mode='latent')"] if own else [])
+                             + [f"shift_mode='latent' in bucket_settings[{i}]" for i in by_rule])
+        print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler. "
+              f"Recommendation: {where}, which matches the VAE's latent length and equals the stock rule on "
+              "17k-frame clips.")
+    if refused:
+        what = (f"{sum(c for _, c in refused)} clips in {buckets_text([k for k, _ in refused])}"
+                if args.csv is not None else buckets_text([k for k, _ in refused]))
+        print(f"\nFAIL: the guard would stop training at the first batch from {what}: {messages[0]}"
+              + (f" ({len(messages) - 1} more such messages)" if len(messages) > 1 else ""))
+    if code:
+        return code
+    clamped = counted["clamped"]
+    print("\nOK: no clip would train at t = 0 or be refused by the guard."
+          + (f" Clamped clips ({buckets_text([k for k, _ in clamped])}) train as T_eff = 1 where T_eff <= 0, with "
+             "factors held to [0.01, 100]; shift_mode='latent' needs no clamping." if clamped else ""))
+    return 0
+
+
+
+def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
+    """audit --opensora-version 2.0: per bucket, the latent, the tokens and alpha in training and at inference."""
+    geometry = opensora2_geometry(cfg) if cfg is not None else VAES["hunyuan"]
+    ts, description = current_opensora2(cfg)
+    has_buckets = cfg is not None and cfg.get("bucket_config") is not None
+    bucket_list = config_buckets(cfg["bucket_config"], "2.0") if has_buckets else []
+    rule = bucket_rule_of(cfg, bucket_list, "2.0") if has_buckets else None
+    fps_max = opensora2_fps_max(cfg) if has_buckets else None
+    sizes = {b.name: opensora2_sizes(b.name, geometry.token_pixels) for b in bucket_list}
+
+    def assign(clip: Tuple[Any, ...]) -> Any:
+        h, w, n, fps = clip
+        return rule.assign(h, w, n // sampling_interval(fps, fps_max))
+
+    def place(name: str, frames: int, clip: Optional[Tuple[Any, ...]]) -> Key:
+        size = opensora2_base_size(name, geometry.token_pixels) if clip is None else closest_size(*clip[:2],
+                                                                                                  sizes[name])
+        return (*size, frames, name)
+
+    groups, off, dropped, skipped, examples = group_buckets(args, cfg, bucket_list, rule is not None, assign, place,
+                                                            fps=rule is not None)
+
+    headers = ["resolution", "frames", "clips", "latent", "tokens", "alpha", "inf.tokens", "inf.alpha", "current"]
+    headers += ["bucket"] if has_buckets else []
+    rows: List[List[Any]] = []
+    counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS_TEXT}
+    mismatched: List[Tuple[Tuple[int, int, int, Optional[str]], Alpha]] = []
+    messages: List[str] = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
+        h, w, n, name = key
+        count = groups[key]
+        a = opensora2_alpha(ts, geometry, h, w, n)
+        kind = "off" if key in off else a.kind
+        counted[kind].append((key, 1 if count is None else count))
+        if a.message and kind != "off" and a.message not in messages:
+            messages.append(a.message)
+        status = STATUS_TEXT[kind].cell
+        if kind in ("ok", "extreme", "clamped") and a.alpha != a.infer_alpha:
+            mismatched.append((key, a))
+            status = "mismatch" if kind != "clamped" else status
+        shown = lambda x: "-" if x is None or kind in ("off", "refused") else f"{x:.3f}"  # noqa: E731
+        rows.append([f"{h}x{w}", n, "-" if count is None else count, "x".join(map(str, a.latent)), a.tokens,
+                     shown(a.alpha), a.infer_tokens, shown(a.infer_alpha), status] + ([name] if has_buckets else []))
+    collapsed, refused = counted["collapsed"], counted["refused"]
+    code = 1 if collapsed or refused else 0
+    args.verdict = code
+
+    print(f"current scheduler: {description}")
+    print(f"geometry: {geometry.describe()}" + ("" if cfg is not None else " (no config: 2.0's default)"))
+    if rule is not None:
+        print("buckets: Open-Sora 2.0's Bucket rule (a video fits frame count t when its frames // stride >= t, the "
+              f"stride ceil(fps / fps_max) at fps >= fps_max {fps_max}, 1 without an fps), every keep probability above "
+              "0 taken as kept; sizes are "
+              + ("each clip's closest aspect ratio" if args.csv is not None else "each name's square or 16:9 size"))
+    print_bucket_report(
+        args.csv, groups, "latent: T x h x w; tokens and alpha: what training counts and shifts by; inf.tokens and "
+        "inf.alpha: what inference does for the same size", headers, rows, dropped,
+        "a video needs at least as many frames (after the fps stride) as a frame count other than 1, at a resolution "
+        "whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket and an fps below fps_max, or none "
+        "(2.0 divides its one frame by the stride too)", skipped, examples)
+    extreme = [k for k, _ in counted["extreme"]]
+    if extreme:
+        print(f"\nnote: alpha is outside [0.01, 100] for {buckets_text(extreme)}: timesteps pile up at one end "
+              "(rflow-timeshift's default on_degenerate='error' would refuse such batches)")
+    if mismatched:
+        (h, w, n, name), a = mismatched[0]
+        print(f"\nWARNING: training and inference count tokens differently in {len(mismatched)} buckets: training "
+              f"counts (h w) // 4 (stock 2.0's train.py, whatever the model's patch_size) and inference (h w) // "
+              f"{geometry.patch_size}**2 (the model's patch_size {geometry.patch_size}), so a bucket trains at "
+              f"another alpha than it samples at ({h}x{w} x {n} frames: {a.tokens} tokens, alpha {a.alpha:.3f} in "
+              f"training; {a.infer_tokens} tokens, alpha {a.infer_alpha:.3f} at inference). Fix: scheduler = "
+              f"dict(type='rflow-timeshift', patch_size={geometry.patch_size}), which counts both as the model does.")
+    if collapsed:
+        what = (f"{sum(c for _, c in collapsed)} clips in " if args.csv is not None else "") +             buckets_text([k for k, _ in collapsed])
+        print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler: alpha is 0. "
+              "A non-causal VAE gives n // 4 latent frames, none below 4 frames: give such buckets 4 frames or more "
+              "(or rflow-timeshift's on_degenerate='clamp', which shifts them as one frame).")
+    if refused:
+        what = (f"{sum(c for _, c in refused)} clips in " if args.csv is not None else "") +             buckets_text([k for k, _ in refused])
+        print(f"\nFAIL: the guard would stop training at the first batch from {what}: {messages[0]}"
+              + (f" ({len(messages) - 1} more such messages)" if len(messages) > 1 else ""))
+    if code:
+        return code
+    print("\nOK: no clip would train at t = 0 or be refused by the guard."
+          + (" (Training and inference shift differently: see the warning above.)" if mismatched else ""))
+    return 0
+
+
+def add_parser(sub: Any, formatter: Any, epilog: str) -> None:
+    p = sub.add_parser("audit", help="check a dataset CSV and/or training config for collapsed timesteps",
+                       formatter_class=formatter, epilog=epilog,
+                       description="Counts clips per bucket (resolution x frames) in an Open-Sora dataset CSV and/or\n"
+                                   "the bucket_config of a training config, shows T_eff under every mode and what\n"
+                                   "the config's current scheduler does with each bucket. Exits 1 when some clip\n"
+                                   "would train with every timestep at t = 0 (or be refused by the guard), so it can\n"
+                                   "gate a launch script. Reads its inputs only. The config is executed by mmengine,\n"
+                                   "as training would: audit only configs you would train with. With\n"
+                                   "--opensora-version 2.0: per bucket of a 2.0 config, the latent, tokens and alpha\n"
+                                   "in training and at inference, with a warning where they differ.")
+    p.add_argument("--csv", action=Once,
+                   help="dataset CSV (UTF-8) with num_frames, height, width columns (others are ignored)")
+    p.add_argument("--config", action=Once, help="Open-Sora training config (its bucket_config and scheduler are read)")
+    p.add_argument("--opensora-version", choices=OPENSORA_VERSIONS, default="1.2", action=Once,
+                   help="which stock rule type='rflow' means (default 1.2: num_frames // 17 * 5; 1.3: "
+                        "(num_frames - 1) // 4), and which bucket_config resolution names exist (1.3 adds *_16d); "
+                        "2.0: a 2.0 training config (bucket_config with 256px, 768px, ..., patch_size, "
+                        "ae_spatial_compression, is_causal_vae, and scheduler = dict(type='rflow-timeshift', ...) or "
+                        "none for stock 2.0's rule), reported per bucket with alpha in training and at inference")
+    p.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed rows instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_audit)

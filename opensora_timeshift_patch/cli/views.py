@@ -1,0 +1,544 @@
+"""One view per Open-Sora generation: given the chosen settings, what they do with each (resolution, frames) bucket.
+
+:class:`Opensora1View` (1.2 and 1.3: one row per ``--mode``, under the bucket's ``bucket_settings`` rule) and
+:class:`Opensora2View` (2.0: stock 2.0's rule, then the user's settings) both yield :class:`Bucket` records: the
+latent, the tokens, T_eff, the factor in training and at inference, the verdict and the quantiles of the shifted
+timestep. ``inspect`` and ``plot`` are written once over a view; :func:`judge` and :func:`opensora2_alpha` are the
+verdicts ``audit`` shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..buckets import Opensora2Geometry
+from ..density import density_quantile, midpoint_uniforms, shifted_quantiles
+from ..opensora2 import Opensora2Timesteps
+from ..per_bucket import rule_for
+from ..settings import MAX_SHIFT_FACTOR, POLICIES, SETTINGS
+from ..shift import META_KEYS, SHIFT_SETTINGS, TimestepShift
+from ..weighting import LossWeighting, effective_emphasis
+from .common import UsageError, build_timeshift, one_line, rule_text, short
+from .options import VAES, chosen_settings, frames_of, given_options, resolutions_of
+
+QUANTILES = (0.05, 0.5, 0.95)
+# The effective emphasis is computed, not sampled: the shifted inverse CDF at midpoint_uniforms(), histogrammed on
+# EMPHASIS_EDGES (inspect's median: to 0.1 on the 0..1000 scale) or a plot's own edges.
+EMPHASIS_EDGES = np.linspace(0.0, 1.0, 10_001)
+
+# What inspect and plot show on Open-Sora 1.x: the shift (each --mode, guarded as on_degenerate='error' guards it,
+# with stock's numbers beside), the timestep distribution and the loss weighting. The stream settings are taken too
+# (they decide which sample draws which t, not the distribution shown; fixed_order='cycle' needs timestep_rng=
+# 'per_sample'). Other scheduler settings would be accepted and silently change nothing shown, so --set refuses them.
+SHOWN_ON_1X = (set(SHIFT_SETTINGS) - {"shift_mode", "on_degenerate"}) | {
+    "sample_method", "t_range", "t_range_mode", "loss_weighting", "max_loss_weight", "timestep_rng", "timestep_seed",
+    "stratified", "timestep_start_step", "bucket_settings"}
+NOT_SHOWN_ON_1X = {
+    "shift_mode": "use --mode (every mode given is shown)",
+    "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
+    "use_timestep_transform": "inspect and plot show the shift",
+}
+
+
+class Bucket(NamedTuple):
+    """What one setting (a 1.x --mode, a 2.0 rule) does with one (resolution, frames) bucket."""
+
+    label: str  # the --mode (1.x) or the rule's label (2.0: stock, settings, settings:MODE)
+    rule: Optional[int]  # 1.x: the bucket_settings rule the bucket trains under (None: the scheduler's own)
+    height: int
+    width: int
+    frames: int
+    t_eff: float  # the temporal size the shift uses (stock's, before any clamp)
+    factor: Optional[float]  # the training shift factor (1.x: stock's; None: no shift, or refused on 2.0)
+    kind: str  # "ok", "collapsed", "clamped", "refused", "no shift", "extreme" (2.0: outside [0.01, 100], no guard)
+    message: Optional[str]  # the guard's, where it refuses
+    quantiles: Optional[Tuple[float, float, float]]  # the shifted training t at QUANTILES (None: refused)
+    latent: Optional[Tuple[int, int, int]] = None  # 2.0: the latent T x h x w
+    tokens: Optional[int] = None  # 2.0: tokens as training counts them
+    inference_tokens: Optional[int] = None  # 2.0: tokens as inference counts them
+    inference_factor: Optional[float] = None  # 2.0: the inference alpha
+    emphasis_median: Optional[float] = None  # 1.x with a loss weighting: the effective emphasis's median
+
+
+class Curve(NamedTuple):
+    """One line of a plot: the transform on a grid of t, the shifted draws, and whether every t collapses to 0."""
+
+    label: str
+    transform: Optional[torch.Tensor]  # None: refused by the guard (named in the legend, nothing drawn)
+    draws: Optional[torch.Tensor]
+    collapsed: bool
+
+
+class Verdict(NamedTuple):
+    kind: str  # "ok", "clamped", "collapsed", "refused", "no shift", "off"
+    factor: float  # the shift factor the scheduler uses (nan: none, or refused)
+    message: Optional[str]  # the guard's, when it refuses
+
+
+def judge(shift: Optional[TimestepShift], height: int, width: int, frames: int,
+          dtype: torch.dtype = torch.float32) -> Verdict:
+    """What a 1.x shift does with a batch of this bucket: call it, as a training step would."""
+    if shift is None:
+        return Verdict("no shift", math.nan, None)
+    meta = {k: torch.tensor([float(v)], dtype=dtype) for k, v in zip(META_KEYS, (height, width, frames))}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, ratio = shift(torch.tensor([0.5], dtype=dtype), meta, ret_ratio=True)
+    except (ValueError, RuntimeError) as err:  # the guard's refusal, or a device-side assert stopping the run
+        return Verdict("refused", math.nan, one_line(err))
+    factor = float(ratio[0])
+    if shift.temporal_size(meta["num_frames"]).item() <= 0:
+        return Verdict("clamped" if shift.on_degenerate == "clamp" else "collapsed", factor, None)
+    if shift.on_degenerate == "clamp" and not 1 / MAX_SHIFT_FACTOR < factor < MAX_SHIFT_FACTOR:
+        return Verdict("clamped", factor, None)
+    return Verdict("ok", factor, None)
+
+
+def bucket_children(scheduler: Any) -> Tuple[Any, ...]:
+    """The scheduler built for each of a scheduler's bucket_settings rules, in the rules' order.
+
+    The one place that reaches into the scheduler for them (it keeps them in ``_per_bucket``)."""
+    return tuple(scheduler._per_bucket)
+
+
+def unguarded(shift: TimestepShift) -> TimestepShift:
+    """``shift`` under on_degenerate='ignore': stock's numbers, a collapse included."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        given = {k: v for k, v in shift.settings.items() if v != SETTINGS[k].default}  # as the shift was given
+        return TimestepShift(**{**given, **shift.policy_params, "on_degenerate": "ignore"})
+
+
+def view_of(args: argparse.Namespace) -> Any:
+    """The view of an inspect or plot command line: 1.x's or 2.0's, from --opensora-version."""
+    if args.opensora_version == "2.0":
+        return Opensora2View.from_args(args)
+    return Opensora1View.from_args(args)
+
+
+# --- Open-Sora 1.x ------------------------------------------------------------------------------------------
+
+class Mode1(NamedTuple):
+    """One Open-Sora 1.x --mode under the chosen settings."""
+
+    mode: str
+    scheduler: Any  # the RFlowTimeShift training would build: its distribution, weighting, and guarded shift
+    stock: TimestepShift  # the same shift under on_degenerate='ignore': stock's numbers, a collapse included
+    children: Tuple["Mode1", ...] = ()  # per bucket_settings rule, the mode under that rule's settings
+    rule: Optional[int] = None  # for a child, the index of its rule
+
+    @property
+    def label(self) -> str:
+        """The mode's name in a plot legend, with the rule whose settings it is under."""
+        return self.mode + ("" if self.rule is None else f" under bucket_settings[{self.rule}]")
+
+    def for_bucket(self, hw: Tuple[int, int], frames: int) -> "Mode1":
+        """The mode under the settings a clip of this size gets: its bucket_settings rule's, else the scheduler's."""
+        applies = rule_for(self.scheduler.rules, frames, *hw)
+        return self if applies is None else self.children[applies.index]
+
+    def t_eff(self, frames: int) -> float:
+        return self.stock.temporal_size(torch.tensor([float(frames)], dtype=torch.float64)).item()
+
+
+def with_rules(mode: str, scheduler: Any, stock: TimestepShift) -> Mode1:
+    """The Mode1 of a scheduler, with one child per bucket_settings rule (the rule's own scheduler, built by the
+    scheduler itself from the rule's merged settings)."""
+    children = tuple(Mode1(mode, child, unguarded(child.shift), (), rule.index)
+                     for rule, child in zip(scheduler.rules, bucket_children(scheduler)))
+    return Mode1(mode, scheduler, stock, children)
+
+
+def _meta(hw: Tuple[int, int], frames: int, n: int = 1) -> Dict[str, torch.Tensor]:
+    return {k: torch.full((n,), float(v), dtype=torch.float64) for k, v in zip(META_KEYS, (*hw, frames))}
+
+
+def _other_modes_param(key: str, mode: str, modes: Sequence[str]) -> bool:
+    """Whether ``key`` is a parameter of other selected modes' policies, not of ``mode``'s (then ``mode`` skips it;
+    a parameter no selected mode takes goes to all, to be refused)."""
+    owners = POLICIES.owners(key)
+    return bool(owners) and mode not in owners and any(m in owners for m in modes)
+
+
+def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, Any]]:
+    """The scheduler for each --mode, built from the chosen settings as training builds it (standalone backend), so
+    it accepts and refuses what training would, and the chosen settings. A policy's parameter goes to the selected
+    modes that take it."""
+    settings = chosen_settings(args, v2=False)
+    for key, value in settings.items():
+        if key in NOT_SHOWN_ON_1X or (key in SETTINGS and key not in SHOWN_ON_1X):
+            why = NOT_SHOWN_ON_1X.get(key, "inspect and plot show the shift, the timestep distribution and the loss "
+                                           "weighting, which it does not change (config --set takes it)")
+            raise UsageError(f"--set {key}={short(value)}: not for inspect and plot on Open-Sora 1.x: {why}")
+    out = []
+    for mode in args.mode:
+        mine = {k: v for k, v in settings.items() if not _other_modes_param(k, mode, args.mode)}
+        mine["shift_mode"] = mode
+        shift = {k: v for k, v in mine.items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
+        try:
+            scheduler = build_timeshift(mine)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                stock = TimestepShift(**{**shift, "on_degenerate": "ignore"})
+        except (ValueError, TypeError) as err:
+            raise UsageError(str(err)) from err
+        out.append(with_rules(mode, scheduler, stock))
+    return out, settings
+
+
+def only_opensora2(args: argparse.Namespace) -> None:
+    """Refuse the 2.0-only options under Open-Sora 1.x, where nothing would read them."""
+    for option in ("vae",):
+        if getattr(args, option, None):
+            raise UsageError(f"--{option} applies to --opensora-version 2.0 only, not {args.opensora_version}: remove "
+                             "it or pass --opensora-version 2.0")
+
+
+class Opensora1View:
+    """Open-Sora 1.2/1.3 under the chosen settings: per bucket, each --mode (under the bucket's bucket_settings rule)
+    with stock's numbers (a collapse included) and the verdict of on_degenerate='error'."""
+
+    generation = "1.x"
+    label_header = "mode"
+    factor_header = "shift"
+    quantile_digits = 1  # the 0..1000 scale
+    latent = tokens = False
+
+    def __init__(self, modes: Sequence[Mode1], settings: Dict[str, Any], resolutions: Sequence[Tuple[int, int]],
+                 frames: Sequence[int], sample_method: str) -> None:
+        self.modes = list(modes)
+        self.settings = settings
+        self.resolutions = list(resolutions)
+        self.frames = list(frames)
+        self.sample_method = sample_method
+        self.scheduler = self.modes[0].scheduler
+        self.rules = self.scheduler.rules
+        self.weighted = "loss_weighting" in settings
+        self._points: Dict[int, Tuple[Any, torch.Tensor]] = {}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Opensora1View":
+        only_opensora2(args)
+        modes, settings = opensora1_modes(args)
+        return cls(modes, settings, resolutions_of(args, None), frames_of(args, v2=False), args.sample_method)
+
+    @property
+    def distribution(self) -> Any:
+        return self.scheduler.distribution
+
+    @property
+    def weighting(self) -> LossWeighting:
+        return self.scheduler.weighting
+
+    @property
+    def shift_settings(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.settings.items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
+
+    def buckets(self) -> Iterator[Bucket]:
+        for hw in self.resolutions:
+            for n in self.frames:
+                for mode in self.modes:
+                    yield self.bucket(mode.for_bucket(hw, n), hw, n)
+
+    def bucket(self, mode: Mode1, hw: Tuple[int, int], frames: int) -> Bucket:
+        """T_eff, stock's shift factor, the quantiles of the shifted t (exact: see
+        :func:`~opensora_timeshift_patch.density.shifted_quantiles`) and the verdict of ``mode`` (already under the
+        bucket's rule) for one bucket; with a loss weighting, the median of the effective emphasis."""
+        t_eff = mode.t_eff(frames)
+        batch = _meta(hw, frames, len(QUANTILES))
+        factor = self.factor(mode, hw, frames)
+        shifted = shifted_quantiles(mode.scheduler.distribution,
+                                    lambda t: mode.stock(t * 1000, batch, num_timesteps=1000), QUANTILES)
+        verdict = judge(mode.scheduler.shift, *hw, frames, dtype=torch.float64)
+        kind = verdict.kind
+        if kind == "refused" and t_eff <= 0:  # the guard refuses it because every t would collapse to 0
+            kind = "collapsed"
+        median = None
+        if self.weighted:
+            try:
+                density = self.emphasis(mode, factor, EMPHASIS_EDGES)
+                median = 1000 * density_quantile(EMPHASIS_EDGES, density, 0.5)
+            except ValueError:  # every weight 0 (a collapse to t = 0 under min_snr): no budget to share out
+                median = None
+        return Bucket(mode.mode, mode.rule, hw[0], hw[1], frames, t_eff, factor, kind, verdict.message,
+                      tuple(shifted.tolist()), emphasis_median=median)
+
+    def factor(self, mode: Mode1, hw: Tuple[int, int], frames: int) -> float:
+        """The shift factor stock's numbers use for a bucket under a mode (0 for a collapse)."""
+        _, ratio = mode.stock(torch.tensor([0.5], dtype=torch.float64), _meta(hw, frames), ret_ratio=True)
+        return ratio[0].item()
+
+    def base_points(self, distribution: Any) -> torch.Tensor:
+        """The base timesteps standing for a distribution in the effective emphasis (computed once each)."""
+        if id(distribution) not in self._points:  # the distribution is kept too, so its id is not reused
+            self._points[id(distribution)] = (distribution, distribution(midpoint_uniforms()))
+        return self._points[id(distribution)][1]
+
+    def emphasis(self, mode: Mode1, factor: float, edges: Any, weighting: Optional[LossWeighting] = None
+                 ) -> np.ndarray:
+        """The effective emphasis of a bucket under a mode: its distribution's base points shifted by the bucket's
+        stock ``factor`` (0 for a collapse), then :func:`~opensora_timeshift_patch.weighting.effective_emphasis` with
+        the mode's weighting (or ``weighting``: 'none' gives the sampling density). Raises ValueError when every
+        weight is 0."""
+        base_t = self.base_points(mode.scheduler.distribution)
+        shifted = mode.stock.curve(base_t, torch.as_tensor(factor, dtype=torch.float64)).clamp(0, 1)
+        return effective_emphasis(shifted, mode.scheduler.weighting if weighting is None else weighting, edges)
+
+    def bucket_modes(self, hw: Tuple[int, int], frames: int) -> List[Mode1]:
+        return [m.for_bucket(hw, frames) for m in self.modes]
+
+    def curves(self, hw: Tuple[int, int], frames: int, t_grid: torch.Tensor, uniforms: torch.Tensor
+               ) -> Iterator[Curve]:
+        """Per mode (under the bucket's rule, if any), shifted as stock does: the transform on ``t_grid`` and
+        ``uniforms`` through the mode's distribution (the chosen one, or the rule's), shifted."""
+        drawn: Dict[Optional[int], torch.Tensor] = {}  # every mode draws alike under the same rule (or none)
+        for mode in self.bucket_modes(hw, frames):
+            if mode.rule not in drawn:
+                drawn[mode.rule] = mode.scheduler.distribution(uniforms)
+            draws = drawn[mode.rule]
+            t_eff = mode.t_eff(frames)
+            label = f"{mode.label} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
+            yield Curve(label, mode.stock(t_grid, _meta(hw, frames, len(t_grid))),
+                        mode.stock(draws, _meta(hw, frames, len(draws))), t_eff <= 0)
+
+    def title(self, hw: Tuple[int, int], frames: int) -> str:
+        return f"{hw[0]}x{hw[1]}, {frames} frames"
+
+    @property
+    def method(self) -> str:
+        return self.sample_method + (" or a rule's" if self.rules else "")
+
+    def header(self) -> List[str]:
+        lines = [f"t ~ {self.distribution!r}, shifted, on the 0..1000 scale (1000 = pure noise)"]
+        if self.shift_settings:
+            lines.append("shift settings: " + ", ".join(f"{k}={v!r}" for k, v in self.shift_settings.items()))
+        if self.rules:
+            lines.append("bucket_settings: a row takes the settings of the rule it falls under (column rule; '-': "
+                         "the settings above):")
+            for r, child in zip(self.rules, self.modes[0].children):
+                d = child.scheduler.distribution
+                lines.append(f"  {rule_text(r)}" + ("" if repr(d) == repr(self.distribution) else f"; t ~ {d!r}"))
+        if self.weighted:
+            lines.append(f"loss weight {self.weighting!r}; w_median: the shifted t below which half the gradient "
+                         "budget lies (the density of the shifted t times w(t), normalised)")
+        return lines
+
+    def notes(self, buckets: Sequence[Bucket]) -> List[str]:
+        return []
+
+    def json_row(self, b: Bucket) -> Dict[str, Any]:
+        p5, median, p95 = b.quantiles
+        row = dict(mode=b.label, rule=b.rule, height=b.height, width=b.width, frames=b.frames, t_eff=b.t_eff,
+                   shift_factor=b.factor, p5=p5, median=median, p95=p95, degenerate=b.kind != "ok",
+                   message=b.message, status=b.kind)
+        if self.weighted:
+            row["emphasis_median"] = b.emphasis_median
+        return row
+
+    def json_document(self, buckets: Sequence[Bucket]) -> Dict[str, Any]:
+        return dict(sample_method=self.distribution.sample_method, distribution=repr(self.distribution),
+                    loss_weighting=repr(self.weighting) if self.weighted else None,
+                    shift_settings=self.shift_settings,
+                    bucket_settings=[dict(rule=r.index, applies=str(r), settings=dict(r.settings),
+                                          distribution=repr(child.scheduler.distribution))
+                                     for r, child in zip(self.rules, self.modes[0].children)],
+                    num_timesteps=1000, rows=[self.json_row(b) for b in buckets])
+
+
+# --- Open-Sora 2.0 ------------------------------------------------------------------------------------------
+
+class Rule(NamedTuple):
+    """A row label and the 2.0 timesteps it stands for: stock 2.0's rule, or the user's settings."""
+
+    label: str
+    timesteps: Opensora2Timesteps
+
+
+def build_opensora2(settings: Dict[str, Any], what: str = "") -> Opensora2Timesteps:
+    """``Opensora2Timesteps(**settings)``, its refusal (which names the setting) as bad input."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Opensora2Timesteps(**settings)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{what}{err}") from err
+
+
+def stock_opensora2() -> Opensora2Timesteps:
+    """Stock 2.0's rule, which has no guard: a factor of 0 or beyond [0.01, 100] is shown, not refused."""
+    return build_opensora2(dict(on_degenerate="ignore"))
+
+
+def opensora2_rules(args: argparse.Namespace) -> List[Rule]:
+    """Stock 2.0's rule, then the user's settings (one rule per --mode when --mode is given)."""
+    given = given_options(args)
+    settings = chosen_settings(args, v2=True)
+    rules = [Rule("stock", stock_opensora2())]
+    for mode in (args.mode if "mode" in given else [None]):
+        chosen = dict(settings) if mode is None else {**settings, "shift_mode": mode}
+        rules.append(Rule("settings" if mode is None else f"settings:{mode}", build_opensora2(chosen)))
+    return rules
+
+
+def training_tokens(ts: Opensora2Timesteps, latent_hw: Tuple[int, int]) -> int:
+    """Tokens as 2.0's train.py counts them, (h w) // 4, or (h w) // patch_size**2 with the setting patch_size."""
+    return (latent_hw[0] * latent_hw[1]) // (2 if ts.patch_size is None else ts.patch_size) ** 2
+
+
+def inference_tokens(ts: Opensora2Timesteps, latent_hw: Tuple[int, int], geometry: Opensora2Geometry) -> int:
+    """Tokens as 2.0's inference counts them: (h w) // the model's patch_size**2, or the setting's."""
+    return (latent_hw[0] * latent_hw[1]) // (geometry.patch_size if ts.patch_size is None else ts.patch_size) ** 2
+
+
+class Alpha(NamedTuple):
+    """What a 2.0 rule does with one bucket: its training and inference alpha (None: refused or no shift)."""
+
+    latent: Tuple[int, int, int]
+    tokens: int
+    infer_tokens: int
+    alpha: Optional[float]
+    infer_alpha: Optional[float]
+    kind: str  # "ok", "collapsed", "clamped", "refused", "no shift", "extreme" (beyond [0.01, 100], no guard)
+    message: Optional[str]
+    t_eff: float = math.nan
+
+
+def opensora2_alpha(ts: Opensora2Timesteps, geometry: Opensora2Geometry, height: int, width: int,
+                    frames: int) -> Alpha:
+    """The alpha a 2.0 rule gives a bucket in training and at inference, judged as the guard judges it."""
+    latent = geometry.latent(frames, height, width)
+    tokens, infer = training_tokens(ts, latent[1:]), inference_tokens(ts, latent[1:], geometry)
+    if not ts.use_timestep_transform:
+        return Alpha(latent, tokens, infer, None, None, "no shift", None)
+    pixels = (frames, height, width)
+    t_eff = ts.shift.temporal_size(torch.tensor([float(frames)], dtype=torch.float64), latent[0]).item()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alpha, infer_alpha = ts.factor(latent[0], tokens, pixels), ts.factor(latent[0], infer, pixels)
+    except (ValueError, RuntimeError) as err:  # the guard's refusal (or a device-side assert on the CPU)
+        return Alpha(latent, tokens, infer, None, None, "refused", one_line(err), t_eff)
+    clamp = ts.shift.on_degenerate == "clamp"
+    if t_eff <= 0:
+        kind = "clamped" if clamp else "collapsed"
+    elif not 1 / MAX_SHIFT_FACTOR < alpha < MAX_SHIFT_FACTOR:
+        kind = "clamped" if clamp else "extreme"  # under 'error' the guard has refused it above
+    else:
+        kind = "ok"
+    return Alpha(latent, tokens, infer, alpha, infer_alpha, kind, None, t_eff)
+
+
+def quantiles_of(ts: Opensora2Timesteps, alpha: Optional[float]) -> List[float]:
+    """The 5th, 50th and 95th percentiles of a rule's training t in [0, 1], shifted by alpha (exact: the shift is
+    increasing, so it maps quantiles to quantiles)."""
+    shift = (lambda t: t) if alpha is None else (lambda t: ts.shift.curve(t, alpha))
+    return shifted_quantiles(ts.distribution, shift, QUANTILES).tolist()
+
+
+class Opensora2View:
+    """Open-Sora 2.0 under stock 2.0's rule and under the chosen settings: per bucket, the latent, the tokens and
+    alpha in training and at inference, judged as the guard judges them."""
+
+    generation = "2.0"
+    label_header = "rule"
+    factor_header = "alpha"
+    quantile_digits = 3  # t in [0, 1]
+    latent = tokens = True
+    weighted = False
+
+    def __init__(self, rules: Sequence[Rule], geometry: Opensora2Geometry, vae: str,
+                 resolutions: Sequence[Tuple[int, int]], frames: Sequence[int]) -> None:
+        self.rules = list(rules)
+        self.geometry = geometry
+        self.vae = vae
+        self.resolutions = list(resolutions)
+        self.frames = list(frames)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Opensora2View":
+        vae = args.vae or "hunyuan"
+        geometry = VAES[vae]
+        rules = opensora2_rules(args)
+        return cls(rules, geometry, vae, resolutions_of(args, geometry), frames_of(args, v2=True))
+
+    def buckets(self) -> Iterator[Bucket]:
+        for hw in self.resolutions:
+            for n in self.frames:
+                for rule in self.rules:
+                    yield self.bucket(rule, hw, n)
+
+    def bucket(self, rule: Rule, hw: Tuple[int, int], frames: int) -> Bucket:
+        a = opensora2_alpha(rule.timesteps, self.geometry, hw[0], hw[1], frames)
+        quantiles = None if a.kind == "refused" else tuple(quantiles_of(rule.timesteps, a.alpha))
+        return Bucket(rule.label, None, hw[0], hw[1], frames, a.t_eff, a.alpha, a.kind, a.message, quantiles,
+                      a.latent, a.tokens, a.infer_tokens, a.infer_alpha)
+
+    def curves(self, hw: Tuple[int, int], frames: int, t_grid: torch.Tensor, uniforms: torch.Tensor
+               ) -> Iterator[Curve]:
+        """Per 2.0 rule: the transform on ``t_grid`` and ``uniforms`` through the rule's distribution, shifted by
+        its training alpha; no curve where the guard refuses."""
+        for rule in self.rules:
+            ts = rule.timesteps
+            a = opensora2_alpha(ts, self.geometry, hw[0], hw[1], frames)
+            if a.kind == "refused":
+                yield Curve(f"{rule.label}: refused by the guard", None, None, False)
+                continue
+            draws = ts.distribution(uniforms)
+            if a.alpha is None:
+                yield Curve(f"{rule.label} (no shift)", t_grid, draws, False)
+                continue
+            label = f"{rule.label} ({a.tokens} tokens, alpha {a.alpha:.3g})" + (
+                ": t = 0, degenerate" if a.kind == "collapsed" else "")
+            yield Curve(label, ts.shift.curve(t_grid, a.alpha), ts.shift.curve(draws, a.alpha), a.alpha == 0)
+
+    def title(self, hw: Tuple[int, int], frames: int) -> str:
+        t, h, w = self.geometry.latent(frames, *hw)
+        return f"{hw[0]}x{hw[1]}, {frames} frames (Open-Sora 2.0, latent {t}x{h}x{w}, {self.vae} VAE)"
+
+    method = "per rule"
+
+    def header(self) -> List[str]:
+        g = self.geometry
+        lines = [f"Open-Sora 2.0: {g.describe()}; latent T x h x w, h = {g.patch_size} * ceil(H / {g.token_pixels})",
+                 "stock: t = sigmoid(randn), alpha = lin(tokens; 256 -> 1, 4096 -> 3) * sqrt(T), tokens (h w) // 4 in "
+                 f"training and (h w) // {g.patch_size ** 2} at inference, no guard"]
+        lines += [f"{r.label}: {r.timesteps!r}" for r in self.rules[1:]]
+        lines.append("shifted training t in [0, 1] (1 = pure noise), exact quantiles")
+        return lines
+
+    def notes(self, buckets: Sequence[Bucket]) -> List[str]:
+        """Per rule, a note when its training alpha differs from its inference alpha (tokens counted differently)."""
+        notes = []
+        g = self.geometry
+        for rule in self.rules:
+            differ = [b for b in buckets if b.label == rule.label and b.factor is not None
+                      and b.inference_factor != b.factor]
+            if not differ:
+                continue
+            b = differ[0]
+            notes.append(
+                f"{rule.label}: training counts (h w) // 4 = {b.tokens} tokens where inference counts (h w) // "
+                f"{g.patch_size}**2 = {b.inference_tokens} (the model's patch_size {g.patch_size}), so "
+                f"{len(differ)} bucket(s) train at another alpha than they sample at ({b.height}x{b.width} x "
+                f"{b.frames} frames: {b.factor:.3f} in training, {b.inference_factor:.3f} at inference). "
+                f"scheduler = dict(type='rflow-timeshift', patch_size={g.patch_size}) counts both alike")
+        return notes
+
+    def json_row(self, b: Bucket) -> Dict[str, Any]:
+        p5, median, p95 = b.quantiles if b.quantiles is not None else (None, None, None)
+        return dict(rule=b.label, height=b.height, width=b.width, frames=b.frames, latent_frames=b.latent[0],
+                    latent_height=b.latent[1], latent_width=b.latent[2], tokens=b.tokens,
+                    inference_tokens=b.inference_tokens, alpha=b.factor, inference_alpha=b.inference_factor,
+                    p5=p5, median=median, p95=p95, status=b.kind, message=b.message)
+
+    def json_document(self, buckets: Sequence[Bucket]) -> Dict[str, Any]:
+        return dict(opensora_version="2.0", vae=self.vae, geometry=self.geometry._asdict(),
+                    rules={r.label: repr(r.timesteps) for r in self.rules}, rows=[self.json_row(b) for b in buckets],
+                    notes=self.notes(buckets))
