@@ -307,7 +307,9 @@ _SETTINGS = (
     Setting("shift_mode", "choice", "latent", "temporal-size policy: how num_frames becomes T_eff", choices=POLICIES,
             group="shift"),
     Setting("on_degenerate", "choice", "error",
-            "a sample with T_eff <= 0: 'error' raises, 'clamp' shifts it as T_eff = 1, 'ignore' keeps stock's collapse",
+            "a sample with T_eff <= 0 or a factor outside [0.01, 100], and loss inputs that would give NaN (weights, "
+            "mask rows, explicit t): 'error' raises, 'clamp' shifts it as T_eff = 1 and clamps, 'ignore' keeps "
+            "stock's numbers",
             choices=("error", "clamp", "ignore"), group="guard"),
     Setting("scale_temporal", "bool", True,
             "False: Open-Sora 1.3's spatial-only shift (every sample treated as an image, as stock 1.3 does)",
@@ -402,7 +404,7 @@ GROUPS: Dict[str, str] = {
     "rflow": "Open-Sora's rflow: the time scale and the sampling loop",
     "distribution": "the base distribution of t (a bucket_settings rule may set these)",
     "shift": "the shift: T_eff, the resolution rule and the curve (a bucket_settings rule may set these)",
-    "guard": "what a degenerate sample gets",
+    "guard": "what a degenerate sample, or a loss input that would give NaN, gets",
     "redraw": "Open-Sora 1.3's redraw above a threshold",
     "loss": "the loss weighting",
     "rules": "per-bucket rules",
@@ -417,8 +419,12 @@ def names_in(*groups: str) -> Tuple[str, ...]:
     return tuple(name for name, s in SETTINGS.items() if s.group in groups)
 
 
-SHIFTING = names_in("shift", "guard", "redraw")
-"""What the shift reads: with use_timestep_transform=False none of these may be given."""
+SHIFTING = names_in("shift", "redraw")
+"""What the shift reads: with use_timestep_transform=False none of these may be given (the guard, which also judges
+the losses' inputs, may)."""
+
+SHIFT_SETTINGS = names_in("shift", "guard")
+"""What configures a :class:`~.shift.TimestepShift` (Open-Sora passes 1.3's redraw threshold per call instead)."""
 
 PER_BUCKET = names_in("distribution", "shift")
 """What a bucket_settings rule may set (with the parameters of the policies and distributions): what draws and

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .guard import classify, explain
 from .policies import apply_policy, degenerate_frame_counts, get_policy, host_temporal_size
-from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFTING, Setting, SettingError, describe, is_real_number, resolve,
+from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFT_SETTINGS, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
 
 ON_DEGENERATE: Tuple[str, ...] = tuple(SETTINGS["on_degenerate"].choices)  # type: ignore[arg-type]
@@ -30,10 +30,6 @@ ON_DEGENERATE: Tuple[str, ...] = tuple(SETTINGS["on_degenerate"].choices)  # typ
 
 META_KEYS: Tuple[str, ...] = ("height", "width", "num_frames")
 """The per-sample meta the shift reads from ``model_kwargs``, as Open-Sora's loader provides them."""
-
-SHIFT_SETTINGS: Tuple[str, ...] = tuple(name for name in SHIFTING if name != "uniform_over_threshold")
-"""The settings (see :mod:`.settings`) that configure a :class:`TimestepShift`; Open-Sora passes
-``uniform_over_threshold`` per call instead."""
 
 
 class MetaError(ValueError):
