@@ -102,10 +102,6 @@ class RFlowTimeShift:
             self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
         self.backend, self.rflow = _backend(values, self.recipe.rflow_keywords)
 
-    @property
-    def _per_bucket(self) -> Tuple[Recipe, ...]:  # the CLI's old accessor, until it reads recipe.children
-        return self.recipe.children
-
     def __repr__(self) -> str:
         stream = f", timestep_seed={self.timestep_seed}, stratified={self.stratified}" * (self.timestep_rng == "per_sample")
         return (f"RFlowTimeShift(backend={self.backend!r}, num_timesteps={self.num_timesteps}, "
