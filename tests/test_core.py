@@ -88,3 +88,27 @@ def test_derive_overrides_what_it_names_and_inherits_what_still_applies():
     assert other.distribution.params == {} and other.shift.resolution_shift == "sqrt"  # loc and shift dropped
     with pytest.raises(ots.SettingError, match="loc=1.0 is a parameter of sample_method 'logit-normal'"):
         base.derive(dict(sample_method="uniform", loc=1.0))  # named explicitly: refused, not dropped
+
+
+def test_the_readme_example_of_a_registered_distribution_works_everywhere():
+    """The Architecture section's example, run as written: its parameter is a setting, and draws follow its
+    inverse CDF on the per-sample stream's uniforms."""
+    from pathlib import Path
+
+    from opensora_timeshift_patch.sampling import counter_uniform
+    from opensora_timeshift_patch.settings import DISTRIBUTIONS
+
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Adding a policy, distribution or weighting**"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        scheduler = ots.RFlowTimeShift(sample_method="kumaraswamy", a=4.0, timestep_rng="per_sample",
+                                       use_timestep_transform=False)
+        t = scheduler.sample_timesteps(torch.zeros(6, 4, 1, 8, 8), None, step=2)
+        u = counter_uniform(0, 2, torch.arange(6))
+        torch.testing.assert_close(t.double(), 1000 * u ** 0.25, rtol=1e-6, atol=1e-4)
+        with pytest.raises(ots.SettingError, match=r"a=20 is not allowed: use a finite number in \[0.1, 10\]"):
+            ots.RFlowTimeShift(sample_method="kumaraswamy", a=20)
+    finally:
+        DISTRIBUTIONS.unregister("kumaraswamy")
