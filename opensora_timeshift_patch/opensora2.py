@@ -7,10 +7,16 @@ computes ``alpha = get_res_lin_function()((H W) // 4) * sqrt(T)`` from the laten
 Inference calls ``opensora.utils.sampling.get_schedule``. Both names are looked up when called, so they can be
 replaced while the config is parsed: importing this package (the config's ``custom_imports``) wraps
 ``opensora.utils.config.merge_args``, the last step of 2.0's ``parse_configs``, and when the parsed config holds
-``scheduler = dict(type="rflow-timeshift", ...)`` it binds
+``scheduler = dict(type="rflow-timeshift", ...)`` it binds, in place of 2.0's ``time_shift`` and ``get_schedule``,
 
-- ``time_shift`` in the script that called ``parse_configs``: training timesteps drawn and shifted by the settings;
-- ``opensora.utils.sampling.get_schedule``: the inference schedule shifted by the same settings.
+- ``opensora.utils.sampling``'s own two names (a script calling ``sampling.time_shift(...)``; stock ``get_schedule``
+  calls ``time_shift`` there too, and gets stock's);
+- every imported module's global of those names that holds 2.0's (``from opensora.utils.sampling import ...``);
+- any name holding them in the modules of the frames that called ``parse_configs`` (the script, its helpers).
+
+Training timesteps are then drawn and shifted by the settings, and the inference schedule shifted by them. A
+script whose code (read at parse time) would not use either is refused: one that computes 2.0's factor but never
+calls ``time_shift``, or one that calls neither ``time_shift`` nor ``get_schedule`` / ``prepare_api``.
 
 With no settings both give stock 2.0's bits; without a ``scheduler`` key nothing is replaced; :func:`unpatch`
 restores everything. The latent shape is read from the caller's own ``x_0`` (and ``z`` at inference) and checked
@@ -19,12 +25,17 @@ against the numbers stock passed, so a script that is not shaped like 2.0's is r
 
 from __future__ import annotations
 
+import difflib
+import dis
 import importlib
 import importlib.util
 import logging
 import math
+import os
 import sys
-from types import FrameType, ModuleType
+import warnings
+from types import CodeType, FrameType, ModuleType
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,7 +46,7 @@ from torch import Tensor
 from .core import Recipe
 from .guard import judge
 from .sampling import TimestepDistribution
-from .settings import DISTRIBUTIONS, SETTINGS, Setting, SettingError, describe
+from .settings import DISTRIBUTIONS, POLICIES, SETTINGS, Setting, SettingError, describe
 from .shift import MetaError, TimestepShift
 
 SCHEDULER_TYPE = "rflow-timeshift"
@@ -127,6 +138,7 @@ class Opensora2Timesteps:
             raise SettingError(f"t={describe(t_stock)} is not allowed: one floating timestep per sample, shape (B,)")
         if not (isinstance(latent_thw, (tuple, list)) and len(latent_thw) == 3):
             raise SettingError(f"latent_thw={describe(latent_thw)} is not allowed: the latent's (T, H, W)")
+        _check_unit_interval(t_stock, self.shift.on_degenerate)
         t = self.base_timesteps(t_stock, step)
         if not self.use_timestep_transform:
             return t
@@ -143,7 +155,10 @@ class Opensora2Timesteps:
     def schedule(self, num_steps: int, tokens: int, latent_frames: int,
                  pixel_thw: Optional[Tuple[int, int, int]] = None) -> List[float]:
         """What ``get_schedule`` returns: ``num_steps + 1`` times from 1 down to 0, shifted."""
-        timesteps = torch.linspace(1, 0, _STEPS.check(num_steps) + 1)
+        num_steps, tokens, latent_frames = (_SCHEDULE_ARGS[name].check(value) for name, value in
+                                            (("num_steps", num_steps), ("image_seq_len", tokens),
+                                             ("num_frames", latent_frames)))
+        timesteps = torch.linspace(1, 0, num_steps + 1)
         if self.use_timestep_transform:
             timesteps = _shifted(self.shift, timesteps, self.factor(latent_frames, tokens, pixel_thw))
         return timesteps.tolist()
@@ -161,7 +176,28 @@ def _shifted(shift: TimestepShift, t: Tensor, alpha: float) -> Tensor:
 
 _LATENT_COUNT = Setting("latent_frames", "int", None, "", low=0, high=1_000_000)  # 0: a too-short clip, for the guard
 _TOKENS = Setting("tokens", "int", None, "", low=1, high=10**9)
-_STEPS = Setting("num_steps", "int", None, "", low=0, high=100_000)
+# get_schedule's arguments, as 2.0's api_fn passes them: the step count, the latent's tokens and frames.
+_SCHEDULE_ARGS = {
+    "num_steps": Setting("num_steps", "int", None, "", low=0, high=100_000),
+    "image_seq_len": Setting("image_seq_len", "int", None, "", low=1, high=10**9),
+    "num_frames": Setting("num_frames", "int", None, "", low=1, high=1_000_000),
+}
+_SHIFT_ON = Setting("sampling_option.shift", "bool", True, "")
+_ANCHOR = Setting("get_schedule anchor", "float", None, "")
+_BAD_T = ("Open-Sora 2.0: a timestep t that train.py passed to time_shift is outside [0, 1] or not finite "
+          "(stock draws sigmoid(randn))")
+
+
+def _check_unit_interval(t: Tensor, on_degenerate: str) -> None:
+    """Refuse a t outside [0, 1] (NaN included): named on the host for "error", by a device-side assert else."""
+    ok = (t >= 0) & (t <= 1)  # NaN fails both
+    if on_degenerate != "error":
+        torch._assert_async(ok.all(), _BAD_T)  # no host sync: on a GPU it stops the run at this step
+        return
+    if not bool(ok.all()):  # the one host look per step that on_degenerate='error' pays for
+        bad = t[~ok][0].item()
+        raise MetaError(f"t={bad!r} is not allowed: train.py's timesteps are in [0, 1] (stock 2.0 draws "
+                        "sigmoid(randn)); this one would give a shifted t outside [0, 1] or NaN")
 
 
 def _tokens(latent_hw: Sequence[int], patch_size: int) -> int:
@@ -190,23 +226,29 @@ def _shape5(value: Any) -> Optional[Tuple[int, int, int]]:
     return tuple(value.shape[-3:]) if isinstance(value, Tensor) and value.dim() == 5 else None  # type: ignore
 
 
-def _say_once(hook: Any, text: str) -> None:
-    """One line on rank 0, the first time a hook takes effect."""
-    if hook.announced:
+def _say_once(hook: Any, key: str, text: str, level: int = logging.INFO) -> None:
+    """One line on rank 0, the first time a hook meets ``key``: taking effect, or a reason a setting does not."""
+    if key in hook.said:
         return
-    hook.announced = True
+    hook.said.add(key)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        logger.info(text)
+        logger.log(level, text)
 
 
 class TrainingTimeShift:
-    """Bound as train.py's ``time_shift(alpha, t)``: returns the configured timesteps for the caller's batch."""
+    """Bound as ``time_shift(alpha, t)`` wherever train.py can reach 2.0's: the configured timesteps for the caller's
+    batch. Stock ``get_schedule`` calls it too (its module's own ``time_shift``): that call gets stock's."""
 
-    def __init__(self, timesteps: Opensora2Timesteps, stock_lin: Callable[..., Any]) -> None:
-        self.timesteps, self.stock_lin, self.announced = timesteps, stock_lin, False
+    def __init__(self, timesteps: Opensora2Timesteps, stock_lin: Callable[..., Any],
+                 stock_time_shift: Callable[..., Any], stock_globals: Dict[str, Any]) -> None:
+        self.timesteps, self.stock_lin, self.said = timesteps, stock_lin, set()
+        self.stock_time_shift, self.stock_globals = stock_time_shift, stock_globals
 
     def __call__(self, alpha: Any, t: Tensor) -> Tensor:
         caller = sys._getframe(1)
+        if caller.f_globals is self.stock_globals:  # opensora.utils.sampling's own call: inference stays stock's bits
+            del caller
+            return self.stock_time_shift(alpha, t)
         found = _locals_of(caller, ("x_0",), 1)
         latent = _shape5(found["x_0"]) if found else None
         if latent is None:
@@ -233,34 +275,57 @@ class TrainingTimeShift:
                     "num_steps_per_epoch: this script is not shaped like 2.0's train.py")
             step = loop["epoch"] * loop["num_steps_per_epoch"] + loop["step"]
         del caller
-        _say_once(self, f"rflow-timeshift: Open-Sora 2.0 training timesteps now come from {self.timesteps!r} "
-                        "(train.py's time_shift replaced)")
+        _say_once(self, "on", f"rflow-timeshift: Open-Sora 2.0 training timesteps now come from {self.timesteps!r} "
+                              "(train.py's time_shift replaced)")
         return self.timesteps.training_timesteps(t, latent, _shape5(pixels["x"]) if pixels else None, step)
+
+
+def _training_only(key: str, shift_mode: str) -> bool:
+    """Whether a given setting acts on training only (the distribution of t and its random stream)."""
+    setting = SETTINGS.get(key)
+    if setting is not None:
+        return setting.group in ("distribution", "stream")
+    return key not in POLICIES.params(shift_mode)  # else a distribution's parameter
+
+
+_GET_SCHEDULE_ARGS = {name: replace(s, name=f"get_schedule {name}") for name, s in _SCHEDULE_ARGS.items()}
 
 
 class InferenceSchedule:
     """Bound as ``opensora.utils.sampling.get_schedule``: the same signature, shifted by the settings.
 
     An explicit ``shift_alpha`` (``sampling_option.flow_shift``), ``shift=False`` (``sampling_option.shift``) or
-    anchors of the caller's own keep stock's meaning.
+    anchors of the caller's own keep stock's meaning, and rank 0 logs once that the shift settings do not apply.
     """
 
     def __init__(self, timesteps: Opensora2Timesteps, stock: Callable[..., List[float]]) -> None:
-        self.timesteps, self.stock, self.announced = timesteps, stock, False
+        self.timesteps, self.stock, self.said = timesteps, stock, set()
+        self.training_only = [k for k in timesteps.given if _training_only(k, timesteps.shift.shift_mode)]
 
     def __call__(self, num_steps: int, image_seq_len: int, num_frames: int, shift_alpha: Optional[float] = None,
                  base_shift: float = 1, max_shift: float = 3, shift: bool = True) -> List[float]:
+        for name, value in (("num_steps", num_steps), ("image_seq_len", image_seq_len), ("num_frames", num_frames)):
+            _GET_SCHEDULE_ARGS[name].check(value)
+        shift = _SHIFT_ON.check(shift)  # a truthy string would shift where the config says not to
+        for name, value in (("base_shift", base_shift), ("max_shift", max_shift)):
+            replace(_ANCHOR, name=f"get_schedule {name}").check(value)
+        ts = self.timesteps
         if shift_alpha is not None and shift and not (isinstance(shift_alpha, (int, float)) and
                                                       not isinstance(shift_alpha, bool) and
                                                       math.isfinite(shift_alpha) and shift_alpha > 0):
             raise SettingError(f"sampling_option.flow_shift={describe(shift_alpha)} is not allowed: an explicit shift "
                                "factor alpha is a finite number > 0")
-        if not shift or shift_alpha is not None or (base_shift, max_shift) != (1, 3):
+        why = ("sampling_option.shift=False: the schedule is stock's unshifted one" if not shift else
+               f"sampling_option.flow_shift={shift_alpha!r} sets the shift factor: the schedule is stock's with that "
+               "alpha (flow_shift=None uses the settings)" if shift_alpha is not None else
+               f"get_schedule was called with the caller's own anchors base_shift={base_shift!r}, "
+               f"max_shift={max_shift!r}: the schedule is stock's with them" if (base_shift, max_shift) != (1, 3)
+               else "")
+        if why:
+            _say_once(self, why, f"rflow-timeshift: {why}; {ts!r}'s shift settings do not apply to it",
+                      logging.WARNING)
             return self.stock(num_steps, image_seq_len, num_frames, shift_alpha, base_shift, max_shift, shift)
-        for name, value in (("num_steps", num_steps), ("image_seq_len", image_seq_len), ("num_frames", num_frames)):
-            Setting(f"get_schedule {name}", "int", None, "", low=0 if name == "num_steps" else 1).check(value)
         tokens, pixels = image_seq_len, None
-        ts = self.timesteps
         if ts.patch_size is not None or ts.needs_pixels:
             caller = sys._getframe(1)
             found = _locals_of(caller, ("z", "opt", "patch_size"), 1)
@@ -274,8 +339,10 @@ class InferenceSchedule:
                 tokens = _tokens(latent[1:], ts.patch_size)
             opt = found["opt"]
             pixels = (getattr(opt, "num_frames", None), getattr(opt, "height", None), getattr(opt, "width", None))
-        _say_once(self, f"rflow-timeshift: Open-Sora 2.0's inference schedule now comes from {ts!r} "
-                        "(opensora.utils.sampling.get_schedule replaced)")
+        unused = (f"; {', '.join(self.training_only)} act on training only and do not change it"
+                  if self.training_only else "")
+        _say_once(self, "on", f"rflow-timeshift: Open-Sora 2.0's inference schedule now comes from {ts!r} "
+                              f"(opensora.utils.sampling.get_schedule replaced){unused}")
         return ts.schedule(int(num_steps), int(tokens), int(num_frames), pixels)
 
 
@@ -283,6 +350,7 @@ class InferenceSchedule:
 
 _ORIGINALS: List[Tuple[Any, str, Any]] = []  # (module or globals dict, name, what it bound before us)
 _MARK = "__opensora_timeshift__"
+_HOOKED = ("time_shift", "get_schedule")  # 2.0's names the hooks stand in for, wherever they are bound
 
 
 def _get(namespace: Any, name: str) -> Any:
@@ -293,7 +361,7 @@ def _bind(namespace: Any, name: str, value: Any) -> None:
     current = _get(namespace, name)
     if not any(ns is namespace and n == name for ns, n, _ in _ORIGINALS):
         # What a hook replaced travels with it too, so a reloaded copy of this module can still restore it.
-        _ORIGINALS.append((namespace, name, getattr(current, "original", current) if _ours(current) else current))
+        _ORIGINALS.append((namespace, name, _stock_of(current)))
     value.original = _original(namespace, name)
     setattr(value, _MARK, True)
     if isinstance(namespace, dict):
@@ -316,31 +384,52 @@ def _restore(keep: Sequence[str] = ()) -> None:
 
 
 def _ours(obj: Any) -> bool:
-    return bool(getattr(obj, _MARK, False))
+    try:
+        return getattr(obj, _MARK, False) is True
+    except Exception:  # an object whose attribute lookup fails is not one of ours
+        return False
+
+
+def _stock_of(obj: Any) -> Any:
+    """What a hook stands in for (through the hooks of earlier imports of this module); anything else itself."""
+    for _ in range(16):
+        if not _ours(obj):
+            break
+        obj = getattr(obj, "original", None)
+    return obj
+
+
+def _module_dicts() -> List[Dict[str, Any]]:
+    return [vars(m) for m in list(sys.modules.values()) if isinstance(m, ModuleType)
+            and isinstance(getattr(m, "__dict__", None), dict)]
 
 
 def unpatch() -> None:
-    """Restore every name bound in Open-Sora 2.0's modules and script; a no-op when none is.
+    """Restore every name bound in Open-Sora 2.0's modules and scripts; a no-op when none is.
 
     Also undoes hooks that an earlier import of this package bound (a reload, a re-import), from what they carry.
+    Importing the package again does not hook 2.0's config parsing again (the import is cached):
+    :func:`hook_config_parsing` does.
     """
     _restore()
-    for module_name, name in (("opensora.utils.config", "merge_args"), ("opensora.utils.sampling", "get_schedule")):
-        module = sys.modules.get(module_name)
-        while module is not None and _ours(getattr(module, name, None)):
-            setattr(module, name, getattr(module, name).original)
-    script = getattr(sys.modules.get("__main__"), "__dict__", {})
-    while _ours(script.get("time_shift")):
-        script["time_shift"] = script["time_shift"].original
+    for namespace in _module_dicts():
+        for name in ("merge_args",) + _HOOKED:
+            if _ours(namespace.get(name)):
+                namespace[name] = _stock_of(namespace[name])
 
 
 def is_hooked() -> bool:
     """Whether a 2.0 training or inference hook is bound."""
-    return any(name in ("time_shift", "get_schedule") for _, name, _ in _ORIGINALS)
+    return any(name in _HOOKED for _, name, _ in _ORIGINALS)
 
 
 def _module(name: str, needs: Sequence[str]) -> ModuleType:
-    module = sys.modules.get(name) or importlib.import_module(name)
+    try:
+        module = sys.modules.get(name) or importlib.import_module(name)
+    except Exception as err:  # what an import of Open-Sora's code raises is not ours to choose
+        raise Opensora2LayoutError(
+            f"the config selects rflow-timeshift on Open-Sora 2.0, which needs {name}, but it failed to import "
+            f"({type(err).__name__}: {err}). Install 2.0's requirements, or remove the scheduler key") from err
     missing = [n for n in needs if not callable(getattr(module, n, None))]
     if missing:
         raise Opensora2LayoutError(
@@ -349,32 +438,125 @@ def _module(name: str, needs: Sequence[str]) -> ModuleType:
     return module
 
 
+def _scheduler_settings(cfg: Any) -> Optional[Dict[str, Any]]:
+    """The settings of the config's ``scheduler`` entry, None without one; a named error for anything but ours."""
+    scheduler = cfg.get("scheduler", None)
+    if scheduler is None:
+        return None
+    if not isinstance(scheduler, Mapping) and callable(getattr(scheduler, "to_dict", None)):
+        scheduler = scheduler.to_dict()  # an mmengine Config given as the entry
+    kind = scheduler.get("type") if isinstance(scheduler, Mapping) else scheduler
+    if not isinstance(scheduler, Mapping) or kind != SCHEDULER_TYPE:
+        near = isinstance(kind, str) and difflib.get_close_matches(kind.lower().strip(), [SCHEDULER_TYPE], cutoff=0.8)
+        raise SettingError(f"scheduler type={describe(kind)} is not allowed on Open-Sora 2.0, which builds no "
+                           f"scheduler: use dict(type={SCHEDULER_TYPE!r}, ...) or remove the scheduler key"
+                           + (f". Did you mean {SCHEDULER_TYPE!r}?" if near else ""))
+    settings = {k: v for k, v in scheduler.items() if k != "type"}
+    for key in settings:
+        if not isinstance(key, str):
+            raise SettingError(f"scheduler key {describe(key)} is not allowed: setting names are strings")
+    return settings
+
+
 def install(cfg: Mapping[str, Any], script_globals: Optional[Dict[str, Any]] = None) -> bool:
     """Bind the hooks for a parsed 2.0 config; returns whether it selects ``rflow-timeshift``.
 
-    ``script_globals`` are the training script's module globals (where ``time_shift`` is bound); None binds the
-    inference schedule only. A config without a ``scheduler`` key restores stock.
+    Binds ``opensora.utils.sampling``'s ``time_shift`` and ``get_schedule``, every imported module's global of
+    those names that holds 2.0's, and in ``script_globals`` (the training script's module globals) any name
+    holding them. A config without a ``scheduler`` key restores stock.
     """
+    return _install(cfg, [] if script_globals is None else [script_globals])
+
+
+def _install(cfg: Any, namespaces: List[Dict[str, Any]], stack: Optional[List[FrameType]] = None) -> bool:
     _restore(keep=("merge_args",))
-    scheduler = cfg.get("scheduler", None)
-    if scheduler is None:
+    settings = _scheduler_settings(cfg)
+    if settings is None:
         return False
-    if not isinstance(scheduler, Mapping) or scheduler.get("type") != SCHEDULER_TYPE:
-        got = scheduler.get("type") if isinstance(scheduler, Mapping) else scheduler
-        raise SettingError(f"scheduler type={describe(got)} is not allowed on Open-Sora 2.0, which builds no "
-                           f"scheduler: use dict(type={SCHEDULER_TYPE!r}, ...) or remove the scheduler key")
-    timesteps = Opensora2Timesteps(**{k: v for k, v in scheduler.items() if k != "type"})
+    timesteps = Opensora2Timesteps(**settings)
     sampling = _module("opensora.utils.sampling", ("time_shift", "get_res_lin_function", "get_schedule"))
-    stock_schedule = _original(sampling, "get_schedule")
-    if script_globals is not None and "time_shift" in script_globals:
-        bound = script_globals["time_shift"]
-        if bound is not sampling.time_shift and not _ours(bound):
-            raise Opensora2LayoutError(
-                f"the training script's time_shift is {describe(bound)}, not opensora.utils.sampling.time_shift: "
-                "rflow-timeshift replaces only 2.0's own. Restore its import or remove the scheduler key")
-        _bind(script_globals, "time_shift", TrainingTimeShift(timesteps, sampling.get_res_lin_function))
-    _bind(sampling, "get_schedule", InferenceSchedule(timesteps, stock_schedule))
+    stock = {name: _stock_of(getattr(sampling, name)) for name in _HOOKED}
+    for namespace in namespaces:
+        for name, function in stock.items():
+            bound = namespace.get(name)
+            if bound is not None and _stock_of(bound) is not function:
+                raise Opensora2LayoutError(
+                    f"the training script's {name} is {describe(bound)}, not opensora.utils.sampling.{name}: "
+                    f"rflow-timeshift replaces only 2.0's own. Restore its import or remove the scheduler key")
+    hooks = {"time_shift": TrainingTimeShift(timesteps, sampling.get_res_lin_function, stock["time_shift"],
+                                             vars(sampling)),
+             "get_schedule": InferenceSchedule(timesteps, stock["get_schedule"])}
+    reached: set = set()  # the hooks bound somewhere else than opensora.utils.sampling
+
+    def bind(namespace: Dict[str, Any], names: Sequence[str]) -> None:
+        for name in names:
+            value = namespace.get(name)
+            for role, function in stock.items():
+                if value is not None and _stock_of(value) is function:
+                    _bind(namespace, name, hooks[role])
+                    if namespace is not vars(sampling):
+                        reached.add(role)
+
+    try:
+        bind(vars(sampling), _HOOKED)
+        for namespace in namespaces:  # the script's own: under any name (an alias too)
+            bind(namespace, [name for name, value in list(namespace.items()) if callable(value)])
+        for namespace in _module_dicts():  # every module that imported 2.0's names
+            bind(namespace, _HOOKED)
+        if stack is not None:
+            _check_reach(stack, reached)
+    except BaseException:
+        _restore(keep=("merge_args",))
+        raise
     return True
+
+
+_WATCHED = ("time_shift", "get_res_lin_function", "get_schedule", "prepare_api")
+
+
+_NOT_GLOBAL = ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR")
+
+
+def _names_used(codes: Sequence[CodeType]) -> set:
+    """The names of :data:`_WATCHED` that ``codes`` (and the functions they define) load as a global, an attribute
+    or a string (``getattr(sampling, "time_shift")``); an import alone is not a use."""
+    names: set = set()
+    todo, seen = list(codes), set()
+    while todo:
+        code = todo.pop()
+        if id(code) in seen:
+            continue
+        seen.add(id(code))
+        for instruction in dis.get_instructions(code):
+            if (instruction.opname.startswith("LOAD_") and instruction.opname not in _NOT_GLOBAL
+                    and instruction.argval in _WATCHED):
+                names.add(instruction.argval)
+        todo.extend(const for const in code.co_consts if isinstance(const, CodeType))
+    return names
+
+
+def _script_name() -> str:
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return f"the script {os.path.basename(path)}" if isinstance(path, str) else "the script that parsed the config"
+
+
+def _check_reach(stack: Sequence[FrameType], reached: set) -> None:
+    """Refuse a config whose settings the script would never use: at parse time, from the script's code."""
+    script = _script_name()
+    names = _names_used([frame.f_code for frame in stack])
+    if "get_res_lin_function" in names and "time_shift" not in names:
+        raise Opensora2LayoutError(
+            f"{script} computes 2.0's shift factor (get_res_lin_function) but never calls time_shift, the call "
+            "rflow-timeshift replaces: its training timesteps would silently stay its own. Shift with "
+            "opensora.utils.sampling.time_shift(alpha, t) as 2.0's train.py does, or remove the scheduler key")
+    trains = "time_shift" in reached or "time_shift" in names
+    infers = "get_schedule" in reached or bool(names & {"get_schedule", "prepare_api"})
+    if not (trains or infers):
+        raise Opensora2LayoutError(
+            f"{script} parsed a config with scheduler type 'rflow-timeshift', but neither it nor a module imported "
+            "before parse_configs calls time_shift (2.0's train.py) or get_schedule / prepare_api (2.0's "
+            "inference): the settings would apply to nothing. Remove the scheduler key, or import the code that "
+            "trains or samples before parsing the config")
 
 
 def _original(namespace: Any, name: str) -> Any:
@@ -384,42 +566,109 @@ def _original(namespace: Any, name: str) -> Any:
     return _get(namespace, name)
 
 
+# --- hooking 2.0's config parsing --------------------------------------------------------------------------
+
+_UNHOOKABLE_WARNED: List[str] = []
+
+
 def hook_config_parsing() -> bool:
     """At import: when Open-Sora 2.0 is installed, make its config parsing install the hooks.
 
     2.0 is recognised by ``opensora.utils.config`` (1.x has ``opensora.utils.config_utils``); it is light (mmengine
     and torch), so it is imported here even when the package is imported before Open-Sora parses its config.
-    Returns whether 2.0 was found.
+    Returns whether 2.0's parsing is hooked. A 2.0 whose ``opensora.utils.config`` fails to import or lacks
+    ``parse_configs`` / ``merge_args`` gets one warning, and a config being read that has a ``scheduler`` key
+    (this import being its ``custom_imports``) a named error.
     """
-    if "opensora.utils.config" not in sys.modules:
-        try:
-            if importlib.util.find_spec("opensora.utils.config") is None:
-                return False
-        except ImportError:  # no opensora, or one whose package __init__ fails: not ours to hook
-            return False
-    config = _module("opensora.utils.config", ("parse_configs", "merge_args"))
-    if _ours(config.merge_args):
-        if not any(ns is config for ns, _, _ in _ORIGINALS):  # bound by an earlier import: adopt its original
-            _ORIGINALS.append((config, "merge_args", config.merge_args.original))
-        return True
-    merge_args, parse_configs = config.merge_args, config.parse_configs
+    try:
+        if "opensora.utils.config" not in sys.modules and importlib.util.find_spec("opensora.utils.config") is None:
+            return False  # Open-Sora 1.x
+    except ModuleNotFoundError as err:
+        if err.name == "opensora":
+            return False  # no Open-Sora
+        return _unhookable(f"the opensora package failed to import ({type(err).__name__}: {err})", is_2_0=False)
+    except Exception as err:  # a broken opensora/__init__: what it raises is not ours to choose
+        return _unhookable(f"the opensora package failed to import ({type(err).__name__}: {err})", is_2_0=False)
+    try:
+        config = importlib.import_module("opensora.utils.config")
+    except Exception as err:  # 2.0's `int | float` annotations on Python 3.9 raise TypeError, not ImportError
+        return _unhookable(f"opensora.utils.config failed to import ({type(err).__name__}: {err})")
+    missing = [n for n in ("parse_configs", "merge_args") if not callable(getattr(config, n, None))]
+    if missing:
+        return _unhookable(f"opensora.utils.config has no {', '.join(missing)} (not the 2.0 layout rflow-timeshift "
+                           "hooks into)")
+    merge_args = _stock_of(config.merge_args)  # a hook of an earlier import is replaced by this module's
 
     def merge_args_then_install(cfg: Any, args: Any) -> Any:
-        cfg = merge_args(cfg, args)
-        install(cfg, _caller_globals_of(getattr(parse_configs, "__code__", None)))
+        try:
+            cfg = merge_args(cfg, args)
+        except Exception as err:
+            overrides = _scheduler_overrides(args)
+            if not overrides:
+                raise
+            raise SettingError(
+                f"Open-Sora 2.0's merge_args refused the command line ({type(err).__name__}: {err}) with the "
+                f"scheduler overrides {' '.join(overrides)}: 2.0 overrides only keys its config has, and converts a "
+                "value with the type the config gives it. Put scheduler = dict(type='rflow-timeshift', ...) in the "
+                "config and override its keys (--scheduler.shift_mode legacy)") from err
+        stack = _frames_above(sys._getframe(1))
+        try:
+            namespaces = list({id(f.f_globals): f.f_globals for f in stack}.values())
+            _install(cfg, namespaces, stack)
+        finally:
+            del stack
         return cfg
 
     _bind(config, "merge_args", merge_args_then_install)
     return True
 
 
-def _caller_globals_of(code: Any) -> Optional[Dict[str, Any]]:
-    """The module globals of whoever called the function running ``code`` (the script calling parse_configs)."""
+def _scheduler_overrides(args: Any) -> List[str]:
+    try:
+        pairs = list(zip(args[::2], args[1::2]))
+    except Exception:
+        return []
+    return [f"{k} {v}" for k, v in pairs
+            if isinstance(k, str) and k[2:].replace("-", "_").split(".")[0] == "scheduler"]
+
+
+def _frames_above(frame: Optional[FrameType]) -> List[FrameType]:
+    """The frames from ``frame`` up, less this module's and opensora.utils.config's: the script and its helpers."""
+    config = sys.modules.get("opensora.utils.config")
+    skip = (globals(), getattr(config, "__dict__", None))
+    frames = []
+    while frame is not None and len(frames) < 256:
+        if not any(frame.f_globals is ns for ns in skip):
+            frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+def _unhookable(problem: str, is_2_0: bool = True) -> bool:
+    """Say once that 2.0's config parsing cannot be hooked; refuse the config being read if it has a scheduler."""
+    read = _config_being_read() if is_2_0 else None
+    if read is not None and read.get("scheduler", None) is not None:
+        raise Opensora2LayoutError(
+            f"this config has scheduler = {describe(read.get('scheduler'))}, but {problem}, so rflow-timeshift "
+            "cannot hook Open-Sora 2.0's config parsing and the scheduler would silently not apply. Fix that import "
+            "(2.0 needs Python 3.10+), or remove the scheduler key")
+    if not _UNHOOKABLE_WARNED:
+        _UNHOOKABLE_WARNED.append(problem)
+        warnings.warn(f"an 'opensora' package is installed but {problem}: Open-Sora 2.0's configs cannot select "
+                      "rflow-timeshift in this process (a config with a scheduler key whose custom_imports first "
+                      "imports this package is refused). Everything else works as without Open-Sora 2.0.",
+                      stacklevel=3)
+    return False
+
+
+def _config_being_read() -> Optional[Mapping[str, Any]]:
+    """The config mmengine's ``Config.fromfile`` is reading, when this import is its ``custom_imports``."""
     frame: Optional[FrameType] = sys._getframe(1)
     try:
         while frame is not None:
-            if frame.f_code is code:
-                return frame.f_back.f_globals if frame.f_back is not None else None
+            if frame.f_code.co_name == "fromfile" and str(frame.f_globals.get("__name__")).startswith("mmengine."):
+                read = frame.f_locals.get("cfg_dict")
+                return read if isinstance(read, Mapping) else None
             frame = frame.f_back
         return None
     finally:
