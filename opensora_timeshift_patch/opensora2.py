@@ -584,8 +584,8 @@ def hook_config_parsing() -> bool:
         if "opensora.utils.config" not in sys.modules and importlib.util.find_spec("opensora.utils.config") is None:
             return False  # Open-Sora 1.x
     except ModuleNotFoundError as err:
-        if err.name == "opensora":
-            return False  # no Open-Sora
+        if err.name in ("opensora", "opensora.utils"):
+            return False  # no Open-Sora, or one without opensora.utils: not 2.0
         return _unhookable(f"the opensora package failed to import ({type(err).__name__}: {err})", is_2_0=False)
     except Exception as err:  # a broken opensora/__init__: what it raises is not ours to choose
         return _unhookable(f"the opensora package failed to import ({type(err).__name__}: {err})", is_2_0=False)

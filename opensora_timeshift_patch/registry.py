@@ -14,7 +14,9 @@ def _scheduler_registry() -> Registry:
     """Open-Sora 1.x's ``SCHEDULERS`` (registering there lets its unchanged train.py build us), else our own."""
     try:
         from opensora.registry import SCHEDULERS as registry
-    except ImportError:  # standalone, or Open-Sora 2.0, which has no scheduler registry
+    # Standalone, or Open-Sora 2.0, which has no scheduler registry (and whose registry.py does not even import on
+    # Python 3.9: its `dict | nn.Module` annotations raise TypeError).
+    except Exception:
         return Registry("scheduler")
     try:
         # What its first build would do: import opensora.schedulers. With a dependency of Open-Sora's missing, that
