@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
+from .policies import host_temporal_size
 from .settings import MAX_SHIFT_FACTOR
 
 if TYPE_CHECKING:
@@ -56,38 +57,56 @@ class Verdict(NamedTuple):
 
 
 def valid_meta(num_frames: Any, height: Any, width: Any) -> np.ndarray:
-    """Per sample: a whole frame count >= 1, and a positive resolution with a finite H * W (in the arrays' dtype)."""
-    with np.errstate(all="ignore"):
-        return ((num_frames >= 1) & (num_frames == np.floor(num_frames)) & np.isfinite(num_frames)
-                & (np.minimum(height, width) > 0) & np.isfinite(height * width))
+    """Per sample: a whole frame count >= 1, and a positive resolution with a finite H * W (in the arrays' dtype).
+    On host arrays, under ``np.errstate(all="ignore")`` (``inf - inf`` and an overflowing H * W would warn)."""
+    # n - floor(n) is NaN for NaN and inf, so one comparison also refuses those.
+    return ((num_frames >= 1) & (num_frames - np.floor(num_frames) == 0) & (np.minimum(height, width) > 0)
+            & np.isfinite(height * width))
 
 
-def classify(on_degenerate: str, num_frames: Any, height: Any, width: Any, t_eff: Any, factor: Any) -> np.ndarray:
-    """THE decision, per sample, on host arrays: an array of kinds (``"ok"``, ``"clamped"``, ``"collapsed"``,
-    ``"refused"``), as the table in the module's docstring says.
+_NAMES = np.array(["ok", "refused", "clamped", "collapsed"])  # indexed by kind_codes
+
+
+def kind_codes(on_degenerate: str, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray,
+               t_eff: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """THE decision, per sample, as the table in the module's docstring says: 0 ok, 1 refused, 2 clamped,
+    3 collapsed (:func:`classify` names them). On host arrays, under ``np.errstate(all="ignore")``: the training
+    step calls it on its one host copy with nothing else around it.
 
     ``t_eff`` is the policy's temporal size before any clamp; ``factor`` the shift factor the mode computes
     (under ``"clamp"``: with T_eff clamped to 1, before the factor's own clamp).
     """
-    n, h, w, t, a = np.broadcast_arrays(*(np.asarray(x) for x in (num_frames, height, width, t_eff, factor)))
-    valid = valid_meta(n, h, w)
-    with np.errstate(invalid="ignore"):
-        in_range = (a >= LOW) & (a <= HIGH)  # False for NaN
-        if on_degenerate == "error":
-            return np.where(valid & (t > 0) & in_range, "ok", "refused")
-        refused = ~valid | ~((a >= 0) & np.isfinite(a))
-        if on_degenerate == "clamp":
-            return np.where(refused, "refused", np.where(~(t > 0) | ~in_range, "clamped", "ok"))
-        if on_degenerate == "ignore":
-            return np.where(refused, "refused", np.where(a == 0, "collapsed", "ok"))
-    raise ValueError(f"on_degenerate={on_degenerate!r} is not allowed: use one of 'error', 'clamp', 'ignore'")
+    valid = valid_meta(num_frames, height, width)
+    in_range = (factor >= LOW) & (factor <= HIGH)  # False for NaN
+    if on_degenerate == "error":
+        return (~(valid & (t_eff > 0) & in_range)).view(np.uint8)
+    refused = ~valid | ~((factor >= 0) & np.isfinite(factor))
+    codes = refused.astype(np.uint8)
+    if on_degenerate == "clamp":
+        codes[~refused & (~(t_eff > 0) | ~in_range)] = 2
+    elif on_degenerate == "ignore":
+        codes[~refused & (factor == 0)] = 3
+    else:
+        raise ValueError(f"on_degenerate={on_degenerate!r} is not allowed: use one of 'error', 'clamp', 'ignore'")
+    return codes
+
+
+def classify(on_degenerate: str, num_frames: Any, height: Any, width: Any, t_eff: Any, factor: Any) -> np.ndarray:
+    """The guard's kinds per sample (``"ok"``, ``"clamped"``, ``"collapsed"``, ``"refused"``): :func:`kind_codes`,
+    named, for any numbers or host arrays (broadcast together)."""
+    arrays = np.broadcast_arrays(*(np.asarray(x) for x in (num_frames, height, width, t_eff, factor)))
+    with np.errstate(all="ignore"):
+        return _NAMES[kind_codes(on_degenerate, *arrays)]
 
 
 def explain(shift: "TimestepShift", kinds: np.ndarray, num_frames: Any, height: Any, width: Any, t_eff: Any,
             factor: Any, where: Optional[str] = None) -> str:
     """The message for the first sample that has one (``""`` when none has): the sentence users see, from the
-    training error, from :func:`judge` and from the command line alike. ``where`` describes the sample in the
+    training error, from :func:`judge` and from the command line alike. ``kinds`` are :func:`classify`'s names or
+    :func:`kind_codes`'s codes. ``where`` describes the sample in the
     caller's words (Open-Sora 2.0: "a latent of 5 frames and 880 tokens"); without it, "sample i"."""
+    if kinds.dtype.kind == "u":
+        kinds = _NAMES[kinds]
     n, h, w, t, a, k = (np.asarray(x).reshape(-1) for x in
                         np.broadcast_arrays(num_frames, height, width, t_eff, factor, kinds))
     noted = k != "ok"
@@ -109,7 +128,9 @@ def _sentence(shift: "TimestepShift", kind: str, i: int, n: float, h: float, w: 
     if not (n >= 1 and math.isfinite(n) and n.is_integer()):
         return (f"num_frames={_num(n)} {at} is not a valid frame count: it must be a whole number >= 1. Check the "
                 "dataset's num_frames column or the meta passed in model_kwargs.")
-    if not valid_meta(np.asarray([n], dtype), np.asarray([h], dtype), np.asarray([w], dtype))[0]:
+    with np.errstate(all="ignore"):
+        valid = valid_meta(np.asarray([n], dtype), np.asarray([h], dtype), np.asarray([w], dtype))[0]
+    if not valid:
         return (f"height x width = {_num(h)} x {_num(w)} {at} is not a valid resolution: both must be > 0 and their "
                 f"product finite in {dtype}. Check the height/width meta passed in model_kwargs.")
     two = where is not None  # Open-Sora 2.0's words: alpha, t = 1 for noise, clips
@@ -163,19 +184,19 @@ def judge(shift: "TimestepShift", height: float, width: float, num_frames: float
     try:
         h, w, n = (np.asarray([_real(v, key)], dtype) for v, key in
                    ((height, "height"), (width, "width"), (num_frames, "num_frames")))
-        t_eff, factor = shift.host_factor(h, w, n, latent_frames, None, tokens)
+        with np.errstate(all="ignore"):
+            t_eff, factor = shift.host_factor(h, w, n, latent_frames, None, tokens)
+            codes = kind_codes(shift.on_degenerate, n, h, w, t_eff, factor)
+            valid = bool(valid_meta(n, h, w)[0])
     except (MetaError, TypeError) as err:
         return Verdict("refused", math.nan, math.nan, str(err))
-    kinds = classify(shift.on_degenerate, n, h, w, t_eff, factor)
-    kind, t, a = str(kinds[0]), float(t_eff[0]), float(factor[0])
-    message = explain(shift, kinds, n, h, w, t_eff, factor, where)
-    if not valid_meta(n, h, w)[0]:
-        t = math.nan
+    kind, t, a = str(_NAMES[codes[0]]), float(t_eff[0]), float(factor[0])
+    message = explain(shift, codes, n, h, w, t_eff, factor, where)
     if kind == "refused":
         a = math.nan
     elif shift.on_degenerate == "clamp":
         a = min(max(a, LOW), HIGH)
-    return Verdict(kind, a, t, message)
+    return Verdict(kind, a, t if valid else math.nan, message)
 
 
 def _real(value: Any, key: str) -> float:
@@ -185,9 +206,8 @@ def _real(value: Any, key: str) -> float:
 
 
 def _latent_length(n: float) -> float:
-    from .policies import host_temporal_size  # policies imports settings only; kept lazy to mirror judge
-
-    return float(host_temporal_size(np.asarray([n], np.float64), "latent", {})[0])
+    with np.errstate(all="ignore"):
+        return float(host_temporal_size(np.asarray([n], np.float64), "latent", {})[0])
 
 
 def _num(x: float) -> str:

@@ -155,18 +155,19 @@ _HOST_POLICIES: Dict[Callable[..., Tensor], Callable[..., np.ndarray]] = {
 }
 
 
-def host_temporal_size(num_frames: np.ndarray, shift_mode: str, params: Dict[str, object]) -> np.ndarray:
-    """:func:`apply_policy` on a floating numpy array (1 for images), in its dtype. A registered policy without a
-    numpy counterpart runs on a CPU tensor sharing the array's dtype."""
+def host_temporal_size(num_frames: np.ndarray, shift_mode: str, params: Dict[str, object],
+                       images_are_one: bool = False) -> np.ndarray:
+    """:func:`apply_policy` on a floating numpy array (1 for images), in its dtype, under
+    ``np.errstate(all="ignore")``. ``images_are_one``: the policy maps 1 to 1 already, so no override is needed.
+    A registered policy without a numpy counterpart runs on a CPU tensor of the array's dtype."""
     policy = get_policy(shift_mode)
     host = _HOST_POLICIES.get(policy)
-    with np.errstate(all="ignore"):
-        if host is not None:
-            t_eff = np.asarray(host(num_frames, **params), num_frames.dtype)
-        else:
-            out = policy(torch.from_numpy(num_frames.copy()), **params)
-            t_eff = out.detach().cpu().numpy().astype(num_frames.dtype, copy=False)
-        return np.where(num_frames == 1, num_frames.dtype.type(1), t_eff)
+    if host is not None:
+        t_eff = host(num_frames, **params)
+    else:
+        t_eff = policy(torch.from_numpy(num_frames.copy()), **params).detach().cpu().numpy()
+    t_eff = t_eff.astype(num_frames.dtype, copy=False)
+    return t_eff if images_are_one else np.where(num_frames == 1, num_frames.dtype.type(1), t_eff)
 
 
 def _numbers(value: object) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .guard import classify, explain
+from .guard import explain, kind_codes
 from .policies import apply_policy, degenerate_frame_counts, get_policy, host_temporal_size
 from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFT_SETTINGS, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
@@ -94,6 +94,8 @@ class TimestepShift:
             _check_policy_output(self.shift_mode, policy_params)
         one = torch.ones(1, dtype=torch.float64)
         self._images_are_one = not compiling and bool(get_policy(self.shift_mode)(one, **policy_params) == 1)
+        self._judged_meta: Dict[Tuple[Any, ...], np.ndarray] = {}  # see _judged
+        self._rational = not (self.shift_family == "exponential" and self.shift_sigma != 1)  # see curve()
         warn_key = (self.shift_mode, tuple(sorted(policy_params.items())))
         if self.on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:
             _CLAMP_WARNED.add(warn_key)
@@ -189,55 +191,106 @@ class TimestepShift:
             torch._assert_async(((t >= 0) & (t <= 1)).all(), _BAD_TIMESTEPS)
         return ratio
 
+    def _shift_on_host(self, t: Tensor, model_kwargs: Mapping[str, Any], num_timesteps: float,
+                       latent_frames: Optional[int], latent_hw: Optional[Tuple[int, int]], ret_ratio: bool,
+                       batch_size: Optional[int]) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """The default path (``"error"``, rational curve, no redraw): after the one host copy everything is computed
+        there, in torch's operation order, and only the shifted t goes back."""
+        # CPU torch divides by a number as numpy does; CUDA multiplies by its reciprocal (as stock does there).
+        divide_on_host = t.is_cpu and num_timesteps != 1
+        if num_timesteps != 1 and not divide_on_host:
+            t = t / num_timesteps
+        height, width, num_frames = read_meta(model_kwargs, t.dtype, t.device, batch_size)
+        factor, host_t, size = self._judged(height, width, num_frames, latent_frames, latent_hw, None, t,
+                                            num_timesteps if divide_on_host else 1)
+        # In float32 a t / (1 + (a - 1) t) at t = 1 can round just above 1 (a < 1/2); it cannot fall below 0.
+        shifted = np.minimum(rational_shift(host_t, factor), factor.dtype.type(1))
+        if num_timesteps != 1:
+            shifted = shifted * num_timesteps
+        meta_scalar = height.dim() == width.dim() == num_frames.dim() == 0
+        out = _to(shifted, None if meta_scalar and t.dim() == 0 else size, t.device)
+        return (out, _to(factor.copy(), None if meta_scalar else size, t.device)) if ret_ratio else out  # kept
+
     def _judged_factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
                        latent_hw: Optional[Tuple[int, int]], tokens: Optional[int], t: Optional[Tensor]) -> Tensor:
-        """The ``"error"`` path: one host copy of the meta (and t), the factor computed there and judged by the
-        guard, and only the factor sent back. A dozen tiny device kernels would cost more than the whole shift."""
+        """The ``"error"`` path's factor: judged on the host copy, and sent back with the meta's shape."""
+        factor, _, size = self._judged(height, width, num_frames, latent_frames, latent_hw, tokens, t)
+        scalar = height.dim() == width.dim() == num_frames.dim() == 0
+        return _to(factor.copy(), None if scalar else size, height.device)  # a copy: the factor is kept
+
+    def _judged(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
+                latent_hw: Optional[Tuple[int, int]], tokens: Optional[int], t: Optional[Tensor], t_scale: float = 1
+                ) -> Tuple[np.ndarray, Optional[np.ndarray], int]:
+        """The ``"error"`` path: one host copy of the meta and t (the one sync), the factor computed there and
+        judged by the guard (:func:`.guard.kind_codes`), t (divided by ``t_scale`` there) checked in [0, 1].
+        Returns the factor and t on the host, and the batch length. Each tiny device kernel would cost more than
+        its numpy counterpart.
+
+        Open-Sora's loader gives each batch one bucket, so the same meta come again and again: a batch whose meta
+        equal one already judged (byte for byte, with the same latent sizes) takes that factor. A refusal is never
+        kept, so a bad batch is refused every time, with its message.
+        """
         if t is not None and t.requires_grad:
             t = t.detach()
-        rows = torch.broadcast_tensors(height, width, num_frames, *(() if t is None else (t,)))
-        if height.device.type == "cpu":
-            host = [np.atleast_1d(row.numpy()) for row in rows]
-        else:
-            host = list(torch.stack(rows).reshape(len(rows), -1).cpu().numpy())
-        h, w, n = host[:3]
-        t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens)
-        kinds = classify("error", n, h, w, t_eff, factor)
-        if not (kinds == "ok").all():
-            raise MetaError(explain(self, kinds, n, h, w, t_eff, factor))
-        if t is not None and not _timesteps_ok(host[3]):
+        rows: Tuple[Tensor, ...] = (height, width, num_frames) if t is None else (height, width, num_frames, t)
+        try:
+            stacked = torch.stack(rows)
+        except RuntimeError:  # shapes differ: a number for the batch beside per-sample values
+            stacked = torch.stack(torch.broadcast_tensors(*rows))
+        if stacked.dim() == 1:
+            stacked = stacked.reshape(len(rows), 1)
+        host = stacked.numpy() if stacked.is_cpu else stacked.cpu().numpy()
+        meta = host[:3]
+        key = (meta.tobytes(), meta.dtype.char, latent_frames, latent_hw, tokens)
+        factor = self._judged_meta.get(key)
+        if factor is None:
+            factor = self._judge_meta(meta, latent_frames, latent_hw, tokens)
+            if len(self._judged_meta) >= _MAX_JUDGED:  # meta that never repeat: keep the memory bounded
+                self._judged_meta.clear()
+            self._judged_meta[key] = factor
+        if t is None:
+            return factor, None, host.shape[1]
+        host_t = host[3] if t_scale == 1 else host[3] / t_scale
+        if not (host_t.min() >= 0 and host_t.max() <= 1):  # NaN fails too
             raise MetaError(_BAD_TIMESTEPS)
-        ratio = torch.from_numpy(factor)
-        if height.dim() == width.dim() == num_frames.dim() == 0:  # the factor has the meta's shape
-            ratio = ratio[0]
-        return ratio if height.device.type == "cpu" else ratio.to(height.device)
+        return factor, host_t, host.shape[1]
+
+    def _judge_meta(self, meta: np.ndarray, latent_frames: Optional[int], latent_hw: Optional[Tuple[int, int]],
+                    tokens: Optional[int]) -> np.ndarray:
+        """The factor for host meta rows (height, width, num_frames), or the guard's refusal as a :class:`MetaError`."""
+        h, w, n = meta
+        with np.errstate(all="ignore"):
+            t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens)
+            codes = kind_codes("error", n, h, w, t_eff, factor)
+        if codes.any():
+            raise MetaError(explain(self, codes, n, h, w, t_eff, factor))
+        return factor
 
     def host_factor(self, height: np.ndarray, width: np.ndarray, num_frames: np.ndarray,
                     latent_frames: Optional[int] = None, latent_hw: Optional[Tuple[int, int]] = None,
                     tokens: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """``(T_eff before any clamp, the factor)`` per sample, on 1-D host arrays of one floating dtype: what the
-        guard judges. :meth:`_factor`'s operations in its order: IEEE +, -, *, / and sqrt are correctly rounded,
-        so these are torch's bits (powers other than 1/2, exp and registered policies run on CPU tensors)."""
+        guard judges, under ``np.errstate(all="ignore")``. :meth:`_factor`'s operations in its order: IEEE +, -, *,
+        / and sqrt are correctly rounded, so these are torch's bits (powers other than 1/2, exp and registered
+        policies run on CPU tensors)."""
         one = num_frames.dtype.type(1)
-        with np.errstate(all="ignore"):
-            if latent_frames is not None and self.shift_mode == "latent":
-                t_eff = np.full_like(num_frames, latent_frames)
-            else:
-                t_eff = host_temporal_size(num_frames, self.shift_mode, self.policy_params)
-            used = np.where(t_eff > 0, t_eff, one) if self.on_degenerate == "clamp" else t_eff
-            if self.resolution_shift == "linear" and self.token_count == "video":
-                ratio = np.asarray(self._host_resolution(height, width, latent_hw, tokens, used), num_frames.dtype)
-                ratio = np.broadcast_to(ratio, used.shape)
-            else:
-                space = self._host_resolution(height, width, latent_hw, tokens)
-                temporal = used / self.base_num_frames if self.base_num_frames != 1 else used
-                ratio = space * (np.sqrt(temporal) if self.temporal_exponent == 0.5
-                                 else _cpu(torch.pow, temporal, self.temporal_exponent))
-            if self.transform_scale != 1 and self.scale_temporal:
-                scale: Any = self.transform_scale
-                if not self.scale_images:
-                    scale = np.where(num_frames == 1, one, num_frames.dtype.type(scale))
-                ratio = ratio * scale
+        if latent_frames is not None and self.shift_mode == "latent":
+            t_eff = np.full_like(num_frames, latent_frames)
+        else:
+            t_eff = host_temporal_size(num_frames, self.shift_mode, self.policy_params, self._images_are_one)
+        used = np.where(t_eff > 0, t_eff, one) if self.on_degenerate == "clamp" else t_eff
+        if self.resolution_shift == "linear" and self.token_count == "video":
+            ratio = self._host_resolution(height, width, latent_hw, tokens, used)
+        else:
+            space = self._host_resolution(height, width, latent_hw, tokens)
+            temporal = used / self.base_num_frames if self.base_num_frames != 1 else used
+            ratio = space * (np.sqrt(temporal) if self.temporal_exponent == 0.5
+                             else _cpu(torch.pow, temporal, self.temporal_exponent))
+        if self.transform_scale != 1 and self.scale_temporal:
+            scale: Any = self.transform_scale
+            if not self.scale_images:
+                scale = np.where(num_frames == 1, one, num_frames.dtype.type(scale))
+            ratio = ratio * scale
         return t_eff, np.asarray(ratio, num_frames.dtype)
 
     def _host_resolution(self, height: np.ndarray, width: np.ndarray, latent_hw: Optional[Tuple[int, int]],
@@ -305,9 +358,13 @@ class TimestepShift:
         ``latent_frames`` and ``latent_hw`` are the latent tensor's own sizes where the caller has it;
         ``resample_u`` are the uniforms for ``uniform_over_threshold`` (default: drawn from the global RNG).
         """
-        num_timesteps = _NUM_TIMESTEPS.check(num_timesteps)
-        ret_ratio = _RET_RATIO.check(ret_ratio)
-        uniform_over_threshold = SETTINGS["uniform_over_threshold"].check(uniform_over_threshold)
+        # Open-Sora passes these at its own values on every step: those are checked the quick way.
+        if not (type(num_timesteps) in (int, float) and 0 < num_timesteps <= _NUM_TIMESTEPS.high):
+            num_timesteps = _NUM_TIMESTEPS.check(num_timesteps)
+        if ret_ratio is not False:
+            ret_ratio = _RET_RATIO.check(ret_ratio)
+        if uniform_over_threshold is not None:
+            uniform_over_threshold = SETTINGS["uniform_over_threshold"].check(uniform_over_threshold)
         latent_frames = None if latent_frames is None else _LATENT_FRAMES.check(latent_frames)
         if latent_hw is not None:
             if not isinstance(latent_hw, (tuple, list)) or len(latent_hw) != 2:
@@ -319,9 +376,12 @@ class TimestepShift:
                                f"{tuple(t.shape)}")
         dtype = torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
         t = _as(t, dtype, None)
+        batch_size = t.shape[0] if t.dim() == 1 else None
+        if self.on_degenerate == "error" and self._rational and not (uniform_over_threshold is not None
+                                                                     and self.scale_temporal):
+            return self._shift_on_host(t, model_kwargs, num_timesteps, latent_frames, latent_hw, ret_ratio, batch_size)
         if num_timesteps != 1:
             t = t / num_timesteps
-        batch_size = t.shape[0] if t.dim() == 1 else None
         ratio = self.shift_factor(model_kwargs, latent_frames, dtype, t.device, latent_hw, batch_size, t)
         # In float32 a t / (1 + (a - 1) t) at t = 1 can round just above 1 (a < 1/2): keep every timestep in [0, N].
         t = self.curve(t, ratio).clamp(0, 1)
@@ -333,6 +393,7 @@ class TimestepShift:
         return (t, ratio) if ret_ratio else t
 
 
+_MAX_JUDGED = 1024  # distinct batch meta kept per shift: more than a bucket config's buckets and batch sizes
 _LATENT_FRAMES = Setting("latent_frames", "int", None, "", low=1, high=1_000_000)
 _LATENT_HW = Setting("latent_hw", "int", None, "", low=1, high=1_000_000)
 _BAD_TIMESTEPS = "timestep shift: a timestep is outside [0, num_timesteps] or not finite"
@@ -396,6 +457,11 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
 
     Shapes and types are checked here, on the host, for free; values are checked by the guard.
     """
+    if type(model_kwargs) is dict and batch_size is not None:  # Open-Sora's own: batch-length tensors, ready
+        given = [model_kwargs.get(key) for key in META_KEYS]
+        if all(type(x) is Tensor and x.dtype == dtype and x.dim() == 1 and x.shape[0] == batch_size
+               and (device is None or x.device == device) for x in given):
+            return given[0], given[1], given[2]
     if not isinstance(model_kwargs, Mapping):
         raise MetaError(
             f"the batch meta (model_kwargs / additional_args) is {describe(model_kwargs)}: the timestep shift needs "
@@ -427,6 +493,16 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
     if len(lengths) > 1:
         raise MetaError(f"meta height, width and num_frames have different lengths {[tuple(x.shape) for x in out]}")
     return out[0], out[1], out[2]
+
+
+def _to(values: np.ndarray, size: Optional[int], device: torch.device) -> Tensor:
+    """Host results back as a tensor on ``device``: ``size`` values, or a 0-dim tensor for ``None``."""
+    if size is None:
+        values = values.reshape(())
+    elif values.shape[0] != size:  # one value of all-scalar meta, for a batch of t
+        values = np.repeat(values, size)
+    tensor = torch.from_numpy(values)
+    return tensor if device.type == "cpu" else tensor.to(device)
 
 
 def _cpu(fn: Callable[..., Tensor], x: np.ndarray, *args: Any) -> np.ndarray:
