@@ -266,7 +266,7 @@ def test_audit_2_0_bad_fps_row(tmp_path, capsys):
     data.write_text("path,num_frames,height,width,fps\na,33,256,256,fast\n")
     code, _, err = run(capsys, "audit", "--opensora-version", "2.0", "--config", STAGE1, "--csv", data,
                        "--no-progress")
-    assert code == 2 and "row 2: invalid fps: 'fast'" in err
+    assert code == 2 and "row 2: non-numeric fps: 'fast'" in err
 
 
 # --- config ----------------------------------------------------------------------------------------------------
@@ -337,3 +337,50 @@ def test_json_is_strict_even_for_refused_rows(capsys):
 
     rows = _json.loads(out, parse_constant=refuse)["rows"]
     assert any(row["status"] == "refused" and row["p5"] is None for row in rows)
+
+
+# --- inference sizes a name as 2.0's inference does ---------------------------------------------------------------
+# 2.0's aspect.py: for a name of P pixels and ratio W:H, w = int(sqrt(P W / H) // D) * D, h = int((P / w) // D) * D;
+# training (its buckets) then moves one side one step of D when that lands closer to P, inference
+# (get_image_size(..., training=False), then each side rounded up to 16) does not.
+#   1080p, D = 16: P = 1080 * 1080 / 9 * 16 = 2073600; 16:9: w = 1920, h = 1072 (|1072 * 1920 - P| = 15360);
+#     training takes (1072, 1936) (|...| = 1792): latent 2 * 67 x 2 * 121 = 134 x 242, (h w) // 4 = 8107 tokens;
+#     inference keeps (1072, 1920): 134 x 240, 8040 tokens.
+#   720p, D = 32 (DC-AE, patch 1): P = 921600; 16:9: w = 1280, h = 704 (|...| = 20480); training takes (704, 1312)
+#     (|...| = 2048): latent 22 x 41 = 902 tokens at patch 1; inference keeps (704, 1280): 22 x 40 = 880.
+
+def test_inference_tokens_at_1080p_hunyuan_are_inference_size(capsys):
+    rows = inspect_rows(capsys, "--resolution", "1080p", "--frames", 1)
+    stock = rows[(1072, 1936, 1, "stock")]
+    assert (stock["latent_height"], stock["latent_width"], stock["tokens"]) == (134, 242, 8107)
+    assert stock["inference_tokens"] == 8040
+    assert stock["alpha"] == pytest.approx(lin(8107)) and stock["inference_alpha"] == pytest.approx(lin(8040))
+    code, out, _ = run(capsys, "inspect", "--opensora-version", "2.0", "--resolution", "1080p", "--frames", 1)
+    assert code == 0 and "1072x1920" in out and "8040" in out and "no setting here changes them" in out
+
+
+def test_inference_tokens_at_720p_dc_ae_are_inference_size(capsys):
+    rows = inspect_rows(capsys, "--vae", "dc-ae", "--resolution", "720p", "--frames", 33, "--set", "patch_size=1")
+    settings = rows[(704, 1312, 33, "settings")]
+    assert (settings["latent_frames"], settings["latent_height"], settings["latent_width"]) == (8, 22, 41)
+    assert (settings["tokens"], settings["inference_tokens"]) == (902, 880)
+    assert settings["inference_alpha"] == pytest.approx(lin(880) * math.sqrt(8))
+    stock = rows[(704, 1312, 33, "stock")]
+    assert (stock["tokens"], stock["inference_tokens"]) == (225, 880)  # training (22 * 41) // 4, inference // 1
+
+
+def test_a_size_given_as_hxw_samples_at_that_size(capsys):
+    rows = inspect_rows(capsys, "--resolution", "1072x1936", "--frames", 1)
+    stock = rows[(1072, 1936, 1, "stock")]
+    assert stock["tokens"] == stock["inference_tokens"] == 8107
+
+
+def test_an_alpha_beyond_100_is_shown_under_stock_and_refused_under_the_guard(capsys):
+    rows = inspect_rows(capsys, "--resolution", "100000x100000", "--frames", 1)
+    # 100000 / 8 = 12500 latent side: 12500**2 // 4 = 39062500 tokens, alpha lin(39062500), far above 100
+    stock, settings = rows[(100000, 100000, 1, "stock")], rows[(100000, 100000, 1, "settings")]
+    assert stock["tokens"] == 39062500 and stock["alpha"] == pytest.approx(lin(39062500))
+    assert stock["status"] == "extreme" and stock["message"] is None  # stock 2.0 has no guard: shown, kept
+    assert settings["status"] == "refused" and "outside [0.01, 100]" in settings["message"]
+    code, out, _ = run(capsys, "inspect", "--opensora-version", "2.0", "--resolution", "100000x100000", "--frames", 1)
+    assert code == 0 and "alpha outside [0.01, 100]" in out and "refused by the guard" in out

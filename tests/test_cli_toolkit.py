@@ -340,3 +340,130 @@ def test_plot_every_sampler_with_a_zero_weight_collapse(tmp_path, capsys):
                            "--min-snr-gamma", "2", "--samples", 50, "--dpi", 20)
         assert code == 0, err
         assert is_png(out_dir / "emphasis_256x256_16f.png")
+
+
+# --- what plot draws, against the formulas ------------------------------------------------------------------------
+# Open-Sora 1.2's stock shift: a = sqrt(H W / 512^2) * sqrt(T) with T = n // 17 * 5 (legacy) or 1.2's VAE latent
+# length (n // 17) * 5 + ceil((n % 17) / 4) (latent), t' = a t / (1 + (a - 1) t); logit-normal draws are sigmoid(probit(u)). Open-Sora 2.0:
+# alpha = lin(tokens; 256 -> 1, 4096 -> 3) * sqrt(T), the same t'.
+
+def view_for(*argv):
+    from opensora_timeshift_patch.cli import build_parser
+    from opensora_timeshift_patch.cli.views import view_of
+
+    return view_of(build_parser().parse_args(["plot", "--out", "unused", *map(str, argv)]))
+
+
+def shift_of(t, a):
+    return a * t / (1 + (a - 1) * t)
+
+
+def test_plot_curves_1_x_are_the_stock_shift_of_logit_normal_draws():
+    from scipy.stats import norm
+
+    from opensora_timeshift_patch.cli.plot import bucket_curves, t_grid, uniforms_of
+
+    view = view_for("--resolution", "720x1280", "--frames", 40, "--mode", "legacy", "latent")
+    uniforms = uniforms_of(1000)
+    curves = bucket_curves(view, (720, 1280), 40, uniforms)
+    space = math.sqrt(720 * 1280 / 512 ** 2)
+    t = t_grid().numpy()
+    base = 1 / (1 + np.exp(-norm.ppf(uniforms.numpy())))
+    for curve, frames_t in zip(curves, (40 // 17 * 5, 2 * 5 + math.ceil(6 / 4))):  # legacy 10, latent 12
+        a = space * math.sqrt(frames_t)
+        assert curve.transform.numpy() == pytest.approx(shift_of(t, a), abs=1e-9)
+        assert curve.draws.numpy() == pytest.approx(shift_of(base, a), abs=1e-6)
+        assert not curve.collapsed and f"T_eff {frames_t}" in curve.label
+
+
+def test_plot_curves_1_x_collapse_and_refusal():
+    from opensora_timeshift_patch.cli.plot import bucket_curves, uniforms_of
+
+    view = view_for("--resolution", "256x256", "--frames", 16, "--mode", "legacy")
+    (curve,) = bucket_curves(view, (256, 256), 16, uniforms_of(100))
+    # 16 // 17 * 5 = 0, so a = 0: t' = 0 for t < 1, and stock's 0 / 0 at t = 1 (sampling would start from NaN)
+    assert curve.collapsed and float(curve.transform[:-1].abs().max()) == 0.0
+    assert math.isnan(float(curve.transform[-1]))
+    view = view_for("--resolution", "1080x1920", "--frames", 5000, "--mode", "latent", "--set",
+                    "shift_family=exponential", "resolution_shift=linear", "token_count=video")
+    (curve,) = bucket_curves(view, (1080, 1920), 5000, uniforms_of(100))
+    assert curve.transform is None and "refused" in curve.label
+
+
+def test_plot_curves_2_0_are_alpha_shifts():
+    from opensora_timeshift_patch.cli.plot import bucket_curves, t_grid, uniforms_of
+
+    view = view_for("--opensora-version", "2.0", "--resolution", "768px", "--frames", 33)
+    uniforms = uniforms_of(500)
+    stock, settings = bucket_curves(view, (768, 768), 33, uniforms)
+    # 768 / 8 = 96 latent side, 96 * 96 // 4 = 2304 tokens; 1 + 32 // 4 = 9 latent frames
+    alpha = (1 + (2304 - 256) * 2 / 3840) * 3
+    assert stock.transform.numpy() == pytest.approx(shift_of(t_grid().numpy(), alpha), abs=1e-9)
+    assert settings.transform.numpy() == pytest.approx(stock.transform.numpy())
+    assert "2304 tokens" in stock.label
+
+
+def test_plot_emphasis_curves_are_the_shifted_density_times_the_weight():
+    from scipy.stats import norm
+
+    from opensora_timeshift_patch.cli.plot import PLOT_EDGES, emphasis_curves
+
+    # 720x1280 image under spatial: a = sqrt(720 * 1280 / 512^2) = 1.875. The shifted t' = f(t) has density
+    # p(f^-1(t')) * d f^-1 / dt', with f^-1(t') = t' / (a - (a - 1) t') and d f^-1 / dt' = a / (a - (a - 1) t')^2.
+    view = view_for("--resolution", "720x1280", "--frames", 1, "--mode", "spatial", "--loss-weighting", "cosmap")
+    (curve,) = emphasis_curves(view, (720, 1280), 1)
+    a = 1.875
+    centres = (PLOT_EDGES[:-1] + PLOT_EDGES[1:]) / 2
+    keep = (centres > 0.02) & (centres < 0.98)  # bins near 0 and 1 hold steep tails
+    base = centres / (a - (a - 1) * centres)
+    logit_normal = norm.pdf(np.log(base / (1 - base))) / (base * (1 - base))
+    density = logit_normal * a / (a - (a - 1) * centres) ** 2
+    assert curve.density[keep] == pytest.approx(density[keep], rel=0.02, abs=0.02)
+    weight = 2 / (math.pi * (1 - 2 * centres + 2 * centres ** 2))  # cosmap's w(t')
+    emphasis = density * weight / float((density * weight * np.diff(PLOT_EDGES)).sum())
+    assert curve.emphasis[keep] == pytest.approx(emphasis[keep], rel=0.02, abs=0.02)
+
+
+def test_inspect_1_x_a_non_finite_factor_is_a_refused_row(capsys):
+    argv = ["--resolution", "1080p", "--frames", 5000, "--mode", "latent", "spatial", "--set",
+            "shift_family=exponential", "resolution_shift=linear", "token_count=video"]
+    code, out, err = run(capsys, "inspect", "--json", *argv)
+    assert code == 0, err
+
+    def refuse(constant):
+        raise AssertionError(f"non-JSON constant {constant}")
+
+    latent, spatial = json.loads(out, parse_constant=refuse)["rows"]
+    assert latent["status"] == "refused" and latent["shift_factor"] is None and latent["p5"] is None
+    assert "not a finite number" in latent["message"]
+    assert spatial["status"] == "ok"  # an image's shift: linear in 1080 * 1920 tokens, finite
+    code, out, err = run(capsys, "inspect", *argv)
+    assert code == 0 and "refused by the guard" in out and err == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["--resolution", "1x1", "100000x100000", "--frames", 1, 4, 16, 4096],
+    ["--resolution", "1080x1920", "--frames", 16, 5000, "--set", "shift_family=exponential", "resolution_shift=linear",
+     "token_count=video"],
+    ["--resolution", "256x256", "--frames", 16, "--loss-weighting", "min_snr", "--min-snr-gamma", "2"],
+    # a collapse (a = 0) of a distribution with mass at t = 1: stock's 0 / 0 there, so p95 does not exist
+    ["--resolution", "256x256", "--frames", 16, "--mode", "legacy", "--sample-method", "fixed", "--timesteps", 0.5, 1],
+])
+def test_inspect_1_x_json_is_strict(argv, capsys):
+    code, out, err = run(capsys, "inspect", "--json", *argv)
+    assert code == 0, err
+
+    def refuse(constant):
+        raise AssertionError(f"non-JSON constant {constant}")
+
+    rows = json.loads(out, parse_constant=refuse)["rows"]
+    if "fixed" in argv:
+        assert rows[0]["p95"] is None and rows[0]["status"] == "collapsed"
+
+
+def test_plot_a_non_finite_factor_is_named_not_a_traceback(tmp_path, capsys):
+    code, out, err = run(capsys, "plot", "--out", tmp_path, "--resolution", "1080p", "--frames", 5000, "--mode",
+                         "latent", "--loss-weighting", "min_snr", "--set", "shift_family=exponential",
+                         "resolution_shift=linear", "token_count=video", "--samples", 50, "--dpi", 20)
+    assert code == 0 and err == "", err
+    assert is_png(tmp_path / "timeshift_1080x1920_5000f.png") and is_png(tmp_path / "emphasis_1080x1920_5000f.png")

@@ -240,28 +240,35 @@ def add_selection(p: argparse.ArgumentParser) -> None:
 
 def resolutions_of(args: argparse.Namespace, geometry: Optional[Opensora2Geometry]) -> List[Tuple[int, int]]:
     """The --resolution values as (H, W): names sized as Open-Sora 1.x (``geometry`` None) or 2.0 sizes them."""
+    return list(named_resolutions(args, geometry))
+
+
+def named_resolutions(args: argparse.Namespace, geometry: Optional[Opensora2Geometry]
+                      ) -> Dict[Tuple[int, int], Optional[str]]:
+    """The --resolution values as {(H, W): the bucket name it was given as, None for HxW}, in order, each size once
+    (the first name giving it kept)."""
     given = "resolution" in given_options(args)
     values = args.resolution if given else (DEFAULT_RESOLUTIONS if geometry is None else DEFAULT_RESOLUTIONS_2)
-    out = []
+    out: Dict[Tuple[int, int], Optional[str]] = {}
     for value in values:
         if isinstance(value, str) and re.fullmatch(r"\d+[xX]\d+", value, re.ASCII):
             value = parse_resolution(value)
         if isinstance(value, tuple):
-            out.append(value)
+            out.setdefault(value, None)
         elif geometry is None:
             if value not in RESOLUTION_NAMES:
                 raise UsageError(f"--resolution {value!r} is an Open-Sora 2.0 name: pass --opensora-version 2.0, or "
                                  f"give HxW or one of {', '.join(BUCKET_RESOLUTIONS)}")
-            out.append(RESOLUTION_NAMES[value])
+            out.setdefault(RESOLUTION_NAMES[value], value)
         else:
             if not OPENSORA2_NAME.fullmatch(value):
                 raise UsageError(f"--resolution {value!r} is not an Open-Sora 2.0 name: give HxW or "
                                  f"{OPENSORA2_NAME_HELP}")
             try:
-                out.append(opensora2_base_size(value, geometry.token_pixels))
+                out.setdefault(opensora2_base_size(value, geometry.token_pixels), value)
             except BucketConfigError as err:
                 raise UsageError(f"--{err}") from None
-    return list(dict.fromkeys(out))
+    return out
 
 
 def frames_of(args: argparse.Namespace, v2: bool) -> List[int]:

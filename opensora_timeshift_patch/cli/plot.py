@@ -83,7 +83,7 @@ class EmphasisCurve(NamedTuple):
     """One setting in an emphasis_*.png: its sampling density and effective emphasis on PLOT_EDGES."""
 
     label: str
-    density: np.ndarray  # the shifted training t's density
+    density: Optional[np.ndarray]  # the shifted training t's density; None: refused by the guard
     emphasis: Optional[np.ndarray]  # that density times w(t), normalised; None: every loss weight is 0
     collapsed: bool  # every draw at t' = 0
 
@@ -92,6 +92,9 @@ def emphasis_curves(view: Any, hw: Any, frames: int) -> List[EmphasisCurve]:
     """What the emphasis_*.png of a bucket draws, per mode under the bucket's rule (1.x with a loss weighting)."""
     out = []
     for mode in view.bucket_modes(hw, frames):
+        if view.refused(mode, hw, frames):  # no numbers to draw: named in the legend
+            out.append(EmphasisCurve(f"{mode.label}: refused by the guard", None, None, False))
+            continue
         label = f"{mode.label} (T_eff {mode.t_eff(frames):.3g})"
         factor = view.factor(mode, hw, frames)
         density = view.emphasis(mode, factor, PLOT_EDGES, LossWeighting("none"))
@@ -181,6 +184,9 @@ def plot_emphasis(plt: Any, view: Any, hw: Any, frames: int, out: Path, dpi: int
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, curve in enumerate(emphasis_curves(view, hw, frames)):
         color = colors[i % len(colors)]
+        if curve.density is None:
+            ax.plot([], [], ls="none", label=curve.label)
+            continue
         if curve.collapsed:  # every draw at t' = 0: a line at 0 keeps the scale
             ax.axvline(0.0, lw=3, color=color, label=f"{curve.label}: t = 0, degenerate")
             continue

@@ -3,8 +3,9 @@
 :class:`Opensora1View` (1.2 and 1.3: one row per ``--mode``, under the bucket's ``bucket_settings`` rule) and
 :class:`Opensora2View` (2.0: stock 2.0's rule, then the user's settings) both yield :class:`Bucket` records: the
 latent, the tokens, T_eff, the factor in training and at inference, the verdict and the quantiles of the shifted
-timestep. ``inspect`` and ``plot`` are written once over a view; :func:`judge` and :func:`opensora2_alpha` are the
-verdicts ``audit`` shares.
+timestep. ``inspect`` and ``plot`` are written once over a view. Every verdict is the guard's
+(:func:`opensora_timeshift_patch.guard.judge`): the views only choose which shift to ask it about; :func:`judge` and
+:func:`opensora2_alpha` are the forms ``audit`` reads.
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..buckets import Opensora2Geometry
+from .. import guard
+from ..buckets import (OPENSORA2_ASPECT_RATIOS, Opensora2Geometry, opensora2_base_size, opensora2_pixels,
+                       opensora2_sizes)
 from ..density import density_quantile, midpoint_uniforms, shifted_quantiles
 from ..opensora2 import Opensora2Timesteps
-from ..per_bucket import rule_for
-from ..settings import MAX_SHIFT_FACTOR, POLICIES, SETTINGS
+from ..settings import POLICIES, SETTINGS
 from ..shift import META_KEYS, SHIFT_SETTINGS, TimestepShift
 from ..weighting import LossWeighting, effective_emphasis
-from .common import UsageError, build_timeshift, one_line, rule_text, short
-from .options import VAES, chosen_settings, frames_of, given_options, resolutions_of
+from .common import UsageError, build_timeshift, rule_text, short
+from .options import VAES, chosen_settings, frames_of, given_options, named_resolutions, resolutions_of
 
 QUANTILES = (0.05, 0.5, 0.95)
 # The effective emphasis is computed, not sampled: the shifted inverse CDF at midpoint_uniforms(), histogrammed on
@@ -56,7 +58,8 @@ class Bucket(NamedTuple):
     frames: int
     t_eff: float  # the temporal size the shift uses (stock's, before any clamp)
     factor: Optional[float]  # the training shift factor (1.x: stock's; None: no shift, or refused on 2.0)
-    kind: str  # "ok", "collapsed", "clamped", "refused", "no shift", "extreme" (2.0: outside [0.01, 100], no guard)
+    kind: str  # the guard's "ok", "collapsed", "clamped", "refused"; "no shift"; "extreme" (2.0: the guard's ok with
+    # a note, an alpha outside [0.01, 100] that on_degenerate='ignore' keeps)
     message: Optional[str]  # the guard's, where it refuses
     quantiles: Optional[Tuple[float, float, float]]  # the shifted training t at QUANTILES (None: refused)
     latent: Optional[Tuple[int, int, int]] = None  # 2.0: the latent T x h x w
@@ -64,6 +67,7 @@ class Bucket(NamedTuple):
     inference_tokens: Optional[int] = None  # 2.0: tokens as inference counts them
     inference_factor: Optional[float] = None  # 2.0: the inference alpha
     emphasis_median: Optional[float] = None  # 1.x with a loss weighting: the effective emphasis's median
+    inference_size: Optional[Tuple[int, int]] = None  # 2.0: the (H, W) inference samples the bucket at
 
 
 class Curve(NamedTuple):
@@ -82,30 +86,19 @@ class Verdict(NamedTuple):
 
 
 def judge(shift: Optional[TimestepShift], height: int, width: int, frames: int,
-          dtype: torch.dtype = torch.float32) -> Verdict:
-    """What a 1.x shift does with a batch of this bucket: call it, as a training step would."""
+          dtype: Any = np.float32) -> Verdict:
+    """The guard's verdict on a 1.x shift for a batch of this bucket, in audit's form: "no shift" without a shift,
+    and the message only where the guard refuses (computed in float32, as 1.x trains)."""
     if shift is None:
         return Verdict("no shift", math.nan, None)
-    meta = {k: torch.tensor([float(v)], dtype=dtype) for k, v in zip(META_KEYS, (height, width, frames))}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _, ratio = shift(torch.tensor([0.5], dtype=dtype), meta, ret_ratio=True)
-    except (ValueError, RuntimeError) as err:  # the guard's refusal, or a device-side assert stopping the run
-        return Verdict("refused", math.nan, one_line(err))
-    factor = float(ratio[0])
-    if shift.temporal_size(meta["num_frames"]).item() <= 0:
-        return Verdict("clamped" if shift.on_degenerate == "clamp" else "collapsed", factor, None)
-    if shift.on_degenerate == "clamp" and not 1 / MAX_SHIFT_FACTOR < factor < MAX_SHIFT_FACTOR:
-        return Verdict("clamped", factor, None)
-    return Verdict("ok", factor, None)
+    verdict = guard.judge(shift, height, width, frames, dtype=dtype)
+    return Verdict(verdict.kind, verdict.factor, verdict.message if verdict.kind == "refused" else None)
 
 
 def bucket_children(scheduler: Any) -> Tuple[Any, ...]:
-    """The scheduler built for each of a scheduler's bucket_settings rules, in the rules' order.
-
-    The one place that reaches into the scheduler for them (it keeps them in ``_per_bucket``)."""
-    return tuple(scheduler._per_bucket)
+    """The recipe of each of a scheduler's bucket_settings rules, in the rules' order (each has the rule's
+    ``distribution``, ``shift`` and ``weighting``)."""
+    return tuple(scheduler.recipe.children)
 
 
 def unguarded(shift: TimestepShift) -> TimestepShift:
@@ -129,7 +122,8 @@ class Mode1(NamedTuple):
     """One Open-Sora 1.x --mode under the chosen settings."""
 
     mode: str
-    scheduler: Any  # the RFlowTimeShift training would build: its distribution, weighting, and guarded shift
+    scheduler: Any  # the RFlowTimeShift training would build (a rule's Recipe for a child): its distribution,
+    # weighting, and guarded shift
     stock: TimestepShift  # the same shift under on_degenerate='ignore': stock's numbers, a collapse included
     children: Tuple["Mode1", ...] = ()  # per bucket_settings rule, the mode under that rule's settings
     rule: Optional[int] = None  # for a child, the index of its rule
@@ -141,8 +135,8 @@ class Mode1(NamedTuple):
 
     def for_bucket(self, hw: Tuple[int, int], frames: int) -> "Mode1":
         """The mode under the settings a clip of this size gets: its bucket_settings rule's, else the scheduler's."""
-        applies = rule_for(self.scheduler.rules, frames, *hw)
-        return self if applies is None else self.children[applies.index]
+        index, _ = self.scheduler.recipe.for_clip(frames, *hw)
+        return self if index is None else self.children[index]
 
     def t_eff(self, frames: int) -> float:
         return self.stock.temporal_size(torch.tensor([float(frames)], dtype=torch.float64)).item()
@@ -250,16 +244,22 @@ class Opensora1View:
     def bucket(self, mode: Mode1, hw: Tuple[int, int], frames: int) -> Bucket:
         """T_eff, stock's shift factor, the quantiles of the shifted t (exact: see
         :func:`~opensora_timeshift_patch.density.shifted_quantiles`) and the verdict of ``mode`` (already under the
-        bucket's rule) for one bucket; with a loss weighting, the median of the effective emphasis."""
-        t_eff = mode.t_eff(frames)
+        bucket's rule) for one bucket; with a loss weighting, the median of the effective emphasis.
+
+        The numbers are stock's (the shift under on_degenerate='ignore'); the status is the guard's on them where
+        stock collapses every t to 0, else the guard's under the mode's on_degenerate ('error'). Where even stock
+        is refused (a factor that is not finite), there are no numbers.
+        """
+        stock = self.verdict(mode.stock, hw, frames)
+        guarded = self.verdict(mode.scheduler.shift, hw, frames)
+        kind = stock.kind if stock.kind in ("collapsed", "refused") else guarded.kind
+        message = next((v.message for v in (guarded, stock) if v.kind == "refused"), None)
+        if stock.kind == "refused":
+            return Bucket(mode.mode, mode.rule, hw[0], hw[1], frames, stock.t_eff, None, kind, message, None)
         batch = _meta(hw, frames, len(QUANTILES))
         factor = self.factor(mode, hw, frames)
         shifted = shifted_quantiles(mode.scheduler.distribution,
                                     lambda t: mode.stock(t * 1000, batch, num_timesteps=1000), QUANTILES)
-        verdict = judge(mode.scheduler.shift, *hw, frames, dtype=torch.float64)
-        kind = verdict.kind
-        if kind == "refused" and t_eff <= 0:  # the guard refuses it because every t would collapse to 0
-            kind = "collapsed"
         median = None
         if self.weighted:
             try:
@@ -267,8 +267,17 @@ class Opensora1View:
                 median = 1000 * density_quantile(EMPHASIS_EDGES, density, 0.5)
             except ValueError:  # every weight 0 (a collapse to t = 0 under min_snr): no budget to share out
                 median = None
-        return Bucket(mode.mode, mode.rule, hw[0], hw[1], frames, t_eff, factor, kind, verdict.message,
+        return Bucket(mode.mode, mode.rule, hw[0], hw[1], frames, stock.t_eff, factor, kind, message,
                       tuple(shifted.tolist()), emphasis_median=median)
+
+    @staticmethod
+    def verdict(shift: TimestepShift, hw: Tuple[int, int], frames: int) -> guard.Verdict:
+        """The guard's verdict on ``shift`` for the bucket, in float64 as the numbers shown are computed."""
+        return guard.judge(shift, hw[0], hw[1], frames, dtype=np.float64)
+
+    def refused(self, mode: Mode1, hw: Tuple[int, int], frames: int) -> bool:
+        """Whether stock's numbers do not exist for the bucket (the guard refuses even on_degenerate='ignore')."""
+        return self.verdict(mode.stock, hw, frames).kind == "refused"
 
     def factor(self, mode: Mode1, hw: Tuple[int, int], frames: int) -> float:
         """The shift factor stock's numbers use for a bucket under a mode (0 for a collapse)."""
@@ -303,6 +312,9 @@ class Opensora1View:
             if mode.rule not in drawn:
                 drawn[mode.rule] = mode.scheduler.distribution(uniforms)
             draws = drawn[mode.rule]
+            if self.refused(mode, hw, frames):
+                yield Curve(f"{mode.label}: refused by the guard", None, None, False)
+                continue
             t_eff = mode.t_eff(frames)
             label = f"{mode.label} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
             yield Curve(label, mode.stock(t_grid, _meta(hw, frames, len(t_grid))),
@@ -334,7 +346,7 @@ class Opensora1View:
         return []
 
     def json_row(self, b: Bucket) -> Dict[str, Any]:
-        p5, median, p95 = b.quantiles
+        p5, median, p95 = b.quantiles if b.quantiles is not None else (None, None, None)
         row = dict(mode=b.label, rule=b.rule, height=b.height, width=b.width, frames=b.frames, t_eff=b.t_eff,
                    shift_factor=b.factor, p5=p5, median=median, p95=p95, degenerate=b.kind != "ok",
                    message=b.message, status=b.kind)
@@ -405,34 +417,62 @@ class Alpha(NamedTuple):
     infer_tokens: int
     alpha: Optional[float]
     infer_alpha: Optional[float]
-    kind: str  # "ok", "collapsed", "clamped", "refused", "no shift", "extreme" (beyond [0.01, 100], no guard)
-    message: Optional[str]
+    kind: str  # the guard's ("ok", "collapsed", "clamped", "refused"), "no shift", or "extreme" (a noted ok)
+    message: Optional[str]  # the guard's, where it refuses
     t_eff: float = math.nan
 
 
-def opensora2_alpha(ts: Opensora2Timesteps, geometry: Opensora2Geometry, height: int, width: int,
-                    frames: int) -> Alpha:
-    """The alpha a 2.0 rule gives a bucket in training and at inference, judged as the guard judges it."""
+def opensora2_alpha(ts: Opensora2Timesteps, geometry: Opensora2Geometry, height: int, width: int, frames: int,
+                    inference_hw: Optional[Tuple[int, int]] = None) -> Alpha:
+    """The alpha a 2.0 rule gives a bucket in training and at inference, as the guard judges them (in float64, as
+    2.0 computes alpha). ``inference_hw``: the size inference samples the bucket at (default: the training size).
+
+    "extreme" is the guard's ok with a note: a factor outside [0.01, 100] that on_degenerate='ignore' keeps.
+    """
     latent = geometry.latent(frames, height, width)
-    tokens, infer = training_tokens(ts, latent[1:]), inference_tokens(ts, latent[1:], geometry)
+    infer_latent = latent if inference_hw is None else geometry.latent(frames, *inference_hw)
+    tokens, infer = training_tokens(ts, latent[1:]), inference_tokens(ts, infer_latent[1:], geometry)
     if not ts.use_timestep_transform:
         return Alpha(latent, tokens, infer, None, None, "no shift", None)
-    pixels = (frames, height, width)
-    t_eff = ts.shift.temporal_size(torch.tensor([float(frames)], dtype=torch.float64), latent[0]).item()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            alpha, infer_alpha = ts.factor(latent[0], tokens, pixels), ts.factor(latent[0], infer, pixels)
-    except (ValueError, RuntimeError) as err:  # the guard's refusal (or a device-side assert on the CPU)
-        return Alpha(latent, tokens, infer, None, None, "refused", one_line(err), t_eff)
-    clamp = ts.shift.on_degenerate == "clamp"
-    if t_eff <= 0:
-        kind = "clamped" if clamp else "collapsed"
-    elif not 1 / MAX_SHIFT_FACTOR < alpha < MAX_SHIFT_FACTOR:
-        kind = "clamped" if clamp else "extreme"  # under 'error' the guard has refused it above
-    else:
-        kind = "ok"
-    return Alpha(latent, tokens, infer, alpha, infer_alpha, kind, None, t_eff)
+    train, at_inference = (guard.judge(ts.shift, height, width, frames, latent[0], count,
+                                       _where(latent[0], count, frames, height, width), dtype=np.float64)
+                           for count in (tokens, infer))
+    if train.kind == "refused" or at_inference.kind == "refused":
+        refusal = train if train.kind == "refused" else at_inference
+        return Alpha(latent, tokens, infer, None, None, "refused", refusal.message, train.t_eff)
+    kind = "extreme" if train.kind == "ok" and train.message else train.kind
+    return Alpha(latent, tokens, infer, train.factor, at_inference.factor, kind, None, train.t_eff)
+
+
+def _where(latent_frames: int, tokens: int, frames: int, height: int, width: int) -> str:
+    """A 2.0 bucket in the guard's message, in the words of Opensora2Timesteps.factor."""
+    return f"a latent of {latent_frames} frames and {tokens} tokens, clip of {frames} frames at {height}x{width}"
+
+
+def opensora2_inference_size(name: str, token_pixels: int) -> Tuple[int, int]:
+    """The (H, W) 2.0's inference samples a resolution name at, for the aspect ratio the name is shown at
+    (:func:`~opensora_timeshift_patch.buckets.opensora2_base_size`).
+
+    2.0's inference sizes by ``get_image_size(resolution, aspect_ratio, training=False)`` (opensora/datasets/
+    aspect.py): the same table as training's buckets without their one step of D towards the pixel count, and with
+    vertical ratios the transpose of the horizontal ones; then each side rounded up to a multiple of 16.
+    """
+    base = opensora2_base_size(name, token_pixels)
+    ratio = next(r for r, size in opensora2_sizes(name, token_pixels).items() if size == base)
+    pixels, d = opensora2_pixels(name), token_pixels
+    sizes: Dict[str, Tuple[int, int]] = {}
+    vertical: Dict[str, Tuple[int, int]] = {}
+    for r in OPENSORA2_ASPECT_RATIOS:
+        rw, rh = map(float, r.split(":"))
+        w = int(math.sqrt(pixels * (rw / rh)) // d) * d
+        h = int((pixels / w) // d) * d if w > 0 else 0
+        sizes[r] = (h, w)
+        vertical[":".join(reversed(r.split(":")))] = (w, h)
+    sizes.update(vertical)
+    h, w = sizes.get(ratio, base)
+    if h <= 0 or w <= 0:
+        return base
+    return -(-h // 16) * 16, -(-w // 16) * 16
 
 
 def quantiles_of(ts: Opensora2Timesteps, alpha: Optional[float]) -> List[float]:
@@ -454,11 +494,16 @@ class Opensora2View:
     weighted = False
 
     def __init__(self, rules: Sequence[Rule], geometry: Opensora2Geometry, vae: str,
-                 resolutions: Sequence[Tuple[int, int]], frames: Sequence[int]) -> None:
+                 resolutions: Mapping[Tuple[int, int], Optional[str]], frames: Sequence[int]) -> None:
+        """``resolutions``: {(H, W): the 2.0 name it stands for, or None for a size given as HxW}."""
         self.rules = list(rules)
         self.geometry = geometry
         self.vae = vae
         self.resolutions = list(resolutions)
+        # A name is sampled at its training=False size; a size given as HxW at that size, sides rounded up to 16
+        # (which changes no latent side: D is 16 or 32).
+        self.inference_sizes = {hw: hw if name is None else opensora2_inference_size(name, geometry.token_pixels)
+                                for hw, name in resolutions.items()}
         self.frames = list(frames)
 
     @classmethod
@@ -466,7 +511,7 @@ class Opensora2View:
         vae = args.vae or "hunyuan"
         geometry = VAES[vae]
         rules = opensora2_rules(args)
-        return cls(rules, geometry, vae, resolutions_of(args, geometry), frames_of(args, v2=True))
+        return cls(rules, geometry, vae, named_resolutions(args, geometry), frames_of(args, v2=True))
 
     def buckets(self) -> Iterator[Bucket]:
         for hw in self.resolutions:
@@ -475,10 +520,10 @@ class Opensora2View:
                     yield self.bucket(rule, hw, n)
 
     def bucket(self, rule: Rule, hw: Tuple[int, int], frames: int) -> Bucket:
-        a = opensora2_alpha(rule.timesteps, self.geometry, hw[0], hw[1], frames)
+        a = opensora2_alpha(rule.timesteps, self.geometry, hw[0], hw[1], frames, self.inference_sizes[hw])
         quantiles = None if a.kind == "refused" else tuple(quantiles_of(rule.timesteps, a.alpha))
         return Bucket(rule.label, None, hw[0], hw[1], frames, a.t_eff, a.alpha, a.kind, a.message, quantiles,
-                      a.latent, a.tokens, a.infer_tokens, a.infer_alpha)
+                      a.latent, a.tokens, a.infer_tokens, a.infer_alpha, inference_size=self.inference_sizes[hw])
 
     def curves(self, hw: Tuple[int, int], frames: int, t_grid: torch.Tensor, uniforms: torch.Tensor
                ) -> Iterator[Curve]:
@@ -486,7 +531,7 @@ class Opensora2View:
         its training alpha; no curve where the guard refuses."""
         for rule in self.rules:
             ts = rule.timesteps
-            a = opensora2_alpha(ts, self.geometry, hw[0], hw[1], frames)
+            a = opensora2_alpha(ts, self.geometry, hw[0], hw[1], frames, self.inference_sizes[hw])
             if a.kind == "refused":
                 yield Curve(f"{rule.label}: refused by the guard", None, None, False)
                 continue
@@ -514,7 +559,8 @@ class Opensora2View:
         return lines
 
     def notes(self, buckets: Sequence[Bucket]) -> List[str]:
-        """Per rule, a note when its training alpha differs from its inference alpha (tokens counted differently)."""
+        """Per rule, a note when its training alpha differs from its inference alpha: inference samples a name at
+        another size than training buckets it at, or counts tokens with another patch size."""
         notes = []
         g = self.geometry
         for rule in self.rules:
@@ -523,12 +569,23 @@ class Opensora2View:
             if not differ:
                 continue
             b = differ[0]
+            own = rule.timesteps.patch_size
+            train_patch, infer_patch = (2 if own is None else own), (g.patch_size if own is None else own)
+            resized = b.inference_size != (b.height, b.width)
+            sampled = (f"inference samples at {b.inference_size[0]}x{b.inference_size[1]} (2.0's get_image_size with "
+                       "training=False) and counts " if resized else "inference counts ")
+            fix = []
+            if train_patch != infer_patch:
+                fix.append(f"scheduler = dict(type='rflow-timeshift', patch_size={g.patch_size}) counts both with the "
+                           "model's patch_size")
+            if resized:
+                fix.append(("both" if fix else "Both") + " sizes are 2.0's own (its training buckets', its "
+                           "inference's): no setting here changes them")
             notes.append(
-                f"{rule.label}: training counts (h w) // 4 = {b.tokens} tokens where inference counts (h w) // "
-                f"{g.patch_size}**2 = {b.inference_tokens} (the model's patch_size {g.patch_size}), so "
-                f"{len(differ)} bucket(s) train at another alpha than they sample at ({b.height}x{b.width} x "
-                f"{b.frames} frames: {b.factor:.3f} in training, {b.inference_factor:.3f} at inference). "
-                f"scheduler = dict(type='rflow-timeshift', patch_size={g.patch_size}) counts both alike")
+                f"{rule.label}: training counts (h w) // {train_patch}**2 = {b.tokens} tokens at {b.height}x{b.width} "
+                f"where {sampled}(h w) // {infer_patch}**2 = {b.inference_tokens}, so {len(differ)} bucket(s) train "
+                f"at another alpha than they sample at ({b.height}x{b.width} x {b.frames} frames: {b.factor:.3f} in "
+                f"training, {b.inference_factor:.3f} at inference). " + "; ".join(fix))
         return notes
 
     def json_row(self, b: Bucket) -> Dict[str, Any]:
