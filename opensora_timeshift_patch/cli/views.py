@@ -23,7 +23,7 @@ from ..buckets import (OPENSORA2_ASPECT_RATIOS, Opensora2Geometry, opensora2_bas
                        opensora2_sizes)
 from ..density import density_quantile, midpoint_uniforms, shifted_quantiles
 from ..opensora2 import Opensora2Timesteps
-from ..settings import POLICIES, SETTINGS
+from ..settings import POLICIES, SETTINGS, names_in
 from ..shift import META_KEYS, SHIFT_SETTINGS, TimestepShift
 from ..weighting import LossWeighting, effective_emphasis
 from .common import UsageError, build_timeshift, rule_text, short
@@ -38,9 +38,7 @@ EMPHASIS_EDGES = np.linspace(0.0, 1.0, 10_001)
 # with stock's numbers beside), the timestep distribution and the loss weighting. The stream settings are taken too
 # (they decide which sample draws which t, not the distribution shown; fixed_order='cycle' needs timestep_rng=
 # 'per_sample'). Other scheduler settings would be accepted and silently change nothing shown, so --set refuses them.
-SHOWN_ON_1X = (set(SHIFT_SETTINGS) - {"shift_mode", "on_degenerate"}) | {
-    "sample_method", "t_range", "t_range_mode", "loss_weighting", "max_loss_weight", "timestep_rng", "timestep_seed",
-    "stratified", "timestep_start_step", "bucket_settings"}
+SHOWN_ON_1X = set(names_in("distribution", "shift", "loss", "stream", "rules")) - {"shift_mode"}
 NOT_SHOWN_ON_1X = {
     "shift_mode": "use --mode (every mode given is shown)",
     "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
