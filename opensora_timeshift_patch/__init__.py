@@ -9,11 +9,11 @@ when Open-Sora 1.x is importable, otherwise into the package's own, so an mmengi
 
 from . import opensora2
 from .opensora2 import Opensora2Timesteps
-from .patch import is_patched, patch, patched, unpatch
+from .opensora1.patch import is_patched, patch, patched, unpatch
 from .policies import SHIFT_MODES, degenerate_frame_counts, register_policy, temporal_size
-from .registry import SCHEDULERS, build_module
+from .opensora1.registry import SCHEDULERS, build_module
 from .sampling import SAMPLE_METHODS, TimestepDistribution, register_distribution
-from .scheduler import RFlowTimeShift
+from .opensora1.scheduler import RFlowTimeShift
 from .settings import SETTINGS, Setting, SettingError
 from .weighting import WEIGHTING_NAMES, LossWeighting, register_weighting
 from .shift import (ON_DEGENERATE, RESOLUTION_SHIFTS, SHIFT_FAMILIES, MetaError, TimestepShift, exponential_shift,

@@ -33,7 +33,7 @@ import torch
 from mmengine.config import Config
 
 import opensora_timeshift_patch as ots
-from opensora_timeshift_patch.registry import build_module
+from opensora_timeshift_patch import build_module
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # standin/, the stub model, is not installed
 from standin.stubs import StubModel, batch_meta as meta, latent_shape, run_sampling, run_training  # noqa: E402

@@ -158,7 +158,7 @@ def test_a_table_changed_in_place_is_looked_at_again():
 
 
 def test_a_table_checked_once_is_not_looked_at_again(monkeypatch):
-    from opensora_timeshift_patch import scheduler as module
+    from opensora_timeshift_patch.opensora1 import scheduler as module
 
     x0, eps = batch()
     real, looks = module.guarded_table, []

@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 import opensora_timeshift_patch as ots
-from opensora_timeshift_patch.registry import build_module
+from opensora_timeshift_patch import build_module
 from standin.stubs import StubModel, StubTextEncoder, batch_meta, latent_shape, run_sampling
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -89,7 +89,7 @@ def build_timeshift(sched: Dict[str, Any]) -> Any:
     the written config keeps them), ``backend`` is type-checked, and the rest builds on the standalone backend.
     Raises ``ValueError``, ``TypeError`` or ``ImportError`` naming the setting.
     """
-    from ..scheduler import RFlowTimeShift
+    from ..opensora1.scheduler import RFlowTimeShift
 
     settings = {k: v for k, v in sched.items() if k != "type"}
     if "backend" in settings:

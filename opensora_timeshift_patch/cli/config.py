@@ -168,8 +168,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def verify_scheduler(cfg: Any) -> Any:
     """Build the derived config's scheduler as ``audit`` validates one: the registered class, standalone."""
-    from ..registry import SCHEDULERS
-    from ..scheduler import RFlowTimeShift
+    from ..opensora1.registry import SCHEDULERS
+    from ..opensora1.scheduler import RFlowTimeShift
 
     sched = cfg.get("scheduler")
     if not isinstance(sched, dict) or sched.get("type") != "rflow-timeshift":

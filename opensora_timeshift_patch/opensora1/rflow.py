@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .settings import SettingError
+from ..settings import SettingError
 
 TimestepFn = Callable[[Tensor, Dict[str, Any]], Tensor]
 

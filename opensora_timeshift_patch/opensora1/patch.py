@@ -13,9 +13,9 @@ import sys
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List
 
-from . import opensora2
-from .settings import SETTINGS
-from .shift import TimestepShift, timestep_transform
+from .. import opensora2
+from ..settings import SETTINGS
+from ..shift import TimestepShift, timestep_transform
 
 TRANSFORM_MODULES = (
     "opensora.schedulers.rf",

@@ -10,15 +10,15 @@ import torch
 from torch import Tensor
 from torch.distributions import LogisticNormal
 
-from .core import Recipe
+from ..core import Recipe
 from .patch import swapped_transform
-from .per_bucket import BucketRule
+from ..per_bucket import BucketRule
 from .rflow import (Check, StandaloneRFlow, guarded_table, mark_table_checked, mask_problem, refuse,
                     sampling_grid, timestep_problem)
-from .sampling import TimestepDistribution
-from .settings import OPENSORA_ONLY, SETTINGS, SettingError, describe, is_numpy_bool, settings_doc
-from .shift import TimestepShift
-from .weighting import LossWeighting
+from ..sampling import TimestepDistribution
+from ..settings import OPENSORA_ONLY, SETTINGS, SettingError, describe, is_numpy_bool, settings_doc
+from ..shift import TimestepShift
+from ..weighting import LossWeighting
 
 # Open-Sora 1.3 keywords of RFLOW.sample that only its own RFLOW implements: the standalone backend takes them at
 # their inert values (None, False, empty) and refuses anything else.
