@@ -34,8 +34,9 @@ import math
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
+import torch
 
-from .policies import host_temporal_size
+from .policies import temporal_size
 from .settings import MAX_SHIFT_FACTOR
 
 if TYPE_CHECKING:
@@ -194,8 +195,8 @@ def judge(shift: "TimestepShift", height: float, width: float, num_frames: float
     message = explain(shift, codes, n, h, w, t_eff, factor, where)
     if kind == "refused":
         a = math.nan
-    elif shift.on_degenerate == "clamp":
-        a = min(max(a, LOW), HIGH)
+    elif kind == "clamped":  # in the factor's dtype, as training clamps it
+        a = float(np.clip(factor, LOW, HIGH)[0])
     return Verdict(kind, a, t if valid else math.nan, message)
 
 
@@ -206,8 +207,7 @@ def _real(value: Any, key: str) -> float:
 
 
 def _latent_length(n: float) -> float:
-    with np.errstate(all="ignore"):
-        return float(host_temporal_size(np.asarray([n], np.float64), "latent", {})[0])
+    return float(temporal_size(torch.tensor([n], dtype=torch.float64), "latent")[0])
 
 
 def _num(x: float) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -129,45 +128,6 @@ def apply_policy(num_frames: Tensor, shift_mode: str, params: Dict[str, object])
     """:func:`temporal_size` for float frame counts and parameters already validated: the per-step path."""
     t_eff = get_policy(shift_mode)(num_frames, **params)
     return torch.where(num_frames == 1, torch.ones_like(t_eff), t_eff)
-
-
-# The built-in policies on host (numpy) arrays, for the guard's one host copy of the meta: the same operations in
-# the same order. The frame counts the guard accepts are whole numbers, for which these give torch's exact values
-# (numpy's floor division is torch's algorithm, and +, *, / and ceil of whole numbers below 2**24 are exact).
-def _host_latent(n: np.ndarray, micro_frame_size: Optional[int] = 17, temporal_compression: int = 4,
-                 causal: bool = False) -> np.ndarray:
-    c = temporal_compression
-    if causal:
-        return 1 + (n - 1) // c
-    if micro_frame_size is None:
-        return np.ceil(n / c)
-    q = n // micro_frame_size
-    return np.ceil((n + q * (math.ceil(micro_frame_size / c) * c - micro_frame_size)) / c)
-
-
-_HOST_POLICIES: Dict[Callable[..., Tensor], Callable[..., np.ndarray]] = {
-    legacy: lambda n: n // 17 * 5,
-    frames16: lambda n: n // 16 * 4,
-    v13: lambda n: (n - 1) // 4,
-    latent: _host_latent,
-    continuous: lambda n: n * 5 / 17,
-    spatial: np.ones_like,
-}
-
-
-def host_temporal_size(num_frames: np.ndarray, shift_mode: str, params: Dict[str, object],
-                       images_are_one: bool = False) -> np.ndarray:
-    """:func:`apply_policy` on a floating numpy array (1 for images), in its dtype, under
-    ``np.errstate(all="ignore")``. ``images_are_one``: the policy maps 1 to 1 already, so no override is needed.
-    A registered policy without a numpy counterpart runs on a CPU tensor of the array's dtype."""
-    policy = get_policy(shift_mode)
-    host = _HOST_POLICIES.get(policy)
-    if host is not None:
-        t_eff = host(num_frames, **params)
-    else:
-        t_eff = policy(torch.from_numpy(num_frames.copy()), **params).detach().cpu().numpy()
-    t_eff = t_eff.astype(num_frames.dtype, copy=False)
-    return t_eff if images_are_one else np.where(num_frames == 1, num_frames.dtype.type(1), t_eff)
 
 
 def _numbers(value: object) -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .guard import explain, kind_codes
-from .policies import apply_policy, degenerate_frame_counts, get_policy, host_temporal_size
+from .policies import apply_policy, degenerate_frame_counts, get_policy
 from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFT_SETTINGS, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
 
@@ -68,7 +68,8 @@ class TimestepShift:
     frame count and the fix (one host sync per call: the price of the check); ``"clamp"`` shifts it as
     ``T_eff = 1`` without looking at tensor values (so it warns once, here, which frame counts it will clamp);
     ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. A factor outside [0.01, 100]
-    (where float32 timesteps pile up at 0 or N) is refused under ``"error"`` and clamped under ``"clamp"``. Invalid
+    (where float32 timesteps pile up at 0 or N) is refused under ``"error"`` and clamped under ``"clamp"``; the
+    ``"error"`` path decides with :func:`.guard.kind_codes` and words it with :func:`.guard.explain`. Invalid
     meta (frame counts that are not whole numbers >= 1, resolutions that are not positive with a finite product) and
     timesteps outside [0, N] are refused on every path: ``"error"`` raises; ``"clamp"`` and ``"ignore"`` stop the
     run with a device-side assert (``torch._assert_async``), which costs no host sync on a GPU.
@@ -244,7 +245,7 @@ class TimestepShift:
         key = (meta.tobytes(), meta.dtype.char, latent_frames, latent_hw, tokens)
         factor = self._judged_meta.get(key)
         if factor is None:
-            factor = self._judge_meta(meta, latent_frames, latent_hw, tokens)
+            factor = self._judge_meta(meta, latent_frames, latent_hw, tokens, height.device)
             if len(self._judged_meta) >= _MAX_JUDGED:  # meta that never repeat: keep the memory bounded
                 self._judged_meta.clear()
             self._judged_meta[key] = factor
@@ -256,11 +257,12 @@ class TimestepShift:
         return factor, host_t, host.shape[1]
 
     def _judge_meta(self, meta: np.ndarray, latent_frames: Optional[int], latent_hw: Optional[Tuple[int, int]],
-                    tokens: Optional[int]) -> np.ndarray:
-        """The factor for host meta rows (height, width, num_frames), or the guard's refusal as a :class:`MetaError`."""
+                    tokens: Optional[int], device: torch.device) -> np.ndarray:
+        """The factor for host meta rows (height, width, num_frames), computed on the batch's ``device`` (stock's
+        bits there; a second sync, only for meta not judged before), or the guard's refusal as a :class:`MetaError`."""
         h, w, n = meta
+        t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens, device)
         with np.errstate(all="ignore"):
-            t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens)
             codes = kind_codes("error", n, h, w, t_eff, factor)
         if codes.any():
             raise MetaError(explain(self, codes, n, h, w, t_eff, factor))
@@ -268,57 +270,16 @@ class TimestepShift:
 
     def host_factor(self, height: np.ndarray, width: np.ndarray, num_frames: np.ndarray,
                     latent_frames: Optional[int] = None, latent_hw: Optional[Tuple[int, int]] = None,
-                    tokens: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """``(T_eff before any clamp, the factor)`` per sample, on 1-D host arrays of one floating dtype: what the
-        guard judges, under ``np.errstate(all="ignore")``. :meth:`_factor`'s operations in its order: IEEE +, -, *,
-        / and sqrt are correctly rounded, so these are torch's bits (powers other than 1/2, exp and registered
-        policies run on CPU tensors)."""
-        one = num_frames.dtype.type(1)
-        if latent_frames is not None and self.shift_mode == "latent":
-            t_eff = np.full_like(num_frames, latent_frames)
-        else:
-            t_eff = host_temporal_size(num_frames, self.shift_mode, self.policy_params, self._images_are_one)
-        used = np.where(t_eff > 0, t_eff, one) if self.on_degenerate == "clamp" else t_eff
-        if self.resolution_shift == "linear" and self.token_count == "video":
-            ratio = self._host_resolution(height, width, latent_hw, tokens, used)
-        else:
-            space = self._host_resolution(height, width, latent_hw, tokens)
-            temporal = used / self.base_num_frames if self.base_num_frames != 1 else used
-            ratio = space * (np.sqrt(temporal) if self.temporal_exponent == 0.5
-                             else _cpu(torch.pow, temporal, self.temporal_exponent))
-        if self.transform_scale != 1 and self.scale_temporal:
-            scale: Any = self.transform_scale
-            if not self.scale_images:
-                scale = np.where(num_frames == 1, one, num_frames.dtype.type(scale))
-            ratio = ratio * scale
-        return t_eff, np.asarray(ratio, num_frames.dtype)
-
-    def _host_resolution(self, height: np.ndarray, width: np.ndarray, latent_hw: Optional[Tuple[int, int]],
-                         tokens: Optional[int], frames: Optional[np.ndarray] = None) -> Any:
-        """:meth:`resolution_factor` on host arrays (errors included)."""
-        if self.resolution_shift == "sqrt":
-            area = height * width / self.base_resolution
-            return np.sqrt(area) if self.spatial_exponent == 0.5 else _cpu(torch.pow, area, self.spatial_exponent)
-        if self.resolution_shift == "constant":
-            value: Any = self.shift
-        else:
-            if tokens is None and latent_hw is not None:
-                tokens = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
-            if tokens is None:
-                count: Any = height * width / (self.spatial_compression * self.patch_size) ** 2
-            elif tokens < 1:
-                raise MetaError(f"the latent{f' of {latent_hw[0]} x {latent_hw[1]}' if latent_hw else ''} holds no "
-                                f"token of patch_size={self.patch_size} ({tokens} counted): the linear rule needs "
-                                "at least one")
-            else:
-                count = tokens
-            if frames is not None:
-                count = count * frames
-            slope = (self.max_shift - self.base_shift) / (self.max_seq_len - self.base_seq_len)
-            value = slope * count + (self.base_shift - slope * self.base_seq_len)
-        if self.shift_family == "exponential":
-            return _cpu(torch.exp, value) if isinstance(value, np.ndarray) else math.exp(value)
-        return value
+                    tokens: Optional[int] = None, device: Optional[torch.device] = None
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+        """``(T_eff before any clamp, the factor)`` per sample for 1-D host arrays of one floating dtype: what the
+        guard judges. Computed by :meth:`temporal_size` and :meth:`_factor` themselves, on ``device`` (the CPU by
+        default), so the factor has the bits training computes there (torch's sqrt is not numpy's in the last bit).
+        """
+        h, w, n = (torch.from_numpy(x).to(device) for x in (height, width, num_frames))
+        t_eff = self.temporal_size(n, latent_frames)
+        factor = self._factor(h, w, n, latent_frames, latent_hw, tokens)
+        return t_eff.cpu().numpy(), factor.cpu().numpy()
 
     def _factor(self, height: Tensor, width: Tensor, num_frames: Tensor, latent_frames: Optional[int],
                 latent_hw: Optional[Tuple[int, int]], tokens: Optional[int] = None) -> Tensor:
@@ -403,11 +364,6 @@ _RET_RATIO = Setting("ret_ratio", "bool", False, "")
 _INVALID_FRAMES = "timestep shift: a num_frames in the batch meta is not a whole number >= 1"
 _INVALID_RESOLUTION = "timestep shift: a height or width in the batch meta is not > 0 (or their product not finite)"
 _INVALID_FACTOR = "timestep shift: a shift factor is negative or not finite (the meta is too large for the rule)"
-
-
-def _timesteps_ok(t: Any) -> bool:
-    with np.errstate(all="ignore"):
-        return bool(np.all((t >= 0) & (t <= 1)))
 
 
 def meta_checks(height: Tensor, width: Tensor, num_frames: Tensor) -> Tuple[Tensor, Tensor]:
@@ -497,17 +453,12 @@ def read_meta(model_kwargs: Mapping[str, Any], dtype: torch.dtype, device: Optio
 
 def _to(values: np.ndarray, size: Optional[int], device: torch.device) -> Tensor:
     """Host results back as a tensor on ``device``: ``size`` values, or a 0-dim tensor for ``None``."""
-    if size is None:
-        values = values.reshape(())
+    if size is None:  # all-scalar meta: their factor, broadcast to t's length on the host, is one value
+        values = values[:1].reshape(())
     elif values.shape[0] != size:  # one value of all-scalar meta, for a batch of t
         values = np.repeat(values, size)
     tensor = torch.from_numpy(values)
     return tensor if device.type == "cpu" else tensor.to(device)
-
-
-def _cpu(fn: Callable[..., Tensor], x: np.ndarray, *args: Any) -> np.ndarray:
-    """A torch function on a host array, for the operations whose numpy and torch results may differ in the last bit."""
-    return fn(torch.from_numpy(np.ascontiguousarray(x)), *args).numpy()
 
 
 def _as(value: Any, dtype: torch.dtype, device: Optional[torch.device]) -> Tensor:

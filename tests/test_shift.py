@@ -304,3 +304,30 @@ def test_temporal_size_takes_integer_frame_counts():
     n = torch.tensor([1, 16, 17, 51], dtype=torch.int64)
     assert temporal_size(n, "latent").tolist() == [1.0, 4.0, 5.0, 15.0]  # 1.2's VAE: (n // 17) 5 + ceil(n % 17 / 4)
     assert temporal_size(n.int(), "v13").tolist() == [1.0, 3.0, 4.0, 12.0]  # (n - 1) // 4
+
+
+@pytest.mark.parametrize("settings", [
+    {}, dict(shift_mode="v13"), dict(transform_scale=1.7, scale_images=False), dict(base_num_frames=5),
+    dict(temporal_exponent=0.4), dict(spatial_exponent=0.6), dict(resolution_shift="linear"),
+    dict(resolution_shift="linear", token_count="video"), dict(shift_family="exponential", resolution_shift="linear"),
+])
+@pytest.mark.parametrize("t_dtype", [torch.float32, torch.float64])
+def test_the_host_path_gives_the_device_paths_bits(settings, t_dtype):
+    """The default path computes on its host copy in numpy; "clamp" computes with torch ops. For valid meta whose
+    factors need no clamping the two are the same operations in the same order, so the same bits."""
+    t = torch.linspace(0, 1000, 7, dtype=t_dtype)
+    kw = meta(720, 1280, [1, 17, 34, 51, 68, 85, 102])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = TimestepShift(on_degenerate="error", **settings)
+        device = TimestepShift(on_degenerate="clamp", **settings)
+    for call in range(2):  # the second call takes the judged factor that the first one kept
+        got, ratio = host(t, kw, 1000, ret_ratio=True)
+        want, want_ratio = device(t, kw, 1000, ret_ratio=True)
+        assert got.dtype == want.dtype and torch.equal(got, want) and torch.equal(ratio, want_ratio), call
+    scalar = dict(height=720, width=1280, num_frames=51)  # numbers for the batch, and a single t
+    for t_in in (t, torch.tensor(500.0, dtype=t_dtype)):
+        got, ratio = host(t_in, scalar, 1000, ret_ratio=True)
+        want, want_ratio = device(t_in, scalar, 1000, ret_ratio=True)
+        assert got.shape == want.shape and ratio.shape == want_ratio.shape
+        assert torch.equal(got, want) and torch.equal(ratio, want_ratio)
