@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.9",
     entry_points={"console_scripts": ["opensora-timeshift = opensora_timeshift_patch.cli:main"]},
     # Open-Sora itself is deliberately not a requirement: it is installed from its own checkout.
-    install_requires=["torch>=2.2", "mmengine>=0.10.3,<0.11", "numpy", "tqdm", "matplotlib>=3.5", "scipy>=1.7"],
+    install_requires=["torch>=2.2", "mmengine>=0.10.3", "numpy", "pandas>=2.0", "tqdm", "matplotlib>=3.5", "scipy>=1.7"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "vermin>=1.5", "matplotlib>=3.5", "scipy>=1.7"],
         # ColossalAI pins torch <= 2.5.1 and pulls a large stack: keep it in an environment of its own.

@@ -168,7 +168,7 @@ def test_audit_1_3_rule(tmp_path, capsys):
 def test_audit_bad_rows_stop_with_the_row_number(capsys):
     code, _, err = run(capsys, "audit", "--csv", FIXTURES / "dataset_bad_rows.csv", "--no-progress")
     assert code == 2
-    assert "row 3: invalid num_frames: '0' is not a positive whole number" in err and "--skip-bad-rows" in err
+    assert "row 3: invalid num_frames: 0 is not a whole number from 1 to 2147483647" in err and "--skip-bad-rows" in err
 
 
 def test_audit_skips_and_counts_bad_rows_on_request(capsys):
@@ -229,7 +229,8 @@ def test_config_keeps_the_base_custom_imports(tmp_path, capsys):
 
 def test_config_keeps_a_single_custom_import_of_the_base(tmp_path, capsys):
     base = tmp_path / "base.py"
-    base.write_text('custom_imports = dict(imports="json")\nscheduler = dict(type="rflow")\n')
+    base.write_text('custom_imports = dict(imports="json")\n'
+                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
     code, _, _ = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "out.py")
     assert code == 0
     assert Config.fromfile(str(tmp_path / "out.py")).custom_imports["imports"] == ["json", "opensora_timeshift_patch"]
@@ -717,7 +718,8 @@ def test_config_refuses_an_out_that_mmengine_read_even_if_the_chain_missed_it(tm
     base = tmp_path / "base.py"
     base.write_text('_base_ = ["grand.py"]\n')
     (tmp_path / "grand.py").write_text(BASE.read_text())
-    monkeypatch.setattr(config_command, "base_chain", lambda path: [])  # a chain resolution that saw nothing
+    monkeypatch.setattr(config_command, "load_base",  # a first check that saw nothing
+                        lambda path: (config_command.load_config(path, "base config"), set()))
     before = snapshot(tmp_path)
     code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "grand.py", "--force")
     assert code == 2 and "a file the derived config reads" in err

@@ -8,13 +8,15 @@ which clips would collapse to t = 0 or be refused (exit status 1).
 from __future__ import annotations
 
 import argparse
-import csv
+import codecs
+import io
 import math
 import os
-import sys
+import warnings
 from collections import Counter
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ..buckets import (RESOLUTION_NAMES, bucket_rule_of, closest_size, config_buckets, opensora2_base_size,
@@ -26,10 +28,14 @@ from ..settings import MAX_SHIFT_FACTOR, SETTINGS, SettingError
 from ..shift import TimestepShift
 from .common import (STATUS_TEXT, UsageError, build_timeshift, buckets_text, format_table, input_file, load_config,
                      rule_cell, rule_text, short)
-from .options import CSV_NUMBER, OPENSORA_VERSIONS, Once
+from .options import OPENSORA_VERSIONS, Once
 from .views import VAES, Alpha, Verdict, bucket_children, build_opensora2, judge, opensora2_alpha, stock_opensora2
 
 CSV_COLUMNS = ("num_frames", "height", "width")
+CHECKED = ("height", "width", "num_frames")  # a row's values are checked in this order: its first fault is named
+MAX_CSV_VALUE = 2 ** 31 - 1
+CHUNK_ROWS = 1 << 18  # rows per pandas chunk: a few MiB of numbers, whatever the file's size
+EXTRA_FIELDS = "extra fields"
 Key = Tuple[int, int, int, Optional[str]]  # (height, width, frames, bucket name or None)
 
 class Current(NamedTuple):
@@ -50,7 +56,7 @@ class Current(NamedTuple):
 def current_scheduler(cfg: Optional[Any], version: str) -> Current:
     """The shift of a config's ``scheduler``, validated as training would validate it."""
     stock_mode = "legacy" if version == "1.2" else "v13"
-    if cfg is None or "scheduler" not in cfg:
+    if cfg is None:
         return Current(TimestepShift(stock_mode, "ignore"),
                        f"no config: stock Open-Sora {version} rflow with use_timestep_transform=True")
     if not isinstance(cfg["scheduler"], dict):
@@ -103,100 +109,321 @@ def current_opensora2(cfg: Optional[Any]) -> Tuple[Opensora2Timesteps, str]:
     return ts, f"{ts!r}, on_degenerate {ts.shift.on_degenerate!r}"
 
 
-class RowError(UsageError):
-    pass
+class _NotUtf8(Exception):
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(reason)
+        self.reason, self.offset = reason, offset
+
+
+class _HeadedStream(io.RawIOBase):
+    """A CSV file's bytes after a header line of our own, for pandas.
+
+    Drops a leading UTF-8 byte-order mark (pandas does, and ours now comes first), checks that every byte is UTF-8
+    (pandas decodes only the columns it converts; Open-Sora's full read decodes them all), and moves the progress
+    bar.
+    """
+
+    def __init__(self, f: BinaryIO, head: bytes, bar: Any) -> None:
+        self.f, self.head, self.bar = f, head, bar
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.offset = 0  # of the next byte of the file
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        if self.offset == 0:
+            mark = self.f.read(len(codecs.BOM_UTF8))
+            self.offset = len(mark)
+            if mark != codecs.BOM_UTF8:
+                self.f.seek(0)
+                self.offset = 0
+        n = self.f.readinto(buffer)
+        data = memoryview(buffer)[:n]
+        if not (self.decoder.getstate()[0] == b"" and data.tobytes().isascii()):
+            try:
+                self.decoder.decode(data, final=n == 0)
+            except UnicodeDecodeError as err:
+                raise _NotUtf8(err.reason, self.offset + max(err.start, 0)) from None
+        elif n == 0:
+            self.decoder.decode(b"", final=True)
+        self.offset += n
+        self.bar.update(n)
+        return n
 
 
 def read_csv_buckets(path: str, progress: bool, skip_bad_rows: bool, fps: bool = False
                      ) -> Tuple[Counter, Counter, List[str]]:
-    """Stream an Open-Sora dataset CSV into counts per (height, width, num_frames): bounded memory for any size.
+    """Count the clips of an Open-Sora dataset CSV per (height, width, num_frames), in bounded memory.
 
     With ``fps`` (Open-Sora 2.0's bucket rule strides frames by it) the key also holds the row's fps, None where the
     column or the value is missing (2.0 reads a missing value as NaN: no stride).
 
-    Reads as pandas (Open-Sora's reader) does where the two could differ: a byte-order mark is dropped, fields are
-    quoted alike, long fields are fine. Returns the bucket counts, the skipped rows by reason, and the first few
-    skipped rows' descriptions.
+    Read with ``pandas.read_csv``, Open-Sora's reader, in chunks of the needed columns: its quoting, its missing-value
+    words, its numbers. What reading only some columns would let through is checked apart: the bytes are UTF-8, a
+    first data row longer than the header (pandas would shift every column) is refused, and a later row with a
+    surplus field is malformed (pandas refuses the whole file for it). Returns the counts, the malformed rows skipped
+    by reason, and the first few of them in words.
     """
+    import pandas as pd
     from tqdm.auto import tqdm
 
     input_file(path, "--csv")
-    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))  # pandas has no field limit: a long caption is not an error
     buckets: Counter = Counter()
     skipped: Counter = Counter()
     examples: List[str] = []
-    size = os.path.getsize(path)
-    reader: Any = None
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f, \
-                tqdm(total=size, unit="B", unit_scale=True, desc="audit", leave=False,
-                     disable=None if progress else True) as bar:
-            reader = csv.DictReader(_counting_lines(f, bar))
-            _check_header(path, reader.fieldnames)
-            for row_number, row in enumerate(reader, start=2):  # row 1 is the header
-                try:
-                    buckets[_bucket_of(row, fps)] += 1
-                except RowError as err:
-                    if not skip_bad_rows:
-                        raise UsageError(f"{path}, row {row_number}: {err} "
-                                         "(pass --skip-bad-rows to count and skip such rows)") from None
-                    skipped[str(err).split(":")[0]] += 1
-                    if len(examples) < 5:
-                        examples.append(f"row {row_number}: {err}")
-    except UnicodeDecodeError as err:
-        line = reader.line_num + 1 if reader is not None else 1
-        raise UsageError(f"{path} is not UTF-8 text ({err.reason} near line {line}); save it as UTF-8") from None
-    except csv.Error as err:
-        raise UsageError(f"{path}, line {reader.line_num}: not readable as CSV: {err}") from None
+        header = _read_header(path)
+        _check_header(path, header)
+        _check_first_row(path, header)
+        columns = [*CHECKED, *(["fps"] if fps and "fps" in header else [])]
+        names = [f"c{i}" for i in range(len(header) + 1)]  # by position; the one past the header catches surplus
+        where = {column: names[header.index(column)] for column in columns}
+        faults = _Faults(columns)
+        with open(path, "rb") as f, \
+                tqdm(total=os.fstat(f.fileno()).st_size, unit="B", unit_scale=True, desc="audit", leave=False,
+                     disable=None if progress else True) as bar, \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas' DtypeWarning for a chunk of mixed types: read per value below
+            stream = io.BufferedReader(_HeadedStream(f, (",".join(names) + "\n").encode("ascii"), bar), 1 << 18)
+            with pd.read_csv(stream, usecols=[*where.values(), names[-1]], chunksize=CHUNK_ROWS,
+                             encoding="utf-8") as reader:
+                reader.get_chunk(1)  # the file's own header row
+                for chunk in reader:
+                    for message in _tally(chunk, where, names[-1], faults, buckets, skipped, len(examples),
+                                          fps, skip_bad_rows):
+                        if not skip_bad_rows:
+                            raise UsageError(f"{path}, {message} (pass --skip-bad-rows to count and skip such rows)")
+                        examples.append(message)
+    except _NotUtf8 as err:
+        raise UsageError(f"{path} is not UTF-8 text ({err.reason} at line {_line_at(path, err.offset)}); save it as "
+                         "UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise UsageError(f"{path}: not readable as CSV by pandas.read_csv: {err}") from None
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
     return buckets, skipped, examples
 
 
-def _check_header(path: str, header: Optional[Sequence[str]]) -> None:
+def _read_header(path: str) -> List[str]:
+    """The header row's names as pandas reads them, before it renames a repeated one ``name.1``."""
+    import pandas as pd
+
+    try:
+        first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        return []
+    except UnicodeDecodeError as err:
+        raise _NotUtf8(err.reason, 0) from None
+    return [str(name) for name in first.iloc[0]] if len(first) else []
+
+
+def _check_header(path: str, header: Sequence[str]) -> None:
     if not header:
         raise UsageError(f"{path} is empty: no header row (Open-Sora's data tools write path, text, num_frames, "
                          "height, width, fps, ...)")
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
-        raise UsageError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header)});"
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)} (has: {short(', '.join(header))});"
                          " Open-Sora's data tools write path, text, num_frames, height, width, fps, ...")
-    # pandas would rename the second one 'num_frames.1' and use the first; the csv module keeps the last: refuse.
-    repeated = [c for c in CSV_COLUMNS if list(header).count(c) > 1]
+    # pandas would rename the second one 'num_frames.1' and read the first: which one was meant is not ours to guess
+    repeated = [c for c in (*CSV_COLUMNS, "fps") if list(header).count(c) > 1]
     if repeated:
         raise UsageError(f"{path}: column {repeated[0]!r} appears {list(header).count(repeated[0])} times in the "
                          f"header (pandas would read the second as '{repeated[0]}.1'); keep one")
 
 
-def _counting_lines(f: Any, bar: Any) -> Iterator[str]:
-    for line in f:
-        bar.update(len(line.encode("utf-8", "replace")))
-        yield line
+def _check_first_row(path: str, header: Sequence[str]) -> None:
+    """Refuse a first data row longer than the header: pandas takes its surplus fields as the row index, and then
+    reads every column of every row from the field that many places to its right."""
+    import pandas as pd
+
+    try:
+        first = pd.read_csv(path, nrows=1, encoding="utf-8")
+    except (pd.errors.ParserError, UnicodeDecodeError):
+        return  # read again below, where the error is named
+    if isinstance(first.index, pd.RangeIndex):
+        return
+    k = first.index.nlevels
+    raise UsageError(f"{path}, row 2 has {k} more field(s) than the header's {len(header)}, so pandas.read_csv "
+                     f"(Open-Sora's reader) makes the first {k} column(s) the row index and reads every column from "
+                     f"the field {k} place(s) to its right: each clip's size would be misread. Name every column in "
+                     "the header, or remove the surplus fields")
 
 
-def _bucket_of(row: Dict[Optional[str], Any], fps: bool = False) -> Tuple[Any, ...]:
-    if None in row:  # csv.DictReader files surplus fields under None; pandas refuses such a row
-        raise RowError(f"extra fields: the row has {len(row[None])} more field(s) than the header")
-    values = []
-    for column in ("height", "width", "num_frames"):
-        text = row.get(column)
-        if text is None or text.strip() == "":
-            raise RowError(f"missing {column}: the row has fewer fields than the header")
-        if not CSV_NUMBER.fullmatch(text):
-            raise RowError(f"non-numeric {column}: {short(text)}")
-        value = float(text)
-        if not (math.isfinite(value) and value > 0 and value.is_integer()):
-            raise RowError(f"invalid {column}: {short(text)} is not a positive whole number")
-        values.append(int(value))
-    if not fps:
-        return values[0], values[1], values[2]
-    text = row.get("fps")
-    if text is None or text.strip() == "" or text.strip().lower() == "nan":  # pandas reads both as NaN
-        return values[0], values[1], values[2], None
-    if not CSV_NUMBER.fullmatch(text) or float(text) < 0:
-        raise RowError(f"invalid fps: {short(text)} is not a number >= 0")
-    return values[0], values[1], values[2], float(text)
+class _Faults:
+    """What can be wrong with a row, one code each (0: nothing), and the words for it."""
 
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.reasons = ["", EXTRA_FIELDS]
+        for column in columns:
+            kinds = ("non-numeric", "invalid") if column == "fps" else ("missing", "non-numeric", "invalid")
+            self.reasons += [f"{kind} {column}" for kind in kinds]
+
+    def code(self, reason: str) -> int:
+        return self.reasons.index(reason)
+
+    def describe(self, code: int, value: Any) -> str:
+        reason = self.reasons[code]
+        kind, _, column = reason.partition(" ")
+        if reason == EXTRA_FIELDS:
+            return (f"{reason}: the row has more fields than the header; pandas.read_csv, Open-Sora's reader, refuses "
+                    "the whole file for such a row")
+        if kind == "missing":
+            return f"{reason}: the field is empty, a missing-value word such as NaN, or the row is short of fields"
+        if kind == "non-numeric":  # pandas reads True and False (any case) as booleans
+            return f"{reason}: {short(value if isinstance(value, str) else str(bool(value)))}"
+        allowed = "a finite number >= 0" if column == "fps" else f"a whole number from 1 to {MAX_CSV_VALUE}"
+        read = "" if math.isfinite(value) else " (pandas reads a number beyond float64's range, or inf, as inf)"
+        return f"{reason}: {_shown(value)}{read} is not {allowed}"
+
+
+def _tally(chunk: Any, where: Dict[str, str], extra: str, faults: _Faults, buckets: Counter, skipped: Counter,
+           examples: int, fps: bool, skip_bad_rows: bool) -> List[str]:
+    """Count a chunk's clips into ``buckets`` and its malformed rows into ``skipped``; return the first malformed
+    rows in words (one without ``skip_bad_rows``, else up to five in all)."""
+    surplus = chunk[extra].notna().to_numpy()
+    values: Dict[str, np.ndarray] = {}
+    checks: List[Tuple[str, np.ndarray]] = [(EXTRA_FIELDS, surplus)]  # (reason, rows that have it), in order
+    for column, name in where.items():
+        v, text = _numbers_of(chunk[name])
+        values[column] = v
+        number = ~np.isnan(v)
+        if column == "fps":  # missing: 2.0 reads it as NaN, no stride
+            checks += [("non-numeric fps", text), ("invalid fps", number & ~(np.isfinite(v) & (v >= 0)))]
+        else:
+            whole = (v >= 1) & (v <= MAX_CSV_VALUE) & (np.floor(v) == v)
+            checks += [(f"missing {column}", ~number & ~text), (f"non-numeric {column}", text),
+                       (f"invalid {column}", number & ~whole)]
+    bad = np.logical_or.reduce([rows for _, rows in checks])
+    messages = []
+    if bad.any():
+        fault = np.zeros(len(chunk), dtype=np.int64)
+        for reason, rows in reversed(checks):  # the first check a row fails names it
+            fault[rows] = faults.code(reason)
+        bad_rows = np.flatnonzero(bad)
+        for i in bad_rows[:max(0, 5 - examples) if skip_bad_rows else 1]:
+            column = faults.reasons[fault[i]].partition(" ")[2]
+            value = chunk[where[column]].iloc[i] if column in where else None  # the text, where it is no number
+            if column in values and not np.isnan(values[column][i]):
+                value = float(values[column][i])
+            messages.append(f"row {chunk.index[i] + 1}: {faults.describe(int(fault[i]), value)}")
+        codes, first, counts = np.unique(fault[bad_rows], return_index=True, return_counts=True)
+        for j in np.argsort(first):  # in the order the file shows them
+            skipped[faults.reasons[codes[j]]] += int(counts[j])
+    ok = ~bad
+    sizes = [values[c][ok] for c in CHECKED]
+    if fps:
+        sizes.append(values["fps"][ok] if "fps" in values else np.full(len(sizes[0]), np.nan))
+    for key, count in _distinct(sizes):
+        clip: Tuple[Any, ...] = tuple(int(k) for k in key[:3])
+        if fps:
+            clip += (None if math.isnan(key[3]) else key[3],)
+        buckets[clip] += count
+    return messages
+
+
+def _numbers_of(series: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """A chunk's column as pandas reads its values: float64 (NaN where missing, or not a number), and a mask of the
+    values that are not numbers.
+
+    pandas reads a column of numbers as numbers, but keeps all of a chunk's values as text once one is not a number
+    (and reads True/False as booleans): those are then read one by one, each as pandas reads a column of one value.
+    """
+    import pandas as pd
+
+    if series.dtype.kind in "iuf":
+        return series.to_numpy(dtype=np.float64), np.zeros(len(series), dtype=bool)
+    missing = series.isna().to_numpy(dtype=bool)
+    values = np.full(len(series), np.nan)
+    if series.dtype.kind == "b":
+        return values, ~missing
+    present = series[~missing].tolist()
+    texts = sorted({v for v in present if isinstance(v, str)})
+    read: Dict[str, float] = {}
+    if texts:  # one row with one column per distinct text: pandas infers each column's type alone
+        row = pd.read_csv(io.StringIO(",".join('"' + t.replace('"', '""') + '"' for t in texts)), header=None,
+                          na_filter=False)
+        read = {t: _as_number(row[c].iloc[0]) for t, c in zip(texts, row.columns)}
+    values[~missing] = [read[v] if isinstance(v, str) else _as_number(v) for v in present]
+    return values, ~missing & np.isnan(values)
+
+
+def _as_number(value: Any) -> float:
+    """float of a value pandas read (NaN: not a number); a whole number beyond float64 is +inf or -inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _shown(value: Any) -> str:
+    """A value as pandas read it, for a message: a whole number without '.0'."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2 ** 63:
+        return str(int(value))
+    return short(value) if isinstance(value, str) else repr(float(value))
+
+
+def _line_at(path: str, offset: int) -> int:
+    """The line of a byte offset (1-based), counted once there is an error to name."""
+    line = 1
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 20))
+            if not block:
+                break
+            line += block.count(b"\n")
+            offset -= len(block)
+    return line
+
+
+def _distinct(columns: Sequence[np.ndarray]) -> List[Tuple[Tuple[float, ...], int]]:
+    """The distinct rows of equally long columns and how often each occurs (NaN counts as a value).
+
+    Real datasets hold few distinct sizes: each row becomes one number (the three sizes packed in 21 bits each when
+    they fit, else the combined codes of each column's distinct values), and those are hashed and counted at once.
+    """
+    import pandas as pd
+
+    if not len(columns[0]):
+        return []
+    parts = list(columns)
+    if all(c.max() < 1 << 21 for c in parts[:3]):  # sizes are whole numbers >= 1 here
+        h, w, n = (c.astype(np.int64) for c in parts[:3])
+        parts[:3] = [(h << 42) | (w << 21) | n]
+    factorized = [pd.factorize(c, use_na_sentinel=False) for c in parts]
+    size = math.prod(len(u) for _, u in factorized)
+    if size >= 1 << 62:  # combined codes would overflow int64
+        frame = pd.DataFrame(dict(enumerate(columns)))
+        return [(tuple(k), int(c)) for k, c in frame.value_counts(sort=False, dropna=False).items()]
+    key = factorized[0][0].astype(np.int64)
+    for codes, uniques in factorized[1:]:
+        key = key * len(uniques) + codes
+    if size <= 1 << 20:
+        counts = np.bincount(key, minlength=size)
+        found = np.flatnonzero(counts)
+        counts = counts[found]
+    else:
+        found, counts = np.unique(key, return_counts=True)
+    out = []
+    for k, count in zip(found.tolist(), counts.tolist()):
+        row: List[float] = []
+        for _, uniques in reversed(factorized):
+            k, code = divmod(k, len(uniques))
+            row.append(uniques[code])
+        first = int(row.pop())
+        if len(parts) < len(columns):  # unpack the sizes
+            row += [first & ((1 << 21) - 1), (first >> 21) & ((1 << 21) - 1), first >> 42]
+        else:
+            row.append(first)
+        out.append((tuple(float(x) for x in reversed(row)), count))
+    return out
 
 
 def print_bucket_report(csv: Optional[str], groups: Mapping[Any, Any], legend: str, headers: Sequence[str],
@@ -265,9 +492,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.csv is None and args.config is None:
         raise UsageError("give --csv PATH, --config PATH or both")
     cfg = None if args.config is None else load_config(args.config, "--config")
+    if cfg is not None and not list(cfg.keys()):  # an empty config must not pass for a stock one
+        raise UsageError(f"--config {args.config!r} sets nothing: no scheduler and no bucket_config, so it holds "
+                         "nothing to audit; give the training config, or --csv alone to see each clip under stock "
+                         f"Open-Sora {args.opensora_version}'s rule")
     if args.opensora_version == "2.0":
         return audit_opensora2(args, cfg)
-    current = current_scheduler(cfg, args.opensora_version)
+    current = current_scheduler(cfg, args.opensora_version) if cfg is None or "scheduler" in cfg else None
     has_buckets = cfg is not None and cfg.get("bucket_config") is not None
     config_bucket_list = config_buckets(cfg["bucket_config"], args.opensora_version) if has_buckets else []
     rule = bucket_rule_of(cfg, config_bucket_list, args.opensora_version) if has_buckets else None
@@ -275,6 +506,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     groups, off, dropped, skipped, examples = group_buckets(
         args, cfg, config_bucket_list, rule is not None, lambda clip: rule.assign(*clip),
         lambda name, frames, clip: (*RESOLUTION_NAMES[name], frames, name))
+    if current is None:  # checked after the buckets and the CSV, whose errors name more
+        raise UsageError(f"--config {args.config!r} has no scheduler: Open-Sora {args.opensora_version}'s train.py "
+                         "builds cfg.scheduler and would stop there, so there is no current scheduler to judge its "
+                         "buckets by; add scheduler = dict(type='rflow', ...) or dict(type='rflow-timeshift', ...), or "
+                         "audit --csv alone to see each clip under the stock rule")
 
     ruled = bool(current.rules)
     headers = (["resolution", "frames", "clips", "current", "factor"] + (["rule"] if ruled else []) + [*SHIFT_MODES]
