@@ -33,8 +33,6 @@ MAX_DPI = 1000
 # Bare words that look like a literal in another language: taking them as strings would silently invert a flag.
 AMBIGUOUS_WORDS = {"true", "false", "none", "null", "nan", "inf", "infinity"}
 BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*", re.ASCII)
-# A number as pandas parses it; Python's float() also takes "1_000", "nan" and non-ASCII digits, pandas does not.
-CSV_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
 
 
 def given_options(namespace: argparse.Namespace) -> set:
