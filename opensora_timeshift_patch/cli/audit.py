@@ -663,12 +663,14 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
               f"training; {a.infer_tokens} tokens, alpha {a.infer_alpha:.3f} at inference). Fix: scheduler = "
               f"dict(type='rflow-timeshift', patch_size={geometry.patch_size}), which counts both as the model does.")
     if collapsed:
-        what = (f"{sum(c for _, c in collapsed)} clips in " if args.csv is not None else "") +             buckets_text([k for k, _ in collapsed])
+        what = ((f"{sum(c for _, c in collapsed)} clips in " if args.csv is not None else "")
+                + buckets_text([k for k, _ in collapsed]))
         print(f"\nFAIL: {what} would train with every timestep at t = 0 under the current scheduler: alpha is 0. "
               "A non-causal VAE gives n // 4 latent frames, none below 4 frames: give such buckets 4 frames or more "
               "(or rflow-timeshift's on_degenerate='clamp', which shifts them as one frame).")
     if refused:
-        what = (f"{sum(c for _, c in refused)} clips in " if args.csv is not None else "") +             buckets_text([k for k, _ in refused])
+        what = ((f"{sum(c for _, c in refused)} clips in " if args.csv is not None else "")
+                + buckets_text([k for k, _ in refused]))
         print(f"\nFAIL: the guard would stop training at the first batch from {what}: {messages[0]}"
               + (f" ({len(messages) - 1} more such messages)" if len(messages) > 1 else ""))
     if code:
