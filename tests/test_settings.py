@@ -1,21 +1,16 @@
-"""The one declaration of every setting: strict types, named errors, refused combinations, and a property test
-that whatever the scheduler accepts trains at finite timesteps in [0, N]."""
+"""The one declaration of every setting: strict types, named errors, refused combinations (the property tests over
+random settings are in test_property.py)."""
 
-import contextlib
-import os
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 import opensora_timeshift_patch as ots
 from conftest import meta
 from opensora_timeshift_patch import SETTINGS, RFlowTimeShift, SettingError, TimestepShift, timestep_transform
 from opensora_timeshift_patch.sampling import DISTRIBUTIONS, TimestepDistribution
-from standin.stubs import StubModel
 
 HOSTILE = [True, False, "3", "x", "no", None, math.nan, math.inf, -math.inf, 1e308, -1e308, [1], {"a": 1},
            torch.tensor(2.0), b"1", 2**70]
@@ -165,86 +160,6 @@ def test_load_state_dict_validates_the_step():
             s.load_state_dict(state)
     s.load_state_dict({"step": 7, "timestep_seed": 0})
     assert s.step == 7
-
-
-# --- the property: accepted settings train at finite t in [0, N]; refused ones raise a named error -----------
-
-def valid_value(s):
-    if s.type == "bool":
-        return st.booleans()
-    if s.type == "choice":
-        return st.sampled_from(list(s.choices))
-    if s.type == "range":
-        return st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted).map(tuple)
-    if s.type == "int":
-        return st.integers(int(s.low), int(min(s.high, 10**6)))
-    return st.floats(s.low, s.high, exclude_min=s.low_open, exclude_max=s.high_open)
-
-
-# Settings that change the draw or the shift (the rest: backend, sampling steps, guidance, resume).
-PROPERTY_SETTINGS = [n for n in SETTINGS if n not in ("backend", "num_sampling_steps", "cfg_scale",
-                                                      "timestep_start_step", "on_degenerate")]
-EXTRA = {"loc": st.floats(-6, 6), "scale": st.floats(0.01, 6), "mode_scale": st.floats(-1.5, 2.5),
-         "micro_frame_size": st.one_of(st.none(), st.integers(1, 40)), "temporal_compression": st.integers(1, 8),
-         "causal": st.booleans(), "beta_alpha": st.floats(0.05, 120), "beta_beta": st.floats(0.05, 120),
-         "min_snr_gamma": st.floats(0.001, 2000), "fixed_order": st.sampled_from(["random", "cycle"]),
-         "timesteps": st.lists(st.floats(-0.1, 1.1), min_size=0, max_size=6),
-         "bucket_settings": st.sampled_from([
-             None, [dict(frames=1, sample_method="uniform")], [dict(frames=(2, 16), shift_mode="frames16")],
-             [dict(frames=1, transform_scale=2.0), dict(frames=(65, None), temporal_exponent=0.0)],
-             [dict(resolution=(1, 200_000), sample_method="beta", beta_alpha=0.5)],
-             [dict(frames=1, sample_method="uniform"), dict(frames=(1, 3), shift_mode="v13")], "images"])}
-
-
-@st.composite
-def scheduler_settings(draw):
-    chosen = {}
-    for name in draw(st.lists(st.sampled_from(PROPERTY_SETTINGS + list(EXTRA)), max_size=7, unique=True)):
-        setting = SETTINGS.get(name)
-        strategy = EXTRA[name] if name in EXTRA else valid_value(setting)
-        chosen[name] = draw(st.one_of(strategy, st.sampled_from(HOSTILE)) if draw(st.booleans()) else strategy)
-    # "ignore" replays stock's collapse on purpose; the guard's own paths are what is checked here.
-    chosen["on_degenerate"] = draw(st.sampled_from(["error", "clamp"]))
-    return chosen
-
-
-# Derandomized, so CI runs the same 300 examples every time; PROPERTY_EXAMPLES=N explores N fresh ones.
-@hypothesis_settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 300)), deadline=None,
-                     derandomize="PROPERTY_EXAMPLES" not in os.environ, suppress_health_check=[HealthCheck.too_slow])
-@given(settings=scheduler_settings(), batch=st.integers(1, 5), frames=st.integers(1, 120),
-       h=st.integers(1, 2160), w=st.integers(1, 3840), latent_t=st.integers(1, 9), dtype=st.sampled_from(
-           [torch.float32, torch.bfloat16, torch.float16, torch.int64]))
-def test_accepted_settings_give_finite_timesteps_in_range_and_refused_ones_name_a_setting(
-        settings, batch, frames, h, w, latent_t, dtype):
-    try:
-        with _quiet():
-            scheduler = RFlowTimeShift(backend="standalone", **settings)
-    except (ValueError, TypeError) as err:
-        assert any(name in str(err) for name in settings), (settings, str(err))
-        return
-    n = scheduler.num_timesteps
-    x = torch.randn(batch, 4, latent_t, 4, 4)
-    kw = {k: v.to(dtype) for k, v in meta(h, w, [frames] * batch).items()}
-    try:
-        with _quiet():
-            loss = scheduler.training_losses(StubModel(), x, kw)["loss"]
-            t = scheduler.sample_timesteps(x, kw)
-    except ValueError as err:
-        # Valid meta may still be refused, by name: a latent smaller than one token of patch_size on any path;
-        # under "error" the guard's degenerate T_eff, or a factor the meta drives outside [0.01, 100].
-        msg = str(err)
-        guard = settings["on_degenerate"] == "error" and ("T_eff = " in msg or "outside [0.01, 100]" in msg)
-        assert guard or "holds no token of patch_size" in msg, (settings, msg)
-        return
-    assert bool(t.isfinite().all()) and bool(((t >= 0) & (t <= n)).all()), (settings, t)
-    assert bool(loss.isfinite().all()), (settings, loss)
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def test_the_readme_lists_every_setting_as_declared():
