@@ -7,14 +7,21 @@ can import ``opensora.schedulers`` (torch, mmengine, colossalai, einops). It com
 * stock ``rflow`` against ``rflow-timeshift`` (both backends) built through Open-Sora's registry: the training
   timesteps, the loss and the sampling schedule, from the same RNG state;
 
-then shows what stock does to 16-frame clips, and prints the numbers the test-suite keeps as goldens
-(``tests/test_opensora_golden.py``). Exit status 1 when any parity check fails.
+then shows what stock does to 16-frame clips. Exit status 1 when any check fails.
 
 With Open-Sora 2.0 (branch ``main``; Python 3.10+) it checks ``opensora.utils.sampling`` and ``opensora.utils.config``
 instead (:func:`check_opensora2`): stock's shift factor, ``time_shift`` and ``get_schedule`` against ours, and the
 test-suite's script shaped like 2.0's ``train.py`` run on the real package, stock and with the config lines. 2.0's
 ``opensora.utils.sampling`` imports GPU-only packages (flash-attn, liger-kernel, tensornvme) that the checked
 functions never call; where they are not installed, empty stand-ins are imported in their place.
+
+The numbers stock gives are the test-suite's goldens (``tests/data/opensora_golden.json``, read by
+``tests/test_opensora_golden.py`` and ``tests/test_opensora2.py``). ``--json`` prints this release's section. The
+file is written by one command, which runs this script once per checkout (``PYTHONPATH`` set to each) and rewrites
+the whole file only when every check of every release passed::
+
+    python scripts/check_against_opensora.py --checkout /path/to/os-1.2 --checkout /path/to/os-1.3 \
+        --checkout /path/to/os-2.0 --write-goldens
 """
 
 from __future__ import annotations
@@ -32,41 +39,109 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-import opensora_timeshift_patch as ots
-from opensora_timeshift_patch import build_module
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # standin/, the stub model, is not installed (nor, in a bare checkout, the package)
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # standin/, the stub model, is not installed
+import opensora_timeshift_patch as ots  # noqa: E402
+from opensora_timeshift_patch import build_module  # noqa: E402
 from standin.stubs import StubModel, batch_meta as meta, latent_shape, run_sampling, run_training  # noqa: E402
 
 RESOLUTIONS = [(144, 256), (256, 256), (480, 854), (512, 512), (720, 1280)]
+GOLDENS = ROOT / "tests" / "data" / "opensora_golden.json"
+RELEASES = ("1.2", "1.3", "2.0")
 
 
-def checker(args: argparse.Namespace):
-    """The list of failed checks, and ``check(name, ok)`` that records one (and prints it unless ``--json``)."""
-    failures = []
+class Checker:
+    """Records checks: ``check(name, ok)`` prints one line (to stderr with ``quiet``, where stdout is the JSON)."""
 
-    def check(name, ok):
+    def __init__(self, quiet: bool = False) -> None:
+        self.count, self.failures, self.quiet = 0, [], quiet
+
+    def __call__(self, name: str, ok: bool) -> None:
+        self.count += 1
         if not ok:
-            failures.append(name)
-        if not args.json:
-            print(f"{'ok  ' if ok else 'FAIL'} {name}")
-
-    return failures, check
+            self.failures.append(name)
+        if not ok or not self.quiet:
+            print(f"{'ok  ' if ok else 'FAIL'} {name}", file=sys.stderr if self.quiet else sys.stdout)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="print only the golden numbers as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print this release's goldens as JSON ({section: numbers}); failed checks go to stderr")
+    parser.add_argument("--checkout", action="append", default=[], metavar="DIR",
+                        help="an Open-Sora checkout to check in its own process (repeatable); without it, the "
+                             "Open-Sora importable here")
+    parser.add_argument("--write-goldens", nargs="?", const=str(GOLDENS), metavar="PATH",
+                        help=f"with a --checkout of each of Open-Sora {', '.join(RELEASES)}: rewrite the goldens "
+                             f"file (default {GOLDENS.relative_to(ROOT)}) from their numbers, if every check passed")
     args = parser.parse_args()
+    if args.checkout:
+        return check_checkouts(args.checkout, args.write_goldens)
+    if args.write_goldens:
+        parser.error(f"--write-goldens needs --checkout for each of Open-Sora {', '.join(RELEASES)}: the file "
+                     "holds all three, and is rewritten whole")
 
+    check = Checker(quiet=args.json)
     if importlib.util.find_spec("opensora.utils.config") is not None:  # 2.0 only (1.x has config_utils)
-        return check_opensora2(args)
+        version, goldens = "2.0", check_opensora2(check)
+    else:
+        version, goldens = check_opensora1(check)
+    goldens = {"version": version, "torch": torch.__version__, "checks": check.count, **goldens}
+    if args.json:
+        print(json.dumps({f"opensora_{version}": goldens}, indent=1))
+    else:
+        print(f"\nOpen-Sora {version}, torch {torch.__version__}: {check.count} checks, "
+              f"{len(check.failures)} failed")
+    return 1 if check.failures else 0
+
+
+def check_checkouts(checkouts, write_to) -> int:
+    """This script on each checkout in its own process; with ``write_to``, the goldens file rewritten from all of
+    them once every check passed."""
+    sections, failed = {}, False
+    for checkout in checkouts:
+        path = Path(checkout).resolve()
+        if not (path / "opensora").is_dir():
+            print(f"--checkout {checkout}: no opensora package in it (a clone of hpcaitech/Open-Sora holds one)",
+                  file=sys.stderr)
+            return 2
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(path), str(ROOT),
+                                                                        os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--json"], env=env, cwd=str(ROOT),
+                              stdout=subprocess.PIPE, text=True)
+        try:
+            (name, goldens), = json.loads(done.stdout).items()
+        except ValueError:
+            print(f"{checkout}: the check did not finish (exit status {done.returncode})", file=sys.stderr)
+            return 1
+        failed |= done.returncode != 0
+        print(f"Open-Sora {goldens['version']} ({checkout}): {goldens['checks']} checks, "
+              f"{'some failed (above)' if done.returncode else 'all passed'}")
+        if name in sections:
+            print(f"{checkout}: a second checkout of Open-Sora {goldens['version']}", file=sys.stderr)
+            return 2
+        sections[name] = goldens
+    if failed or not write_to:
+        return 1 if failed else 0
+    missing = [v for v in RELEASES if f"opensora_{v}" not in sections]
+    if missing:
+        print(f"--write-goldens: no checkout of Open-Sora {', '.join(missing)}; the file holds every release, so "
+              "it is left as it is", file=sys.stderr)
+        return 2
+    Path(write_to).write_text(json.dumps({f"opensora_{v}": sections[f"opensora_{v}"] for v in RELEASES}, indent=1)
+                              + "\n")
+    print(f"wrote {write_to}")
+    return 0
+
+
+def check_opensora1(check):
+    """Open-Sora 1.2 or 1.3, whichever is importable: its version and stock's numbers."""
     from opensora.registry import SCHEDULERS
     from opensora.schedulers import rf
 
     v13 = hasattr(sys.modules.get("opensora.schedulers.rf.time_sampler"), "timestep_transform")
     version, mode = ("1.3", "v13") if v13 else ("1.2", "latent")
-    failures, check = checker(args)
 
     # 1. The transform, where stock is right: 17k-frame clips and images for 1.2, n >= 5 and images for 1.3.
     frames = [1, 5, 9, 16, 17, 33, 51, 113, 204] if v13 else [1, 17, 34, 51, 68, 102, 204]
@@ -79,7 +154,7 @@ def main() -> int:
             check(f"transform {h}x{w} n={n}", torch.equal(stock, ours))
 
     # 2. Training and sampling through the registry, same RNG state.
-    goldens = {"version": version, "torch": torch.__version__, "training": [], "sampling": []}
+    goldens = {"training": [], "sampling": []}
     for sample_method in ("uniform", "logit-normal"):
         for n, (h, w) in ((17, (256, 256)), (51, (720, 1280)), (1, (512, 512))):
             x = torch.randn(*latent_shape(3, n), generator=torch.Generator().manual_seed(1))
@@ -146,13 +221,10 @@ def main() -> int:
     if v13:
         goldens["v13_flags"] = check_v13_flags(SCHEDULERS, check)
 
-    if args.json:
-        print(json.dumps(goldens, indent=1))
-    else:
-        print(f"\nOpen-Sora {version}, torch {torch.__version__}: {len(failures)} parity failure(s)")
+    if not check.quiet:
         print(f"stock on 16 frames: training t = {t16.tolist()}, sampling t = {goldens['sixteen_frames']['stock_sampling_t']}")
         print(f"frames16 on 16 frames: training t = {t_fixed.tolist()}")
-    return 1 if failures else 0
+    return version, goldens
 
 
 def check_v13_flags(SCHEDULERS, check):
@@ -226,18 +298,18 @@ LATENTS_2 = [(1, 32, 32), (5, 32, 32), (33, 32, 32), (1, 96, 96), (9, 96, 96), (
 SCHEDULES_2 = [(10, 256, 1), (10, 1024, 33), (50, 2304, 1), (5, 64, 9), (4, 16, 5)]
 
 
-def check_opensora2(args: argparse.Namespace) -> int:
-    """Open-Sora 2.0: the formulas in-process, then the test-suite's 2.0-shaped train.py on the real package."""
+def check_opensora2(check):
+    """Open-Sora 2.0: the formulas in-process, then the test-suite's 2.0-shaped train.py on the real package;
+    returns stock's numbers."""
     exec(GPU_ONLY_STANDINS, {})
     from opensora.utils import config as os_config
     from opensora.utils import sampling
 
-    failures, check = checker(args)
     check("importing the package wrapped 2.0's merge_args", getattr(os_config.merge_args, "__opensora_timeshift__",
                                                                     False))
     stock_merge_args = ots.opensora2._original(os_config, "merge_args")
     ours = ots.Opensora2Timesteps()
-    goldens = {"torch": torch.__version__, "alpha": [], "time_shift": [], "schedules": []}
+    goldens = {"alpha": [], "time_shift": [], "schedules": []}
     t = torch.linspace(0, 1, 21)
     for frames, h, w in LATENTS_2:
         alpha = sampling.get_res_lin_function()((h * w) // 4) * math.sqrt(frames)  # train.py's lines
@@ -266,11 +338,7 @@ def check_opensora2(args: argparse.Namespace) -> int:
           sampling.get_schedule is stock_schedule and os_config.merge_args is stock_merge_args)
 
     check_opensora2_script(check, goldens)
-    if args.json:
-        print(json.dumps({"opensora_2.0": goldens}, indent=1))
-    else:
-        print(f"\nOpen-Sora 2.0, torch {torch.__version__}: {len(failures)} parity failure(s)")
-    return 1 if failures else 0
+    return goldens
 
 
 def check_opensora2_script(check, goldens) -> None:
@@ -326,6 +394,7 @@ def check_opensora2_script(check, goldens) -> None:
                                               'stratified=True)\n', ranks=2, epochs=2, start_epoch=1, start_step=2)
         check("2.0 train.py, 2 ranks: a resumed run draws what the uninterrupted one drew",
               all(resumed[r] == two[r][-len(resumed[r]):] for r in range(2)))
+        goldens["train_script_buckets"] = buckets
         goldens["train_script_stock_t"] = stock[0]
 
 

@@ -1,14 +1,21 @@
-"""The standalone backend against numbers recorded from the real Open-Sora 1.2 and 1.3 code.
+"""The standalone backend against numbers recorded from the real Open-Sora 1.2, 1.3 and 2.0 code.
 
-``tests/data/opensora_golden.json`` is the output of ``scripts/check_against_opensora.py --json`` run with each
-Open-Sora branch importable (torch 2.5.1): stock ``rflow``'s training timesteps and losses and its sampling
-schedules, from fixed seeds on the stub model of ``opensora_timeshift_patch.testing``. Reproducing them here
-shows the policy and the rectified-flow conventions match stock without Open-Sora installed. The ``frames16``
-policy, which stock has no counterpart for, is checked against its formula on the same RNG draws instead.
+``tests/data/opensora_golden.json`` is written by ``scripts/check_against_opensora.py --checkout <1.2> --checkout
+<1.3> --checkout <2.0> --write-goldens`` from the real code (torch 2.5.1), and only when every check passed: stock
+``rflow``'s training timesteps and losses and its sampling schedules, from fixed seeds on the stub model of
+``standin.stubs``, and 2.0's shift, schedules and train.py draws. Reproducing them here shows the policy and the
+rectified-flow conventions match stock without Open-Sora installed. The ``frames16`` policy, which stock has no
+counterpart for, is checked against its formula on the same RNG draws instead. Every number in the file is read by
+a test (here or in ``test_opensora2.py``): :data:`READ_BY` says which, and a test keeps it so.
 """
 
+import ast
+import inspect
 import json
 import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,7 +24,8 @@ import torch
 import opensora_timeshift_patch as ots
 from standin.stubs import StubModel, batch_meta, latent_shape, run_sampling, run_training
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "opensora_golden.json").read_text())
+GOLDEN_FILE = Path(__file__).parent / "data" / "opensora_golden.json"
+GOLDEN = json.loads(GOLDEN_FILE.read_text())
 RELEASES = [("opensora_1.2", "latent", True), ("opensora_1.3", "v13", False)]
 
 
@@ -105,8 +113,9 @@ def test_stock_1_3_on_sixteen_frames_is_v13():
     scheduler = ots.RFlowTimeShift(shift_mode="v13", num_sampling_steps=5)
     t, _ = run_training(scheduler, x, batch_meta(4, 256, 256, 16), seed=0)
     assert t.tolist() == stock["stock_training_t"]
-    steps, _ = run_sampling(scheduler, x[:2], batch_meta(2, 256, 256, 16))
+    steps, z = run_sampling(scheduler, x[:2], batch_meta(2, 256, 256, 16))
     assert [s[0].item() for s in steps] == stock["stock_sampling_t"]
+    assert stock["stock_sample_finite"] and bool(z.isfinite().all())  # 1.3's rule does not collapse at 16 frames
 
 
 V13_FLAGS = GOLDEN["opensora_1.3"]["v13_flags"]
@@ -154,3 +163,130 @@ def test_v13_conditioning_on_the_standalone_backend_is_refused_briefly():
             StubModel(), x, batch_meta(2, 256, 256, 17), mask_index=[0], x_noisy_ref=x)
     assert "mask_index=[0]" in str(err.value) and "backend='opensora'" in str(err.value)
     assert len(str(err.value)) < 300 and "tensor(" not in str(err.value)
+
+
+# --- Open-Sora 2.0's train.py on the real package ----------------------------------------------------------
+
+def test_2_0_train_py_stock_draws_are_2_0_rule_by_hand():
+    """The real 2.0 package's draws in tests/fake_opensora.py's TRAIN_2 (shaped as 2.0's train.py, fp32, 2.0's
+    default seed 1024), one batch per bucket (batch size, frames, height, width): sigmoid(randn(bs)), shifted by
+    alpha = lin((h w) // 4 latent tokens; 256 -> 1, 4096 -> 3) * sqrt(1 + (n - 1) // 4), bit for bit."""
+    buckets = GOLDEN["opensora_2.0"]["train_script_buckets"]
+    records = GOLDEN["opensora_2.0"]["train_script_stock_t"]
+    assert len(records) == len(buckets) > 0
+    torch.manual_seed(1024)
+    slope = 2 / 3840
+    for step, (record, (bs, n, h, w)) in enumerate(zip(records, buckets)):
+        u = torch.sigmoid(torch.randn(bs))
+        alpha = slope * ((h // 8) * (w // 8) // 4) + (1 - slope * 256)
+        alpha *= math.sqrt(1 + (n - 1) // 4)
+        assert (record["epoch"], record["step"]) == (0, step)
+        assert record["t"] == (alpha * u / (1 + (alpha - 1) * u)).tolist()
+
+
+# --- the file: written by the script, every number read -----------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+RELEASE_SECTIONS = ("opensora_1.2", "opensora_1.3", "opensora_2.0")
+
+
+def test_the_file_is_the_script_output_for_every_release():
+    """One section per release, in the order and format ``--write-goldens`` writes (a hand edit shows)."""
+    assert list(GOLDEN) == list(RELEASE_SECTIONS)
+    assert GOLDEN_FILE.read_text() == json.dumps(GOLDEN, indent=1) + "\n"
+
+
+def test_provenance_matches_the_readme():
+    """Each section says which release and torch it came from and how many checks passed there; the README's
+    section on the check says the same."""
+    readme = README.read_text(encoding="utf-8")
+    section = readme[readme.index("## Verified against Open-Sora"):]
+    section = section[:section.index("\n## ", 1)]
+    for name in RELEASE_SECTIONS:
+        golden = GOLDEN[name]
+        assert name == f"opensora_{golden['version']}"
+        assert f"torch {golden['torch'].split('+')[0]}" in section
+        assert f"{golden['checks']} checks" in section, (name, golden["checks"])
+
+
+def test_write_goldens_needs_every_release_and_a_real_checkout(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_against_opensora.py"
+    alone = subprocess.run([sys.executable, str(script), "--write-goldens", str(tmp_path / "g.json")],
+                           capture_output=True, text=True)
+    assert alone.returncode == 2 and "--write-goldens needs --checkout for each of Open-Sora 1.2, 1.3, 2.0" in \
+        alone.stderr
+    empty = subprocess.run([sys.executable, str(script), "--checkout", str(tmp_path), "--write-goldens",
+                            str(tmp_path / "g.json")], capture_output=True, text=True)
+    assert empty.returncode == 2 and "no opensora package in it" in empty.stderr
+    assert not (tmp_path / "g.json").exists()
+
+
+# Which test reads each number of the file: a path of keys, "*" for every entry of a list. A list of numbers is
+# one number here.
+READ_BY = {
+    "opensora_*/version": ["test_provenance_matches_the_readme"],
+    "opensora_*/torch": ["test_provenance_matches_the_readme"],
+    "opensora_*/checks": ["test_provenance_matches_the_readme"],
+    "opensora_1.*/training/*/sample_method": ["test_training_timesteps_and_loss"],
+    "opensora_1.*/training/*/num_frames": ["test_training_timesteps_and_loss"],
+    "opensora_1.*/training/*/height": ["test_training_timesteps_and_loss"],
+    "opensora_1.*/training/*/width": ["test_training_timesteps_and_loss"],
+    "opensora_1.*/training/*/t": ["test_training_timesteps_and_loss"],
+    "opensora_1.*/training/*/loss": ["test_training_timesteps_and_loss"],
+    "opensora_1.*/sampling/*/num_frames": ["test_sampling_schedule_and_output"],
+    "opensora_1.*/sampling/*/height": ["test_sampling_schedule_and_output"],
+    "opensora_1.*/sampling/*/width": ["test_sampling_schedule_and_output"],
+    "opensora_1.*/sampling/*/timesteps": ["test_sampling_schedule_and_output"],
+    "opensora_1.*/sampling/*/z_sum": ["test_sampling_schedule_and_output"],
+    "opensora_1.2/sixteen_frames/*": ["test_stock_1_2_collapse_on_sixteen_frames_is_legacy_with_ignore"],
+    "opensora_1.3/sixteen_frames/*": ["test_stock_1_3_on_sixteen_frames_is_v13"],
+    "opensora_1.3/v13_flags/scale_temporal_false_sampling_t":
+        ["test_v13_scale_temporal_false_ignores_transform_scale_as_stock"],
+    "opensora_1.3/v13_flags/uniform_over_threshold_*/*": ["test_v13_uniform_over_threshold_consumes_the_rng_as_stock"],
+    "opensora_1.3/v13_flags/train_call_loss": ["test_v13_train_call_keywords_on_the_standalone_backend"],
+    "opensora_2.0/alpha/*/*": ["test_opensora2:test_no_settings_give_2_0_training_alpha_bit_for_bit"],
+    "opensora_2.0/time_shift/*/*": ["test_opensora2:test_no_settings_shift_as_2_0_time_shift"],
+    "opensora_2.0/schedules/*/*": ["test_opensora2:test_no_settings_give_2_0_inference_schedule"],
+    "opensora_2.0/train_script_buckets/*": ["test_2_0_train_py_stock_draws_are_2_0_rule_by_hand"],
+    "opensora_2.0/train_script_stock_t/*/*": ["test_2_0_train_py_stock_draws_are_2_0_rule_by_hand"],
+}
+
+
+def leaves(node, path=()):
+    """Every number of the file as its path of keys (list entries as "*")."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, path + (key,))
+    elif isinstance(node, list) and node and isinstance(node[0], (dict, list)):
+        for value in node:
+            yield from leaves(value, path + ("*",))
+    else:
+        yield path
+
+
+def matches(pattern, path):
+    parts = pattern.split("/")
+    return len(parts) == len(path) and all(p == k or p == "*" or (p.endswith("*") and k.startswith(p[:-1]))
+                                           for p, k in zip(parts, path))
+
+
+def string_constants(test):
+    """The strings a test's source holds (its decorators' too), and the module-level constants it reads."""
+    module_name, _, name = test.rpartition(":")
+    module = sys.modules[__name__] if not module_name else __import__(module_name)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(module, name))))
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_every_golden_is_read_by_a_test():
+    """A number no test reads would be a golden that checks nothing: each path of the file is matched by exactly
+    one entry of READ_BY, whose tests exist and name the number's key; and every entry still matches a number."""
+    paths = sorted(set(leaves(GOLDEN)))
+    for path in paths:
+        owners = [pattern for pattern in READ_BY if matches(pattern, path)]
+        assert len(owners) == 1, ("/".join(path), owners)
+        key = next(k for k in reversed(path) if k != "*")
+        for test in READ_BY[owners[0]]:
+            assert key in string_constants(test), (f"{test} does not read {key!r}", "/".join(path))
+    for pattern in READ_BY:
+        assert any(matches(pattern, path) for path in paths), f"READ_BY entry {pattern!r} matches no golden"
