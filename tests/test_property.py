@@ -402,6 +402,14 @@ def check_training(c, meta, latent, seed, record=False):
     batch=({"height": torch.tensor([720.0, 720.0, 256.0]), "width": torch.tensor([1280.0, 1280.0, 256.0]),
             "num_frames": torch.tensor([33.0, 33.0, 33.0]).to(torch.bfloat16)}, (3, 4, 9, 12, 10)),
     seed=0)
+@example(  # mode truncated to (0.5, 1): its float64 inverse CDF dips by an ulp at the stream's extreme u = 2^-54
+    c=dict(backend="standalone", num_sampling_steps=3, num_timesteps=1000, on_degenerate="error", shift_mode="legacy",
+           shift_family="rational", resolution_shift="linear", patch_size=1, token_count="video", base_seq_len=1.0,
+           max_seq_len=2.0, base_shift=1.0, max_shift=1.0, sample_method="mode", t_range=(0.5, 1.0),
+           t_range_mode="truncate", uniform_over_threshold=0.0),
+    batch=({"height": torch.tensor([16.0]), "width": torch.tensor([16.0]), "num_frames": torch.tensor([1.0])},
+           (1, 4, 1, 1, 1)),
+    seed=0)
 def test_valid_settings_train_and_sample_as_the_formulas_say(c, batch, seed):
     meta, latent = batch
     trained = check_training(c, meta, latent, seed, record=True)
