@@ -88,6 +88,20 @@ class Opensora2Timesteps:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.given.items()) or "no settings: stock 2.0's rule"
         return f"{SCHEDULER_TYPE}({shown})"
 
+    @property
+    def training_patch_size(self) -> int:
+        """What train.py counts tokens by: 2 (stock's ``(h w) // 4``, whatever the model's patch size), or the
+        setting ``patch_size``."""
+        return 2 if self.patch_size is None else self.patch_size
+
+    def training_tokens(self, latent_hw: Sequence[int]) -> int:
+        """Tokens as 2.0's train.py counts them (see :attr:`training_patch_size`)."""
+        return _tokens(latent_hw, self.training_patch_size)
+
+    def inference_tokens(self, latent_hw: Sequence[int], model_patch_size: int) -> int:
+        """Tokens as 2.0's inference counts them: ``(h w) //`` the model's patch size squared, or the setting's."""
+        return _tokens(latent_hw, model_patch_size if self.patch_size is None else self.patch_size)
+
     def factor(self, latent_frames: int, tokens: int, pixel_thw: Optional[Tuple[int, int, int]] = None) -> float:
         """The shift factor ``alpha`` for one bucket, as a Python float (what stock 2.0 passes to ``time_shift``).
 
@@ -145,8 +159,7 @@ class Opensora2Timesteps:
         # Stock counts (H W) // 4 whatever the model's patch size; patch_size, when set, counts as inference does.
         h, w = (Setting(name, "int", None, "", low=1, high=1_000_000).check(v)
                 for name, v in zip(("latent height", "latent width"), latent_thw[1:]))
-        patch = 2 if self.patch_size is None else self.patch_size
-        tokens = _tokens((h, w), patch)
+        patch, tokens = self.training_patch_size, self.training_tokens((h, w))
         if tokens < 1:
             raise MetaError(f"a latent of {h}x{w} holds no token of patch size {patch}: nothing to shift (2.0's model "
                             "cannot pack it either)")
@@ -335,8 +348,7 @@ class InferenceSchedule:
                 raise Opensora2LayoutError(
                     f"{ts!r} needs the latent and clip sizes at inference, read from 2.0's api_fn (z, opt, "
                     "patch_size), but get_schedule's caller does not bind them as 2.0's does")
-            if ts.patch_size is not None:
-                tokens = _tokens(latent[1:], ts.patch_size)
+            tokens = ts.inference_tokens(latent[1:], found["patch_size"])
             opt = found["opt"]
             pixels = (getattr(opt, "num_frames", None), getattr(opt, "height", None), getattr(opt, "width", None))
         unused = (f"; {', '.join(self.training_only)} act on training only and do not change it"

@@ -397,16 +397,6 @@ def opensora2_rules(args: argparse.Namespace) -> List[Rule]:
     return rules
 
 
-def training_tokens(ts: Opensora2Timesteps, latent_hw: Tuple[int, int]) -> int:
-    """Tokens as 2.0's train.py counts them, (h w) // 4, or (h w) // patch_size**2 with the setting patch_size."""
-    return (latent_hw[0] * latent_hw[1]) // (2 if ts.patch_size is None else ts.patch_size) ** 2
-
-
-def inference_tokens(ts: Opensora2Timesteps, latent_hw: Tuple[int, int], geometry: Opensora2Geometry) -> int:
-    """Tokens as 2.0's inference counts them: (h w) // the model's patch_size**2, or the setting's."""
-    return (latent_hw[0] * latent_hw[1]) // (geometry.patch_size if ts.patch_size is None else ts.patch_size) ** 2
-
-
 class Alpha(NamedTuple):
     """What a 2.0 rule does with one bucket: its training and inference alpha (None: refused or no shift)."""
 
@@ -429,7 +419,7 @@ def opensora2_alpha(ts: Opensora2Timesteps, geometry: Opensora2Geometry, height:
     """
     latent = geometry.latent(frames, height, width)
     infer_latent = latent if inference_hw is None else geometry.latent(frames, *inference_hw)
-    tokens, infer = training_tokens(ts, latent[1:]), inference_tokens(ts, infer_latent[1:], geometry)
+    tokens, infer = ts.training_tokens(latent[1:]), ts.inference_tokens(infer_latent[1:], geometry.patch_size)
     if not ts.use_timestep_transform:
         return Alpha(latent, tokens, infer, None, None, "no shift", None)
     train, at_inference = (guard.judge(ts.shift, height, width, frames, latent[0], count,
