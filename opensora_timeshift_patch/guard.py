@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .policies import temporal_size
-from .settings import MAX_SHIFT_FACTOR
+from .settings import MAX_SHIFT_FACTOR, number_text
 
 if TYPE_CHECKING:
     from .shift import TimestepShift
@@ -127,28 +127,28 @@ def _sentence(shift: "TimestepShift", kind: str, i: int, n: float, h: float, w: 
     mode, on = shift.shift_mode, shift.on_degenerate
     at = f"({where})" if where is not None else f"(sample {i})"
     if not (n >= 1 and math.isfinite(n) and n.is_integer()):
-        return (f"num_frames={_num(n)} {at} is not a valid frame count: it must be a whole number >= 1. Check the "
+        return (f"num_frames={number_text(n)} {at} is not a valid frame count: it must be a whole number >= 1. Check the "
                 "dataset's num_frames column or the meta passed in model_kwargs.")
     with np.errstate(all="ignore"):
         valid = valid_meta(np.asarray([n], dtype), np.asarray([h], dtype), np.asarray([w], dtype))[0]
     if not valid:
-        return (f"height x width = {_num(h)} x {_num(w)} {at} is not a valid resolution: both must be > 0 and their "
+        return (f"height x width = {number_text(h)} x {number_text(w)} {at} is not a valid resolution: both must be > 0 and their "
                 f"product finite in {dtype}. Check the height/width meta passed in model_kwargs.")
     two = where is not None  # Open-Sora 2.0's words: alpha, t = 1 for noise, clips
     name = "alpha" if two else "a"
-    subject = where if two else f"sample {i} ({_num(h)} x {_num(w)}, {_num(n)} frames, T_eff = {_num(t)})"
+    subject = where if two else f"sample {i} ({number_text(h)} x {number_text(w)}, {number_text(n)} frames, T_eff = {number_text(t)})"
     if not t > 0 and on != "clamp" and (on == "error" or a == 0):
         if two:
-            return (f"shift_mode={mode!r} gives T_eff = {_num(t)} for {where}: every timestep would collapse to "
+            return (f"shift_mode={mode!r} gives T_eff = {number_text(t)} for {where}: every timestep would collapse to "
                     "t = 0. Use shift_mode='latent' (2.0's rule), or on_degenerate='clamp' to shift such clips as "
                     "T_eff = 1")
-        return (f"shift_mode={mode!r} gives T_eff = {_num(t)} for num_frames={_num(n)} {at}, so the shift factor is 0 "
+        return (f"shift_mode={mode!r} gives T_eff = {number_text(t)} for num_frames={number_text(n)} {at}, so the shift factor is 0 "
                 "and every timestep collapses to t = 0: training would only see clean latents and sampling would "
                 "start from NaN. Use shift_mode='latent' (the VAE's latent length, "
-                f"{_num(_latent_length(n))} for {_num(n)} frames), or on_degenerate='clamp' to shift such samples "
+                f"{number_text(_latent_length(n))} for {number_text(n)} frames), or on_degenerate='clamp' to shift such samples "
                 "as T_eff = 1.")
     if not (a >= 0 and math.isfinite(a)):
-        return (f"the shift factor {name} = {_num(a)} for {subject} is not a finite number >= 0: the meta is too "
+        return (f"the shift factor {name} = {number_text(a)} for {subject} is not a finite number >= 0: the meta is too "
                 f"large for the rule. Check the meta, or the shift settings of {shift!r}")
     end = ("t = 1" if a > 1 else "t = 0") if two else ("N" if a > 1 else "0")
     if a == 0 and on == "ignore":
@@ -156,19 +156,19 @@ def _sentence(shift: "TimestepShift", kind: str, i: int, n: float, h: float, w: 
                 f"'ignore' keeps it). Check the meta, or the shift settings of {shift!r}")
     if kind == "clamped":
         if not t > 0:
-            clip = where if two else f"num_frames={_num(n)} {at}"
-            return (f"shift_mode={mode!r} gives T_eff = {_num(t)} for {clip}: on_degenerate='clamp' shifts it as "
-                    f"T_eff = 1 ({name} = {_num(min(max(a, LOW), HIGH))}). shift_mode='latent' needs no clamping.")
-        return (f"the shift factor {name} = {_num(a)} for {subject} is outside [0.01, 100]: on_degenerate='clamp' "
-                f"clamps it to {_num(min(max(a, LOW), HIGH))}, where its timesteps would pile up at {end}")
+            clip = where if two else f"num_frames={number_text(n)} {at}"
+            return (f"shift_mode={mode!r} gives T_eff = {number_text(t)} for {clip}: on_degenerate='clamp' shifts it as "
+                    f"T_eff = 1 ({name} = {number_text(min(max(a, LOW), HIGH))}). shift_mode='latent' needs no clamping.")
+        return (f"the shift factor {name} = {number_text(a)} for {subject} is outside [0.01, 100]: on_degenerate='clamp' "
+                f"clamps it to {number_text(min(max(a, LOW), HIGH))}, where its timesteps would pile up at {end}")
     if on == "ignore":
-        return (f"note: the shift factor {name} = {_num(a)} for {subject} is outside [0.01, 100]: its timesteps pile "
+        return (f"note: the shift factor {name} = {number_text(a)} for {subject} is outside [0.01, 100]: its timesteps pile "
                 f"up at {end} (on_degenerate='ignore' keeps it)")
     if two:
-        return (f"the shift factor alpha = {_num(a)} for {where} is outside [0.01, 100]: its timesteps would pile up "
+        return (f"the shift factor alpha = {number_text(a)} for {where} is outside [0.01, 100]: its timesteps would pile up "
                 f"at {end}. on_degenerate='clamp' clamps alpha into that range; on_degenerate='ignore' keeps it, as "
                 "stock 2.0 does")
-    return (f"the shift factor a = {_num(a)} for {subject} is outside [0.01, 100]: its timesteps would pile up at "
+    return (f"the shift factor a = {number_text(a)} for {subject} is outside [0.01, 100]: its timesteps would pile up at "
             f"{end}. Check the meta, or the shift settings of {shift!r}; on_degenerate='clamp' clamps the factor "
             "into that range")
 
@@ -208,9 +208,3 @@ def _real(value: Any, key: str) -> float:
 
 def _latent_length(n: float) -> float:
     return float(temporal_size(torch.tensor([n], dtype=torch.float64), "latent")[0])
-
-
-def _num(x: float) -> str:
-    if math.isfinite(x) and float(x).is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.6g}"

@@ -65,11 +65,11 @@ class Setting:
 
     def _bounds(self) -> str:
         if self.low is not None and self.high is not None:
-            return f" in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            return f" in {'(' if self.low_open else '['}{number_text(self.low)}, {number_text(self.high)}{')' if self.high_open else ']'}"
         if self.low is not None:
-            return f" {'>' if self.low_open else '>='} {_num(self.low)}"
+            return f" {'>' if self.low_open else '>='} {number_text(self.low)}"
         if self.high is not None:
-            return f" {'<' if self.high_open else '<='} {_num(self.high)}"
+            return f" {'<' if self.high_open else '<='} {number_text(self.high)}"
         return ""
 
     def error(self, value: Any, why: str = "") -> SettingError:
@@ -135,7 +135,8 @@ class Setting:
 MAX_LIST = 10_000  # a list setting longer than this is a mistake (a tensor's values pasted in)
 
 
-def _num(x: float) -> str:
+def number_text(x: float) -> str:
+    """A number in a message: whole numbers as ints, others (inf and nan too) to six significant digits."""
     return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.6g}"
 
 
@@ -531,8 +532,8 @@ def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
             raise SettingError(f"{counted[0]}={describe(given[counted[0]])} does not apply with token_count='video', "
                                "where the clip's length is in the token count and there is no temporal factor")
     if values["resolution_shift"] == "linear" and not values["max_seq_len"] > values["base_seq_len"]:
-        raise SettingError(f"max_seq_len={_num(values['max_seq_len'])} must exceed "
-                           f"base_seq_len={_num(values['base_seq_len'])}")
+        raise SettingError(f"max_seq_len={number_text(values['max_seq_len'])} must exceed "
+                           f"base_seq_len={number_text(values['base_seq_len'])}")
     _check_shift_values(values)
     return values
 
@@ -557,12 +558,12 @@ def _check_shift_values(values: Dict[str, Any]) -> None:
         a = math.exp(value) if family == "exponential" else value
         if not 1 / MAX_SHIFT_FACTOR <= a <= MAX_SHIFT_FACTOR:
             what = f"mu, so a = e^mu = {a:.3g}" if family == "exponential" else "the factor a"
-            raise SettingError(f"{name}={_num(value)} is not allowed for shift_family={family!r} ({what}): the shift "
+            raise SettingError(f"{name}={number_text(value)} is not allowed for shift_family={family!r} ({what}): the shift "
                                f"factor must lie in [0.01, 100], where float32 timesteps do not collapse to 0 or N")
     if rule != "linear":
         return
     if values["max_shift"] < values["base_shift"]:
-        raise SettingError(f"max_shift={_num(values['max_shift'])} is below base_shift={_num(values['base_shift'])}: "
+        raise SettingError(f"max_shift={number_text(values['max_shift'])} is below base_shift={number_text(values['base_shift'])}: "
                            "the linear rule must not decrease with the token count (it would reach 0 for large "
                            "latents)")
     if family == "rational":  # below its lower anchor the line falls; a latent holds at least one token
@@ -570,7 +571,7 @@ def _check_shift_values(values: Dict[str, Any]) -> None:
         smallest = values["base_shift"] - slope * (values["base_seq_len"] - 1)
         if smallest < 1 / MAX_SHIFT_FACTOR:
             raise SettingError(
-                f"base_shift={_num(values['base_shift'])}, max_shift={_num(values['max_shift'])}: the linear rule "
+                f"base_shift={number_text(values['base_shift'])}, max_shift={number_text(values['max_shift'])}: the linear rule "
                 f"gives a = {smallest:.4g} at 1 latent token, below 0.01 (a collapse to t = 0). Raise base_shift, "
                 "lower max_shift or base_seq_len")
 
