@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -20,3 +22,24 @@ def _fresh_warnings():
 
     shift._CLAMP_WARNED.clear()
     shift._SHIFTS.clear()
+
+
+def forget_opensora():
+    """Drop every imported opensora module, so the next test imports its own (fake) Open-Sora afresh."""
+    for name in [m for m in sys.modules if m == "opensora" or m.startswith("opensora.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake2(tmp_path, monkeypatch):
+    """A miniature Open-Sora 2.0 importable in this process: its config and sampling modules."""
+    import opensora_timeshift_patch as ots
+    from fake_opensora import write_fake_opensora2
+
+    write_fake_opensora2(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from opensora.utils import config, sampling
+
+    yield config, sampling
+    ots.unpatch()
+    forget_opensora()

@@ -130,18 +130,6 @@ def test_degenerate_clip_is_refused_or_clamped_on_the_host():
 
 # --- the hooks, on a miniature 2.0 in this process ------------------------------------------------------------
 
-@pytest.fixture
-def fake2(tmp_path, monkeypatch):
-    write_fake_opensora2(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from opensora.utils import config, sampling
-
-    yield config, sampling
-    ots.unpatch()
-    for name in [m for m in sys.modules if m == "opensora" or m.startswith("opensora.")]:
-        del sys.modules[name]
-
-
 PREPARE_INPUTS = textwrap.dedent('''
     import math
     import torch

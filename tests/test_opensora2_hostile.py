@@ -31,18 +31,6 @@ def rational(a, t):
     return a * t / (1 + (a - 1) * t)
 
 
-@pytest.fixture
-def fake2(tmp_path, monkeypatch):
-    write_fake_opensora2(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from opensora.utils import config, sampling
-
-    yield config, sampling
-    ots.unpatch()
-    for name in [m for m in sys.modules if m == "opensora" or m.startswith("opensora.")]:
-        del sys.modules[name]
-
-
 # --- the timesteps train.py passes in -------------------------------------------------------------------------
 
 BAD_T = [float("nan"), float("inf"), 1.5, -0.5]

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import meta
+from conftest import forget_opensora, meta
 from fake_opensora import write_fake_opensora
 import opensora_timeshift_patch as ots
 
@@ -18,8 +18,7 @@ def fake_opensora(request, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield request.param
     ots.unpatch()
-    for name in [m for m in sys.modules if m == "opensora" or m.startswith("opensora.")]:
-        del sys.modules[name]
+    forget_opensora()
 
 
 def train_module(version):
