@@ -33,6 +33,19 @@ def digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+SHIFTING_RFLOW = 'scheduler = dict(type="rflow", use_timestep_transform=True)\n'
+
+
+def refused_onto(capsys, tmp_path, reads, target):
+    """``config`` of a base whose first line is ``reads``, with ``--out target --force``: the exit code, the error
+    line, and whether ``target`` is unchanged."""
+    base = tmp_path / "base.py"
+    base.write_text(reads + "\n" + SHIFTING_RFLOW)
+    before = digest(target)
+    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", target, "--force")
+    return code, err, digest(target) == before
+
+
 def header(path):
     """The derived config's comment lines before _base_, without '# '."""
     lines = Path(path).read_text().splitlines()
@@ -43,23 +56,18 @@ def header(path):
 
 def test_out_onto_a_file_the_base_executes(tmp_path, capsys):
     (tmp_path / "extra.py").write_text("lr = 2e-5\n")
-    base = tmp_path / "base.py"
-    base.write_text('exec(open("{{ fileDirname }}/extra.py").read())\n'
-                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
-    before = digest(tmp_path / "extra.py")
-    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "extra.py", "--force")
+    code, err, unchanged = refused_onto(capsys, tmp_path, 'exec(open("{{ fileDirname }}/extra.py").read())',
+                                        tmp_path / "extra.py")
     assert code == 2 and "another file it reads (one it opens or executes" in err
-    assert digest(tmp_path / "extra.py") == before
+    assert unchanged
 
 
 def test_out_onto_a_file_the_base_opens_through_os_open(tmp_path, capsys):
     (tmp_path / "note.py").write_text("# read as text\n")
-    base = tmp_path / "base.py"
-    base.write_text('note = __import__("os").fstat(__import__("os").open("{{ fileDirname }}/note.py", 0)).st_size\n'
-                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
-    before = digest(tmp_path / "note.py")
-    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", tmp_path / "note.py", "--force")
-    assert code == 2 and "another file it reads" in err and digest(tmp_path / "note.py") == before
+    code, err, unchanged = refused_onto(
+        capsys, tmp_path, 'note = __import__("os").fstat(__import__("os").open("{{ fileDirname }}/note.py", 0)).st_size',
+        tmp_path / "note.py")
+    assert code == 2 and "another file it reads" in err and unchanged
 
 
 @pytest.fixture
@@ -74,35 +82,23 @@ def module_beside(tmp_path, monkeypatch):
 
 def test_out_onto_a_module_the_base_imports(module_beside, tmp_path, capsys):
     name, module = module_beside
-    base = tmp_path / "base.py"
-    base.write_text(f'custom_imports = dict(imports=["{name}"], allow_failed_imports=False)\n'
-                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
-    before = digest(module)
-    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", module, "--force")
-    assert code == 2 and "a module it imports" in err and digest(module) == before
+    code, err, unchanged = refused_onto(capsys, tmp_path, f'custom_imports = dict(imports=["{name}"], allow_failed_imports=False)', module)
+    assert code == 2 and "a module it imports" in err and unchanged
 
 
 def test_out_onto_a_module_imported_from_its_cached_bytecode(module_beside, tmp_path, capsys):
     # loading from a valid .pyc opens only the .pyc: the module's own file is known from the import
     name, module = module_beside
     py_compile.compile(str(module), cfile=str(tmp_path / "__pycache__" / f"{name}.{sys.implementation.cache_tag}.pyc"))
-    base = tmp_path / "base.py"
-    base.write_text(f'custom_imports = dict(imports=["{name}"], allow_failed_imports=False)\n'
-                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
-    before = digest(module)
-    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", module, "--force")
-    assert code == 2 and "a module it imports" in err and digest(module) == before
+    code, err, unchanged = refused_onto(capsys, tmp_path, f'custom_imports = dict(imports=["{name}"], allow_failed_imports=False)', module)
+    assert code == 2 and "a module it imports" in err and unchanged
 
 
 def test_out_onto_a_module_imported_before_the_base_loaded(module_beside, tmp_path, capsys):
     name, module = module_beside
     __import__(name)  # already in sys.modules: loading the base imports nothing new
-    base = tmp_path / "base.py"
-    base.write_text(f'custom_imports = dict(imports="{name}")\n'
-                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
-    before = digest(module)
-    code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", module, "--force")
-    assert code == 2 and "a module it imports" in err and digest(module) == before
+    code, err, unchanged = refused_onto(capsys, tmp_path, f'custom_imports = dict(imports="{name}")', module)
+    assert code == 2 and "a module it imports" in err and unchanged
 
 
 # --- a base that does not shift keeps not shifting -------------------------------------------------------------
@@ -190,12 +186,9 @@ def test_out_onto_a_module_that_an_imported_module_imports_from_bytecode(module_
     for mod in (name, outer):
         py_compile.compile(str(tmp_path / f"{mod}.py"),
                            cfile=str(tmp_path / "__pycache__" / f"{mod}.{sys.implementation.cache_tag}.pyc"))
-    base = tmp_path / "base.py"
-    base.write_text(f'custom_imports = dict(imports=["{outer}"], allow_failed_imports=False)\n'
-                    'scheduler = dict(type="rflow", use_timestep_transform=True)\n')
-    before = digest(module)
     try:
-        code, _, err = run(capsys, "config", base, "--shift-mode", "latent", "--out", module, "--force")
+        code, err, unchanged = refused_onto(
+            capsys, tmp_path, f'custom_imports = dict(imports=["{outer}"], allow_failed_imports=False)', module)
     finally:
         sys.modules.pop(outer, None)
-    assert code == 2 and "a module it imports" in err and digest(module) == before
+    assert code == 2 and "a module it imports" in err and unchanged
