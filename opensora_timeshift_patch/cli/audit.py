@@ -1,7 +1,7 @@
 """``audit``: what a dataset CSV and/or a training config's buckets meet under the config's scheduler.
 
 Clips are counted per bucket (:func:`read_csv_buckets`, :func:`group_buckets`), each bucket is judged as a training
-step would judge it (:func:`~.views.judge` on 1.x, :func:`~.views.opensora2_alpha` on 2.0), and the report says
+step would judge it (:func:`~opensora_timeshift_patch.guard.judge` on 1.x, :func:`~.views.opensora2_alpha` on 2.0), and the report says
 which clips would collapse to t = 0 or be refused (exit status 1).
 """
 
@@ -19,17 +19,18 @@ from typing import Any, BinaryIO, Callable, Dict, List, Mapping, NamedTuple, Opt
 import numpy as np
 import torch
 
+from .. import guard
 from ..buckets import (RESOLUTION_NAMES, bucket_rule_of, closest_size, config_buckets, opensora2_base_size,
                        opensora2_fps_max, opensora2_geometry, opensora2_sizes, sampling_interval)
 from ..opensora2 import SCHEDULER_TYPE, Opensora2Timesteps
 from ..per_bucket import BucketRule, rule_for
 from ..policies import SHIFT_MODES, temporal_size
-from ..settings import MAX_SHIFT_FACTOR, SETTINGS, SettingError
+from ..settings import SETTINGS, SettingError
 from ..shift import TimestepShift
 from .common import (STATUS_TEXT, UsageError, build_timeshift, buckets_text, format_table, input_file, load_config,
                      rule_cell, rule_text, short)
 from .options import OPENSORA_VERSIONS, Once
-from .views import VAES, Alpha, Verdict, bucket_children, build_opensora2, judge, opensora2_alpha, stock_opensora2
+from .views import VAES, Alpha, bucket_children, build_opensora2, opensora2_alpha, stock_opensora2
 
 CSV_COLUMNS = ("num_frames", "height", "width")
 CHECKED = ("height", "width", "num_frames")  # a row's values are checked in this order: its first fault is named
@@ -525,11 +526,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         count = groups[key]
         shift, applies = current.shift_for(h, w, n)
         rule_of[key] = applies
-        verdict = Verdict("off", math.nan, None) if key in off else judge(shift, h, w, n)
+        if key in off or shift is None:
+            verdict = guard.Verdict("off" if key in off else "no shift", math.nan, math.nan, "")
+        else:  # the guard's decision, computed in float32 as 1.x trains
+            verdict = guard.judge(shift, h, w, n)
         counted[verdict.kind].append((key, 1 if count is None else count))
-        if verdict.kind == "ok" and not 1 / MAX_SHIFT_FACTOR < verdict.factor < MAX_SHIFT_FACTOR:
+        if verdict.kind == "ok" and verdict.message:  # the guard's note: a factor outside [0.01, 100] kept
             extreme.append(key)
-        if verdict.message and verdict.message not in messages:
+        if verdict.kind == "refused" and verdict.message not in messages:
             messages.append(verdict.message)
         n_t = torch.tensor([float(n)])
         cells = []

@@ -4,8 +4,8 @@
 :class:`Opensora2View` (2.0: stock 2.0's rule, then the user's settings) both yield :class:`Bucket` records: the
 latent, the tokens, T_eff, the factor in training and at inference, the verdict and the quantiles of the shifted
 timestep. ``inspect`` and ``plot`` are written once over a view. Every verdict is the guard's
-(:func:`opensora_timeshift_patch.guard.judge`): the views only choose which shift to ask it about; :func:`judge` and
-:func:`opensora2_alpha` are the forms ``audit`` reads.
+(:func:`opensora_timeshift_patch.guard.judge`): the views only choose which shift to ask it about; :func:`opensora2_alpha`
+is the form ``audit`` reads on 2.0.
 """
 
 from __future__ import annotations
@@ -75,22 +75,6 @@ class Curve(NamedTuple):
     transform: Optional[torch.Tensor]  # None: refused by the guard (named in the legend, nothing drawn)
     draws: Optional[torch.Tensor]
     collapsed: bool
-
-
-class Verdict(NamedTuple):
-    kind: str  # "ok", "clamped", "collapsed", "refused", "no shift", "off"
-    factor: float  # the shift factor the scheduler uses (nan: none, or refused)
-    message: Optional[str]  # the guard's, when it refuses
-
-
-def judge(shift: Optional[TimestepShift], height: int, width: int, frames: int,
-          dtype: Any = np.float32) -> Verdict:
-    """The guard's verdict on a 1.x shift for a batch of this bucket, in audit's form: "no shift" without a shift,
-    and the message only where the guard refuses (computed in float32, as 1.x trains)."""
-    if shift is None:
-        return Verdict("no shift", math.nan, None)
-    verdict = guard.judge(shift, height, width, frames, dtype=dtype)
-    return Verdict(verdict.kind, verdict.factor, verdict.message if verdict.kind == "refused" else None)
 
 
 def bucket_children(scheduler: Any) -> Tuple[Any, ...]:
