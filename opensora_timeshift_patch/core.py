@@ -228,17 +228,6 @@ class Recipe:
         assert out is not None  # every sample is someone's
         return out
 
-    # --- the guard ----------------------------------------------------------------------------------------------
-
-    def judge(self, height: float, width: float, num_frames: float, latent_frames: Optional[int] = None,
-              tokens: Optional[int] = None, where: Optional[str] = None) -> Any:
-        """The guard's :class:`~.guard.Verdict` for one clip of this size under the recipe of its bucket (a rule's
-        or this one's): the same decision training makes."""
-        from .guard import judge
-
-        _, recipe = self.for_clip(num_frames, height, width)
-        return judge(recipe.shift, height, width, num_frames, latent_frames, tokens, where)
-
 
 def _registry_param(key: str) -> bool:
     return any(registry.owners(key) for registry in (POLICIES, DISTRIBUTIONS, WEIGHTINGS))
