@@ -60,6 +60,9 @@ class Recipe:
                  who: str = "rflow-timeshift") -> None:
         if release not in RELEASES:
             raise SettingError(f"release={describe(release)} is not allowed: use one of {', '.join(map(repr, RELEASES))}")
+        if settings is not None and not isinstance(settings, Mapping):
+            raise SettingError(f"settings={describe(settings)} is not allowed: use a dict of the scheduler's "
+                               "keywords, as the config's scheduler = dict(type='rflow-timeshift', ...) holds")
         given = dict(settings or {})
         if release == "2.0":
             for key, value in given.items():
@@ -143,6 +146,8 @@ class Recipe:
         setting that no longer means anything under the new selection (a parameter of a distribution, policy or
         weighting that is no longer selected; a setting whose ``applies_with`` no longer holds). A contradiction
         between what is inherited and what is overridden is refused, as for any settings."""
+        if not isinstance(overrides, Mapping):
+            raise SettingError(f"overrides={describe(overrides)} is not allowed: use a dict of settings")
         inherited = {k: v for k, v in self.given.items() if k not in overrides and (keep_rules or k != "bucket_settings")}
         merged = {**inherited, **overrides}
         selected = {name: s.default for name, s in SETTINGS.items()}

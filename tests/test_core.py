@@ -112,3 +112,11 @@ def test_the_readme_example_of_a_registered_distribution_works_everywhere():
             ots.RFlowTimeShift(sample_method="kumaraswamy", a=20)
     finally:
         DISTRIBUTIONS.unregister("kumaraswamy")
+
+
+@pytest.mark.parametrize("settings", ["abc", [("shift_mode", "v13")], 3, torch.tensor(1.0)])
+def test_a_recipe_takes_a_dict_of_settings_only(settings):
+    with pytest.raises(ots.SettingError, match=r"settings=.* is not allowed: use a dict of the scheduler's keywords"):
+        Recipe(settings)
+    with pytest.raises(ots.SettingError, match=r"overrides=.* is not allowed: use a dict of settings"):
+        Recipe().derive(settings)
