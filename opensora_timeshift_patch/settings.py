@@ -384,6 +384,11 @@ _SETTINGS = (
     Setting("backend", "choice", "auto", "'auto' (Open-Sora's RFLOW when importable), 'opensora' or 'standalone'",
             choices=("auto", "opensora", "standalone"),
             group="backend", not_on_2='2.0 has no RFLOW: only the timesteps are replaced'),
+    # --- what training reports about itself -----------------------------------------------------------------
+    Setting("telemetry", "any", None,
+            "dict(bins=20, every=100, dir=...): per-noise-level loss and drawn-vs-configured timestep histograms per "
+            "bucket, written to dir/timeshift_telemetry.jsonl every `every` steps (see telemetry; 2.0: drawn only)",
+            optional=True, group="telemetry"),
 )
 
 SETTINGS: Dict[str, Setting] = {s.name: s for s in _SETTINGS}
@@ -411,6 +416,7 @@ GROUPS: Dict[str, str] = {
     "rules": "per-bucket rules",
     "stream": "where the uniforms come from",
     "backend": "which rectified flow runs the rest",
+    "telemetry": "what training records about its timesteps and losses",
 }
 """The selections a setting belongs to (``Setting.group``); the lists below are read off the declaration."""
 
@@ -535,7 +541,57 @@ def resolve(given: Dict[str, Any], release: str = "1.x") -> Dict[str, Any]:
         raise SettingError(f"max_seq_len={number_text(values['max_seq_len'])} must exceed "
                            f"base_seq_len={number_text(values['base_seq_len'])}")
     _check_shift_values(values)
+    values["telemetry"] = check_telemetry(values["telemetry"])
     return values
+
+
+TELEMETRY_KEYS: Dict[str, Setting] = {s.name: s for s in (
+    Setting("telemetry.bins", "int", 20, "bins of the fixed grid over [0, N]", low=2, high=1000),
+    Setting("telemetry.every", "int", 100, "training steps between reports", low=1, high=10**9),
+    Setting("telemetry.dir", "any", None, "the directory of timeshift_telemetry.jsonl"),
+)}
+"""The keys of the ``telemetry`` setting, each validated as a setting of its own (named ``telemetry.<key>``)."""
+
+
+def check_telemetry(value: Any) -> Optional[Dict[str, Any]]:
+    """The ``telemetry`` setting as ``{"bins", "every", "dir"}`` (dir a str), or None when off; refuses any other
+    key, a value outside its range, and a dir that is a file or lies under one."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SettingError(f"telemetry={describe(value)} is not allowed: use None or dict(bins=20, every=100, "
+                           "dir='...')")
+    unknown = [k for k in value if k not in ("bins", "every", "dir")]
+    if unknown:
+        raise SettingError(f"telemetry key {describe(unknown[0])}={describe(value[unknown[0]])} is not allowed: "
+                           "telemetry takes bins, every and dir")
+    if "dir" not in value:
+        raise SettingError("telemetry needs dir: the directory to write timeshift_telemetry.jsonl into")
+    out = {key: TELEMETRY_KEYS["telemetry." + key].check(value.get(key, TELEMETRY_KEYS["telemetry." + key].default))
+           for key in ("bins", "every")}
+    out["dir"] = _check_directory("telemetry.dir", value["dir"])
+    return out
+
+
+def _check_directory(name: str, value: Any) -> str:
+    """A directory path, existing or to be made: not empty, not a file, not under a file."""
+    import os  # only here: the rest of the declaration touches no file system
+
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    allowed = "use a directory path (a str), one that is not a file and does not lie under a file"
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise SettingError(f"{name}={describe(value)} is not allowed: {allowed}")
+    path = os.path.abspath(value)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if os.path.exists(path) and not os.path.isdir(path):
+        what = "is a file" if path == os.path.abspath(value) else f"lies under the file {path!r}"
+        raise SettingError(f"{name}={describe(value)} is not allowed: it {what}; {allowed}")
+    return value
 
 
 LINEAR_DEFAULTS = {"rational": (1.0, 3.0), "exponential": (0.5, 1.15)}

@@ -17,7 +17,8 @@ from .rflow import (Check, StandaloneRFlow, guarded_table, mark_table_checked, m
                     sampling_grid, timestep_problem)
 from ..sampling import TimestepDistribution
 from ..settings import OPENSORA_ONLY, SETTINGS, SettingError, describe, is_numpy_bool, settings_doc
-from ..shift import TimestepShift
+from ..shift import TimestepShift, read_meta
+from ..telemetry import Telemetry
 from ..weighting import LossWeighting
 
 # Open-Sora 1.3 keywords of RFLOW.sample that only its own RFLOW implements: the standalone backend takes them at
@@ -101,6 +102,10 @@ class RFlowTimeShift:
             loc, scale = self.distribution.params.get("loc", 0.0), self.distribution.params.get("scale", 1.0)
             self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
         self.backend, self.rflow = _backend(values, self.recipe.rflow_keywords)
+        self.telemetry: Optional[Telemetry] = None
+        if values["telemetry"] is not None:
+            self.telemetry = Telemetry(**values["telemetry"], num_timesteps=self.num_timesteps,
+                                       bucket=self._telemetry_bucket)
 
     def __repr__(self) -> str:
         stream = f", timestep_seed={self.timestep_seed}, stratified={self.stratified}" * (self.timestep_rng == "per_sample")
@@ -113,22 +118,51 @@ class RFlowTimeShift:
     def set_process_groups(self, data_parallel_group: Any = None, sequence_parallel_group: Any = None) -> None:
         """Tell the per-sample stream which ranks are data-parallel replicas (default: Open-Sora's groups, or the world)."""
         self._groups = (data_parallel_group, sequence_parallel_group)
+        if self.telemetry is not None:
+            self.telemetry.groups = self._groups
 
     def state_dict(self) -> Dict[str, Any]:
-        """What a checkpoint needs to resume the timestep stream exactly: the step count and the seed."""
-        return {"step": self.step, "timestep_seed": self.timestep_seed}
+        """What a checkpoint needs to resume the timestep stream exactly: the step count and the seed (and, with
+        ``telemetry``, its statistics: this rank's, so each rank saves and loads its own)."""
+        state: Dict[str, Any] = {"step": self.step, "timestep_seed": self.timestep_seed}
+        if self.telemetry is not None:
+            state["telemetry"] = self.telemetry.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`; a different seed is refused, since it would silently change the stream."""
-        if not isinstance(state, Mapping) or "step" not in state or set(state) - {"step", "timestep_seed"}:
+        """Resume from :meth:`state_dict`; a different seed is refused, since it would silently change the stream.
+        Telemetry statistics in the state are continued when telemetry is on (and not loaded when it is off)."""
+        if not isinstance(state, Mapping) or "step" not in state or set(state) - {"step", "timestep_seed",
+                                                                                   "telemetry"}:
             raise SettingError(f"state={describe(state)} is not allowed: load the dict that state_dict() returned "
-                               "(it has 'step' and 'timestep_seed', nothing else)")
+                               "(it has 'step' and 'timestep_seed', and 'telemetry' with telemetry on, nothing else)")
         seed = SETTINGS["timestep_seed"].check(state.get("timestep_seed", self.timestep_seed))
         if seed != self.timestep_seed:
             raise SettingError(f"the checkpoint's timestep_seed={seed!r} differs from this scheduler's "
                                f"{self.timestep_seed!r}: resume with the same seed, or start a new stream deliberately "
                                "by not loading the scheduler state")
         self.step = SETTINGS["timestep_start_step"].check(state["step"])
+        if self.telemetry is not None and "telemetry" in state:
+            self.telemetry.load_state_dict(state["telemetry"])
+
+    def _telemetry_bucket(self, height: float, width: float, num_frames: float, latent_thw: Tuple[int, ...]
+                          ) -> Tuple[Optional[int], Callable[[Tensor], Tensor], Optional[float]]:
+        """For the telemetry: a clip's rule, the quantile function of its shifted timestep (the training code's own
+        draw and shift, of uniforms) and Open-Sora 1.3's redraw threshold where it applies to the clip."""
+        rule, recipe = self.recipe.for_clip(num_frames, height, width)
+
+        def quantile(u: Tensor) -> Tensor:
+            t = recipe.timesteps(u)
+            if not recipe.use_timestep_transform:
+                return t
+            meta = {k: torch.full(u.shape, float(v), dtype=torch.float64)
+                    for k, v in (("height", height), ("width", width), ("num_frames", num_frames))}
+            return recipe.shift(t, meta, self.num_timesteps, latent_frames=latent_thw[0],
+                                latent_hw=tuple(latent_thw[1:]))
+
+        redraw = self.uniform_over_threshold if (self.use_timestep_transform and self.shift.scale_temporal
+                                                 and num_frames != 1) else None
+        return rule, quantile, redraw
 
     # --- timesteps ------------------------------------------------------------------------------------------
 
@@ -262,7 +296,19 @@ class RFlowTimeShift:
         if w is not None:  # a per-sample factor, as stock applies its own weights
             loss = loss * self.weighting.clip(w, guard).to(loss.dtype)
         terms["loss"] = loss
+        if self.telemetry is not None:
+            self._observe(t, loss, model_kwargs, x_start, drawn=not given_t)
         return terms
+
+    def _observe(self, t: Tensor, loss: Tensor, model_kwargs: Any, x_start: Tensor, drawn: bool) -> None:
+        telemetry = self.telemetry
+        assert telemetry is not None
+        batch = x_start.shape[0]
+        height, width, num_frames = (x.expand(batch) for x in read_meta(model_kwargs, torch.float64, x_start.device,
+                                                                          batch))
+        telemetry.observe(t, loss, height, width, num_frames, tuple(x_start.shape[2:]), drawn)
+        if telemetry.due():
+            telemetry.report(self.step)
 
     def sample(self, model: Callable[..., Tensor], text_encoder: Any, z: Tensor, prompts: Sequence[str], device: Any,
                additional_args: Optional[Dict[str, Any]] = None, mask: Optional[Tensor] = None,
