@@ -78,8 +78,11 @@ def main():
     parser.add_argument("--uneven", action="store_true",
                         help="per-rank batch sizes that differ from rank to rank and step to step, as Open-Sora's "
                              "bucket sampler gives them")
+    parser.add_argument("--telemetry", help="run the telemetry check instead, writing its records under this dir")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.telemetry:
+        return telemetry_main(args)
 
     if args.colossalai:
         import colossalai
@@ -136,6 +139,68 @@ def main():
     dist.barrier()
     # Leave without running gloo's destructors: tearing down process groups while peers exit can abort a
     # rank ("terminate called without an active exception") after all the work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+TELEMETRY_STEPS, RESUME_AT = 8, 3
+
+
+def telemetry_sample(step, dp_rank):
+    """A step's batch on a data-parallel rank: uneven sizes, latent shapes that change with the step, and per-sample
+    meta that mixes buckets (so the device lookup, the first sights and the spill all see work). Seeded by
+    (step, dp_rank), so the sequence-parallel ranks of a sample hold the same batch."""
+    g = torch.Generator().manual_seed(1000 * step + dp_rank)
+    size = 1 + (step + 3 * dp_rank) % BATCH
+    frames = 5 if (step + dp_rank) % 3 else 3
+    x = torch.randn(size, 4, frames, 4, 4, generator=g)
+    height = torch.tensor([(256.0, 512.0, 384.0)[(i + step * dp_rank) % 3] for i in range(size)])
+    num_frames = torch.tensor([17.0 if frames == 5 else 9.0 for _ in range(size)])
+    return x, {"height": height, "width": height.clone(), "num_frames": num_frames}
+
+
+def telemetry_main(args):
+    """DP x SP = 2 x 2 with telemetry on, every=2: rank 0 writes the per-sample (t, loss, meta) of every data-parallel
+    sample, for the test to feed one process; every rank checkpoints its scheduler at RESUME_AT and a resumed copy
+    runs beside the original on the same batches, writing under <dir>/resumed."""
+    dist.init_process_group("gloo")
+    torch.manual_seed(1024)
+    dp_group, sp_group = make_groups(args.sp)
+    dp_rank = dist.get_rank() // args.sp
+    cfg = dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample", timestep_seed=3,
+               bucket_settings=[dict(resolution=(300 * 300, None), sample_method="logit-normal")],
+               telemetry=dict(bins=8, every=2, dir=args.telemetry))
+    scheduler = build_module(cfg, SCHEDULERS)
+    scheduler.set_process_groups(dp_group, sp_group)
+    model = TinyModel()
+    rows, resumed = [], None
+    for step in range(TELEMETRY_STEPS):
+        if step == RESUME_AT:
+            state = scheduler.state_dict()
+            resumed = build_module({**cfg, "telemetry": dict(bins=8, every=2, dir=os.path.join(args.telemetry,
+                                                                                             "resumed"))}, SCHEDULERS)
+            resumed.set_process_groups(dp_group, sp_group)
+            resumed.load_state_dict(json.loads(json.dumps(state)))  # as a checkpoint file holds it
+        x, meta = telemetry_sample(step, dp_rank)
+        torch.manual_seed(step)  # the noise: the same for the original and the resumed copy
+        loss = scheduler.training_losses(model, x, meta)["loss"]
+        t = model.seen[-1]
+        if resumed is not None:
+            torch.manual_seed(step)
+            again = resumed.training_losses(model, x, meta)["loss"]
+            assert torch.equal(again, loss)
+        rows.append(torch.stack([t.double(), loss.detach().double(), meta["height"].double(),
+                                 meta["width"].double(), meta["num_frames"].double(),
+                                 torch.full_like(loss, float(x.shape[2])).double()], dim=1))
+    mine = torch.cat(rows)
+    everyone = gather_uneven(mine.reshape(-1))
+    if dist.get_rank() == 0:
+        samples = [torch.tensor(r).reshape(-1, 6).tolist() for r in everyone[::args.sp]]  # one rank per sample
+        with open(args.out, "w") as f:
+            json.dump(dict(samples=samples, every=2, bins=8, cfg={k: v for k, v in cfg.items() if k != "telemetry"}),
+                      f)
+    dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

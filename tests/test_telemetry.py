@@ -1,0 +1,130 @@
+"""Telemetry: its setting refuses hostile input; the expected bin probabilities are the shifted distribution's CDF;
+drawn-vs-configured stays silent on correct draws and fires on wrong ones, per bucket; off changes nothing."""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from opensora_timeshift_patch import SCHEDULERS, SettingError, build_module
+from opensora_timeshift_patch.core import Recipe
+from opensora_timeshift_patch.telemetry import FILE_NAME, bin_probabilities, g_test
+from standin.stubs import StubModel, batch_meta
+
+
+def scheduler(tmp_path, **telemetry):
+    return build_module(dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample",
+                             telemetry=dict(dir=str(tmp_path), **telemetry)), SCHEDULERS)
+
+
+@pytest.mark.parametrize("bad, named", [
+    (dict(bins=True), "telemetry.bins=True"), (dict(bins=1), "telemetry.bins=1"), (dict(bins=10**6), "1000000"),
+    (dict(bins=2.5), "2.5"), (dict(bins="20"), "'20'"), (dict(bins=float("nan")), "nan"),
+    (dict(every=0), "telemetry.every=0"), (dict(every=-3), "-3"), (dict(every=False), "False"),
+    (dict(every=float("inf")), "inf"), (dict(every=1.0), "1.0"),
+    (dict(colour=1), "'colour'=1"), (dict(), "needs dir"), (dict(dir=""), "telemetry.dir=''"),
+    (dict(dir=3), "telemetry.dir=3"), (dict(dir=None), "telemetry.dir=None"), (dict(dir=["a"]), "['a']"),
+])
+def test_hostile_keys_are_refused_by_name(tmp_path, bad, named):
+    settings = dict(dir=str(tmp_path), **bad) if "dir" not in bad and named != "needs dir" else bad
+    with pytest.raises(SettingError, match=None) as err:
+        Recipe({"telemetry": settings})
+    assert named in str(err.value)
+    assert "telemetry" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["dir", 5, [1], torch.ones(2)])
+def test_not_a_dict_is_refused(value):
+    with pytest.raises(SettingError, match="telemetry=.* is not allowed"):
+        Recipe({"telemetry": value})
+
+
+def test_a_file_or_a_path_under_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for d in (f, f / "below"):
+        with pytest.raises(SettingError, match="telemetry.dir=.*(is a file|lies under the file)"):
+            Recipe({"telemetry": dict(dir=str(d))})
+    assert Recipe({"telemetry": dict(dir=str(tmp_path / "new" / "deep"))}).values["telemetry"]["bins"] == 20
+
+
+def test_off_by_default_changes_nothing(tmp_path):
+    stock = build_module(dict(type="rflow-timeshift", backend="standalone"), SCHEDULERS)
+    assert stock.telemetry is None and stock.state_dict() == {"step": 0, "timestep_seed": 0}
+
+
+def test_bin_probabilities_are_the_rational_shifts_cdf():
+    # uniform t, a = 3: t' = a t / (1 + (a - 1) t) has P(t' < e) = e / (a - (a - 1) e), by inverting the shift.
+    a, edges = 3.0, [i / 10 for i in range(11)]
+    got = bin_probabilities(lambda u: a * u / (1 + (a - 1) * u), edges)
+    cdf = [e / (a - (a - 1) * e) for e in edges]
+    assert got == pytest.approx([cdf[i + 1] - cdf[i] for i in range(10)], abs=1e-12)
+
+
+def test_bin_probabilities_put_a_point_mass_on_an_edge_in_the_bin_above():
+    got = bin_probabilities(lambda u: torch.where(u < 0.5, torch.full_like(u, 0.25), torch.full_like(u, 0.5)),
+                            [0, 0.25, 0.5, 0.75, 1.0])
+    assert list(got) == pytest.approx([0, 0.5, 0.5, 0])
+
+
+def test_expected_matches_the_scheduler_formula(tmp_path):
+    s = scheduler(tmp_path, bins=10, every=1)
+    x = torch.randn(4, 4, 5, 4, 4)
+    s.training_losses(StubModel(), x, batch_meta(4, 512, 512, 17))
+    record = json.loads((tmp_path / FILE_NAME).read_text().splitlines()[0])
+    a = math.sqrt(5)  # latent policy: T_eff = 5 latent frames, 512 x 512 is the base resolution
+    cdf = [e / (a - (a - 1) * e) for e in (i / 10 for i in range(11))]
+    assert record["expected"] == pytest.approx([cdf[i + 1] - cdf[i] for i in range(10)], abs=1e-6)
+    assert (record["height"], record["num_frames"], record["rule"], record["samples"]) == (512, 17, None, 4)
+
+
+def run_draws(tmp_path, draw_cfg, steps=200, batch=16):
+    """Telemetry of the default recipe, fed timesteps drawn by ``draw_cfg``'s scheduler (a wrong draw when it
+    differs), for two buckets; returns the records of the last report and the warnings."""
+    s = scheduler(tmp_path, bins=20, every=steps)
+    drawer = build_module(dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample",
+                               **draw_cfg), SCHEDULERS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(steps):
+            hw = 256 if step % 2 else 512
+            x = torch.randn(batch, 4, 5 if step % 2 else 3, 4, 4)
+            meta = batch_meta(batch, hw, hw, 17 if step % 2 else 9)
+            t = drawer.sample_timesteps(x, meta, step=step)
+            height, width, frames = (v.double() for v in meta.values())
+            s.telemetry.observe(t, torch.ones(batch), height, width, frames, tuple(x.shape[2:]), True)
+        records = s.telemetry.report(steps)
+    return records, [str(w.message) for w in caught if "disagree" in str(w.message)]
+
+
+def test_correct_draws_stay_silent_over_many_steps(tmp_path):
+    records, alarms = run_draws(tmp_path, {})
+    assert len(records) == 2 and all(r["samples"] == 1600 for r in records)
+    assert alarms == [] and not any(r["check"]["alarm"] for r in records)
+    assert all(r["check"]["p"] > 1e-4 for r in records)
+
+
+@pytest.mark.parametrize("wrong", [dict(sample_method="logit-normal"), dict(transform_scale=2.0)],
+                         ids=["another distribution", "another shift"])
+def test_a_wrong_draw_fires_per_bucket(tmp_path, wrong):
+    records, alarms = run_draws(tmp_path, wrong)
+    assert all(r["check"]["alarm"] for r in records)
+    assert len(alarms) == 2 and any("256x256, 17 frames" in a for a in alarms) and any("512x512, 9" in a for a in alarms)
+
+
+def test_g_test_draws_where_nothing_can_fall_is_an_alarm():
+    assert g_test([0, 5, 5], [0.0, 0.5, 0.5], 1e-6)["alarm"] is False
+    assert g_test([1, 5, 5], [0.0, 0.5, 0.5], 1e-6)["alarm"] is True
+
+
+def test_load_state_dict_refuses_a_different_bins_and_junk(tmp_path):
+    s = scheduler(tmp_path, bins=10, every=5)
+    s.training_losses(StubModel(), torch.randn(2, 4, 5, 4, 4), batch_meta(2, 256, 256, 17))
+    state = s.state_dict()
+    other = scheduler(tmp_path, bins=12, every=5)
+    with pytest.raises(SettingError, match="bins=10"):
+        other.load_state_dict(state)
+    with pytest.raises(SettingError, match="telemetry state="):
+        other.load_state_dict({**state, "telemetry": {"bins": 12}})
