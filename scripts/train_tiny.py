@@ -171,10 +171,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the latest in the work dir")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
                         help="override config keys, e.g. train.steps=50 dataset.frames=[16]")
+    parser.add_argument("--telemetry", default=None, metavar="DIR",
+                        help="write the scheduler's per-noise-level loss telemetry to DIR (default: off, as the "
+                             "committed comparison ran)")
+    parser.add_argument("--telemetry-every", type=int, default=100, metavar="STEPS")
     args = parser.parse_args(argv)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if args.telemetry is not None:
+        cfg.scheduler["telemetry"] = dict(dir=args.telemetry, every=args.telemetry_every)
     work_dir = args.work_dir or os.path.join("work_dirs", os.path.splitext(os.path.basename(args.config))[0])
     result = train(cfg, work_dir, args.resume)
     if result:
