@@ -48,6 +48,7 @@ from .guard import judge
 from .sampling import TimestepDistribution
 from .settings import DISTRIBUTIONS, POLICIES, SETTINGS, Setting, SettingError, describe
 from .shift import MetaError, TimestepShift
+from .telemetry import Telemetry
 
 SCHEDULER_TYPE = "rflow-timeshift"
 logger = logging.getLogger("opensora_timeshift_patch")
@@ -83,6 +84,12 @@ class Opensora2Timesteps:
         # The pixel meta (clip size) matter only to the 'sqrt' rule and to policies of the pixel frame count.
         self.needs_pixels = (self.shift.resolution_shift == "sqrt"
                              or self.shift.shift_mode not in ("latent", "spatial"))
+        # 2.0's train.py computes the loss itself and keeps only its batch mean: the telemetry sees the draws only,
+        # and only rank 0's (stock 2.0 draws the same t on every rank, so a sum over ranks would count each R times).
+        self.telemetry: Optional[Telemetry] = None
+        if values["telemetry"] is not None:
+            self.telemetry = Telemetry(**values["telemetry"], num_timesteps=1, bucket=self._telemetry_bucket,
+                                       release="2.0", reduce=False)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.given.items()) or "no settings: stock 2.0's rule"
@@ -164,6 +171,32 @@ class Opensora2Timesteps:
             raise MetaError(f"a latent of {h}x{w} holds no token of patch size {patch}: nothing to shift (2.0's model "
                             "cannot pack it either)")
         return _shifted(self.shift, t, self.factor(latent_thw[0], tokens, pixel_thw))
+
+    def observe(self, t: Tensor, latent_thw: Tuple[int, int, int], pixel_thw: Optional[Tuple[int, int, int]]) -> None:
+        """Count one batch's training timesteps in the telemetry (rank 0 only), keyed by the clip's pixel size and
+        frames (the latent's where the caller holds no pixel ``x``); every ``every`` batches a report."""
+        telemetry = self.telemetry
+        if telemetry is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+            return
+        frames, height, width = pixel_thw if pixel_thw is not None else latent_thw
+        shape = tuple(latent_thw) + (tuple(pixel_thw) if pixel_thw is not None else ())
+        telemetry.observe_drawn(t, (float(height), float(width), float(frames)), shape)
+        if telemetry.due():
+            telemetry.report(telemetry.steps)
+
+    def _telemetry_bucket(self, height: float, width: float, num_frames: float, shape: Tuple[int, ...]
+                          ) -> Tuple[None, Callable[[Tensor], Tensor], None]:
+        """For the telemetry: the quantile function of a bucket's training timestep (the draw's distribution, then
+        this bucket's shift, as :meth:`training_timesteps` applies them); 2.0 has no bucket rules and no redraw."""
+        latent, pixel = tuple(shape[:3]), (tuple(shape[3:]) or None)
+
+        def quantile(u: Tensor) -> Tensor:
+            t = self.distribution(u).to(torch.float32)
+            if not self.use_timestep_transform:
+                return t
+            return _shifted(self.shift, t, self.factor(latent[0], self.training_tokens(latent[1:]), pixel))
+
+        return None, quantile, None
 
     def schedule(self, num_steps: int, tokens: int, latent_frames: int,
                  pixel_thw: Optional[Tuple[int, int, int]] = None) -> List[float]:
@@ -290,7 +323,11 @@ class TrainingTimeShift:
         del caller
         _say_once(self, "on", f"rflow-timeshift: Open-Sora 2.0 training timesteps now come from {self.timesteps!r} "
                               "(train.py's time_shift replaced)")
-        return self.timesteps.training_timesteps(t, latent, _shape5(pixels["x"]) if pixels else None, step)
+        pixel_thw = _shape5(pixels["x"]) if pixels else None
+        out = self.timesteps.training_timesteps(t, latent, pixel_thw, step)
+        if self.timesteps.telemetry is not None:
+            self.timesteps.observe(out, latent, pixel_thw)
+        return out
 
 
 def _training_only(key: str, shift_mode: str) -> bool:

@@ -285,7 +285,7 @@ class Telemetry:
             self.totals[key] = self.totals.get(key, np.zeros((_STATS, self.bins))) + stats
         self._pending.zero_()
         records = self._records(step)
-        if not distributed or dist.get_rank() == 0:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
             self._write(records)
         return records
 
