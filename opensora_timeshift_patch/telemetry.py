@@ -380,14 +380,16 @@ class Telemetry:
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything a resumed run needs to continue these statistics exactly: the reduced totals and this rank's
-        part not reduced yet (so each rank saves and loads its own), the slots, the step count."""
+        part not reduced yet (so each rank saves and loads its own: another rank's part is not loaded, and said so;
+        a checkpoint at a multiple of ``every`` has none, and any rank's state resumes every rank exactly), the
+        slots, the step count."""
         if self._pending is not None:
             self._recover_spill()  # one host look, at a checkpoint: the spill is folded into its keys' rows
         pending = {} if self._pending is None else {
             _key_text(k): self._pending[:, i + _KEYED].cpu().tolist() for i, k in enumerate(self.keys)}
         if self._pending is not None:
             pending["unmatched"] = self._pending[:, 0].cpu().tolist()
-        return {"bins": self.bins, "steps": self.steps, "read_every_step": self.read_every_step,
+        return {"bins": self.bins, "steps": self.steps, "rank": _rank(), "read_every_step": self.read_every_step,
                 "keys": [list(k) for k in self.keys],
                 "info": [[list(k), rule, list(shape)] for k, (rule, shape) in self.info.items()],
                 "shapes": [list(s) for s in sorted(self.seen_shapes)],
@@ -406,6 +408,7 @@ class Telemetry:
             self.totals = {_text_key(k): np.asarray(v, dtype=np.float64) for k, v in state["totals"].items()}
             keys = [tuple(k) for k in state["keys"]]
             pending = {_text_key(k): v for k, v in state["pending"].items()}
+            saved_by = int(state["rank"])
         except SettingError:
             raise
         except (KeyError, TypeError, ValueError) as err:
@@ -418,9 +421,19 @@ class Telemetry:
         for key in keys:
             self._add_key(key, self.info[key][1])
         assert self._pending is not None
+        if saved_by != _rank():
+            if any(any(any(row) for row in stats) for stats in pending.values()):
+                _loud(f"telemetry: rank {_rank()} loads the state rank {saved_by} saved: its samples since the last "
+                      "report are that rank's, not this one's, and are left out (this rank's are lost). Save each "
+                      "rank's state_dict, or checkpoint at a multiple of telemetry every, to resume exactly")
+            pending = {}
         for key, stats in pending.items():
             row = 0 if key == "unmatched" else self.keys.index(key) + _KEYED
             self._pending[:, row] = torch.tensor(stats, dtype=torch.float64)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _order(key: Any) -> Tuple[int, Any]:

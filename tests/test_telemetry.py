@@ -128,3 +128,54 @@ def test_load_state_dict_refuses_a_different_bins_and_junk(tmp_path):
         other.load_state_dict(state)
     with pytest.raises(SettingError, match="telemetry state="):
         other.load_state_dict({**state, "telemetry": {"bins": 12}})
+
+
+def test_a_resume_from_state_continues_the_records_exactly(tmp_path):
+    def run(s, steps):
+        for step in steps:
+            torch.manual_seed(step)
+            hw = (256, 512)[step % 2]
+            s.training_losses(StubModel(), torch.randn(3, 4, 5, 4, 4), batch_meta(3, hw, hw, 17))
+
+    a = scheduler(tmp_path / "a", bins=6, every=4)
+    run(a, range(6))
+    state = json.loads(json.dumps(a.state_dict()))
+    run(a, range(6, 12))
+    b = scheduler(tmp_path / "b", bins=6, every=4)
+    b.load_state_dict(state)
+    run(b, range(6, 12))
+    lines = (tmp_path / "a" / FILE_NAME).read_text().splitlines()
+    assert (tmp_path / "b" / FILE_NAME).read_text().splitlines() == [l for l in lines if json.loads(l)["step"] > 6]
+
+
+def test_train_tiny_writes_telemetry_only_when_asked(tmp_path):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    import train_tiny
+
+    small = ["model.width=16", "model.depth=2", "evaluation.clips=10", "evaluation.loss_timesteps=2",
+             "scheduler.num_sampling_steps=2", "train.ckpt_every=100", "train.batch_size=2", "train.steps=4",
+             "dataset.frames=[16]"]
+    config = str(root / "configs" / "tiny" / "latent.py")
+    train_tiny.main([config, "--work-dir", str(tmp_path / "off"), "--cfg-options", *small])
+    assert not list((tmp_path / "off").rglob(FILE_NAME))
+    train_tiny.main([config, "--work-dir", str(tmp_path / "on"), "--telemetry", str(tmp_path / "tel"),
+                     "--telemetry-every", "2", "--cfg-options", *small])
+    records = [json.loads(l) for l in (tmp_path / "tel" / FILE_NAME).read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4] and records[-1]["samples"] == 8
+
+
+def test_another_ranks_state_leaves_its_unreduced_part_out_and_says_so(tmp_path):
+    s = scheduler(tmp_path / "a", bins=6, every=4)
+    s.training_losses(StubModel(), torch.randn(3, 4, 5, 4, 4), batch_meta(3, 256, 256, 17))
+    state = {**s.state_dict(), "telemetry": {**s.state_dict()["telemetry"], "rank": 1}}
+    other = scheduler(tmp_path / "b", bins=6, every=4)
+    with pytest.warns(UserWarning, match="rank 0 loads the state rank 1 saved"):
+        other.load_state_dict(state)
+    for _ in range(3):
+        other.training_losses(StubModel(), torch.randn(3, 4, 5, 4, 4), batch_meta(3, 256, 256, 17))
+    record = json.loads((tmp_path / "b" / FILE_NAME).read_text().splitlines()[0])
+    assert record["step"] == 4 and record["samples"] == 9  # the first step's 3 samples were rank 1's part
