@@ -52,7 +52,7 @@ MIN_EXPECTED = 5.0  # cells with fewer expected draws are pooled
 _STATS = 4  # count, sum, sumsq, drawn
 _KEYED = 2  # pending rows: 0 the unmatched samples past the spill, 1 the spilled ones (dropped), then one per key
 _SPILL = 4096  # samples of not yet known meta kept per report interval, each recovered exactly at the report
-_CODE = float(1 << 20)  # meta packed as (h * 2^20 + w) * 2^20 + f: exact in float64 for integers below 2^20 (h, w)
+_CODE = float(1 << 20)  # meta packed as (h * 2^20 + w) * 2^20 + f: exact in float64 for whole h < 2^13, w and f < 2^20
 
 Key = Tuple[float, float, float]  # (height, width, num_frames)
 
@@ -156,7 +156,8 @@ class Telemetry:
         self.read_every_step = False
         self._pending: Optional[Tensor] = None  # (4, 1 + capacity, bins) float64 on the device: since the last report
         self._codes: Optional[Tensor] = None  # (capacity,) float64 on the device; NaN matches nothing
-        self._spill: Optional[Tensor] = None  # (_SPILL + 1, 9): code, latent T, H, W, bin, the 4 stats; last: a sink
+        # (_SPILL + 1, 11): height, width, num_frames, latent T, H, W, bin, the 4 stats; the last row a sink
+        self._spill: Optional[Tensor] = None
         self._spill_used: Optional[Tensor] = None  # samples sent to the spill since the last report (device int64)
         self._capacity = capacity
         self._writer: Any = None
@@ -193,7 +194,8 @@ class Telemetry:
         spilled = unknown & (position < _SPILL)
         where = torch.where(spilled, position, torch.full_like(position, _SPILL))
         shape_row = torch.tensor(shape, dtype=torch.float64, device=device).expand(len(code), 3)
-        self._spill.index_copy_(0, where, torch.cat([code[:, None], shape_row, bin_[:, None], values.T], dim=1))
+        meta = torch.stack([height, width, num_frames], dim=1).to(torch.float64)
+        self._spill.index_copy_(0, where, torch.cat([meta, shape_row, bin_[:, None], values.T], dim=1))
         self._spill_used += unknown.sum()
         slot = torch.where(spilled, torch.ones_like(slot), slot)  # row 1: recovered from the spill instead
         index = slot * self.bins + bin_.to(torch.int64)
@@ -206,7 +208,7 @@ class Telemetry:
     def _allocate(self, device: Any) -> None:
         pending = torch.zeros(_STATS, _KEYED + self._capacity, self.bins, dtype=torch.float64, device=device)
         codes = torch.full((self._capacity,), float("nan"), dtype=torch.float64, device=device)
-        spill = torch.zeros(_SPILL + 1, 5 + _STATS, dtype=torch.float64, device=device)
+        spill = torch.zeros(_SPILL + 1, 7 + _STATS, dtype=torch.float64, device=device)
         used = torch.zeros((), dtype=torch.int64, device=device)
         if self._pending is not None and self._codes is not None:
             rows = self._pending.shape[1]
@@ -297,11 +299,8 @@ class Telemetry:
         if used == 0:
             return
         rows = self._spill[: min(used, _SPILL)].cpu().numpy()
-        for code, t_, h_, w_, bin_, *stats in rows:
-            f = code % _CODE
-            w = ((code - f) / _CODE) % _CODE
-            h = (code - f - w * _CODE) / (_CODE * _CODE)
-            slot = self._add_key((h, w, f), (int(t_), int(h_), int(w_)))
+        for h, w, f, t_, h_, w_, bin_, *stats in rows:
+            slot = self._add_key((float(h), float(w), float(f)), (int(t_), int(h_), int(w_)))
             self._pending[:, slot, int(bin_)] += torch.tensor(stats, dtype=torch.float64, device=self._pending.device)
         self._pending[:, 1] = 0
         self._spill_used.zero_()

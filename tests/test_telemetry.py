@@ -179,3 +179,38 @@ def test_another_ranks_state_leaves_its_unreduced_part_out_and_says_so(tmp_path)
         other.training_losses(StubModel(), torch.randn(3, 4, 5, 4, 4), batch_meta(3, 256, 256, 17))
     record = json.loads((tmp_path / "b" / FILE_NAME).read_text().splitlines()[0])
     assert record["step"] == 4 and record["samples"] == 9  # the first step's 3 samples were rank 1's part
+
+
+def test_a_nul_in_dir_is_refused_and_a_pathlike_taken(tmp_path):
+    with pytest.raises(SettingError, match="telemetry.dir="):
+        Recipe({"telemetry": dict(dir="a\x00b")})
+    assert Recipe({"telemetry": dict(dir=tmp_path)}).values["telemetry"]["dir"] == str(tmp_path)
+
+
+def test_tensorboard_scalars_when_it_imports(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    s = scheduler(tmp_path, bins=4, every=2)
+    for _ in range(2):
+        s.training_losses(StubModel(), torch.randn(8, 4, 5, 4, 4), batch_meta(8, 256, 256, 17))
+    record = json.loads((tmp_path / FILE_NAME).read_text())
+    tags = {w[0]: w[1:] for w in written}
+    assert tags["dir"] == (str(tmp_path),)
+    for i, (c, total) in enumerate(zip(record["count"], record["sum"])):
+        if c:
+            assert tags[f"timeshift/rbase_256x256x17/loss_bin{i}"] == (total / c, 2)
+    assert tags["timeshift/rbase_256x256x17/drawn_p"] == (record["check"]["p"], 2)
