@@ -214,3 +214,24 @@ def test_tensorboard_scalars_when_it_imports(tmp_path, monkeypatch):
         if c:
             assert tags[f"timeshift/rbase_256x256x17/loss_bin{i}"] == (total / c, 2)
     assert tags["timeshift/rbase_256x256x17/drawn_p"] == (record["check"]["p"], 2)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(bucket_settings=[dict(resolution=(300 * 300, None), sample_method="logit-normal", transform_scale=2.0)]),
+    dict(uniform_over_threshold=0.6),
+], ids=["a bucket rule's own recipe", "Open-Sora 1.3's redraw"])
+def test_the_scheduler_s_own_draws_are_silent_where_the_recipe_differs_by_bucket(tmp_path, cfg):
+    """Through training_losses: the rule's bucket (512 x 512) is expected under the rule's recipe, the redraw's
+    videos under the redrawn mixture; either wrong would fire at 2000 samples a bucket."""
+    s = build_module(dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample",
+                          telemetry=dict(dir=str(tmp_path), bins=20, every=250), **cfg), SCHEDULERS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(250):
+            hw = 256 if step % 2 else 512
+            s.training_losses(StubModel(), torch.randn(16, 4, 5, 4, 4), batch_meta(16, hw, hw, 17))
+    records = [json.loads(line) for line in (tmp_path / FILE_NAME).read_text().splitlines()]
+    assert len(records) == 2 and all(r["samples"] == 2000 for r in records)
+    assert [str(w.message) for w in caught if "disagree" in str(w.message)] == []
+    if "bucket_settings" in cfg:
+        assert {(r["rule"], r["height"]) for r in records} == {(0, 512), (None, 256)}
