@@ -148,19 +148,20 @@ class Telemetry:
         self.groups: Tuple[Any, Any] = (None, None)
         self.edges = [num_timesteps * i / bins for i in range(bins + 1)]
         self.steps = 0  # steps observed, reported or not
-        self.keys: List[Key] = []  # slot i + 1 holds keys[i]; slot 0 is "unmatched"
+        self.keys: List[Key] = []  # slot i + _KEYED holds keys[i]
         self.info: Dict[Key, Tuple[Optional[int], Tuple[int, ...]]] = {}  # rule, latent (T, H, W) of first sight
         self.expected: Dict[Key, np.ndarray] = {}
         self.totals: Dict[Any, np.ndarray] = {}  # key (or "unmatched") -> (4, bins), reduced
         self.seen_shapes: set = set()
         self.read_every_step = False
-        self._pending: Optional[Tensor] = None  # (4, 1 + capacity, bins) float64 on the device: since the last report
+        self._pending: Optional[Tensor] = None  # (4, _KEYED + capacity, bins) float64 on the device: since the report
         self._codes: Optional[Tensor] = None  # (capacity,) float64 on the device; NaN matches nothing
         # (_SPILL + 1, 11): height, width, num_frames, latent T, H, W, bin, the 4 stats; the last row a sink
         self._spill: Optional[Tensor] = None
         self._spill_used: Optional[Tensor] = None  # samples sent to the spill since the last report (device int64)
         self._capacity = capacity
         self._writer: Any = None
+        self._shape_rows: Dict[Tuple[int, ...], Tensor] = {}  # latent shape -> its (3,) row on the device
 
     # --- a training step: device work only, except on a first sight --------------------------------------
 
@@ -193,7 +194,7 @@ class Telemetry:
         position = self._spill_used + unknown.to(torch.int64).cumsum(0) - 1
         spilled = unknown & (position < _SPILL)
         where = torch.where(spilled, position, torch.full_like(position, _SPILL))
-        shape_row = torch.tensor(shape, dtype=torch.float64, device=device).expand(len(code), 3)
+        shape_row = self._shape_row(shape, device).expand(len(code), 3)
         meta = torch.stack([height, width, num_frames], dim=1).to(torch.float64)
         self._spill.index_copy_(0, where, torch.cat([meta, shape_row, bin_[:, None], values.T], dim=1))
         self._spill_used += unknown.sum()
@@ -216,6 +217,13 @@ class Telemetry:
             codes[: self._codes.shape[0]] = self._codes.to(device)
             spill, used = self._spill.to(device), self._spill_used.to(device)
         self._pending, self._codes, self._spill, self._spill_used = pending, codes, spill, used
+
+    def _shape_row(self, shape: Tuple[int, ...], device: Any) -> Tensor:
+        """The latent shape as a device row, copied there once per shape (and again only after a move or a resume)."""
+        row = self._shape_rows.get(shape)
+        if row is None or row.device != device:
+            row = self._shape_rows[shape] = torch.tensor(shape[:3], dtype=torch.float64).to(device)
+        return row
 
     def _register(self, height: Tensor, width: Tensor, num_frames: Tensor, shape: Tuple[int, ...]) -> None:
         self.seen_shapes.add(shape)

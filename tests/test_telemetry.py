@@ -235,3 +235,37 @@ def test_the_scheduler_s_own_draws_are_silent_where_the_recipe_differs_by_bucket
     assert [str(w.message) for w in caught if "disagree" in str(w.message)] == []
     if "bucket_settings" in cfg:
         assert {(r["rule"], r["height"]) for r in records} == {(0, 512), (None, 256)}
+
+
+def test_a_steady_step_never_looks_at_a_tensor_on_the_host(tmp_path, monkeypatch):
+    """After the first sight of each latent shape, observe() only queues device work: no item, cpu, tolist,
+    numpy, bool, int or float of a tensor (each would be a host sync on a GPU), also for meta new to a known latent
+    shape (the spill) and after a resume."""
+    s = scheduler(tmp_path, bins=8, every=1000)
+    tel = s.telemetry
+
+    def step(hw, frames, latent_t):
+        t = torch.rand(4) * 1000
+        meta = batch_meta(4, hw, hw, frames)
+        tel.observe(t, torch.rand(4), *(v.double() for v in meta.values()), (latent_t, 4, 4), True)
+
+    step(256, 17, 5)
+    step(256, 9, 3)
+    state = tel.state_dict()
+
+    def sync(*_args, **_kwargs):
+        raise AssertionError("a host sync on the step path")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__"):
+            m.setattr(torch.Tensor, name, sync)
+        step(256, 17, 5)
+        step(512, 17, 5)  # new meta under a known latent shape: spilled on the device
+        step(256, 9, 3)
+    tel.load_state_dict(state)
+    with monkeypatch.context() as m:
+        for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__"):
+            m.setattr(torch.Tensor, name, sync)
+        step(256, 17, 5)
+    records = tel.report(10)
+    assert {(r["height"], r["num_frames"]): r["samples"] for r in records} == {(256, 17): 8, (256, 9): 4}
