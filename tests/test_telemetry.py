@@ -269,3 +269,10 @@ def test_a_steady_step_never_looks_at_a_tensor_on_the_host(tmp_path, monkeypatch
         step(256, 17, 5)
     records = tel.report(10)
     assert {(r["height"], r["num_frames"]): r["samples"] for r in records} == {(256, 17): 8, (256, 9): 4}
+
+
+def test_a_batch_without_meta_is_refused_naming_the_telemetry(tmp_path):
+    s = build_module(dict(type="rflow-timeshift", backend="standalone", use_timestep_transform=False,
+                          telemetry=dict(dir=str(tmp_path))), SCHEDULERS)
+    with pytest.raises(ValueError, match="telemetry keys its buckets by the batch meta"):
+        s.training_losses(StubModel(), torch.randn(2, 4, 5, 4, 4), {})

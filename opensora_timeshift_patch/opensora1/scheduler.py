@@ -17,7 +17,7 @@ from .rflow import (Check, StandaloneRFlow, guarded_table, mark_table_checked, m
                     sampling_grid, timestep_problem)
 from ..sampling import TimestepDistribution
 from ..settings import OPENSORA_ONLY, SETTINGS, SettingError, describe, is_numpy_bool, settings_doc
-from ..shift import TimestepShift, read_meta
+from ..shift import MetaError, TimestepShift, read_meta
 from ..telemetry import Telemetry
 from ..weighting import LossWeighting
 
@@ -304,8 +304,11 @@ class RFlowTimeShift:
         telemetry = self.telemetry
         assert telemetry is not None
         batch = x_start.shape[0]
-        height, width, num_frames = (x.expand(batch) for x in read_meta(model_kwargs, torch.float64, x_start.device,
-                                                                          batch))
+        try:
+            meta = read_meta(model_kwargs, torch.float64, x_start.device, batch)
+        except MetaError as err:
+            raise MetaError(f"telemetry keys its buckets by the batch meta: {err}") from None
+        height, width, num_frames = (x.expand(batch) for x in meta)
         telemetry.observe(t, loss, height, width, num_frames, tuple(x_start.shape[2:]), drawn)
         if telemetry.due():
             telemetry.report(self.step)
