@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .guard import explain, kind_codes
+from .guard import explain, factor_bounded, kind_codes, pile_check
 from .policies import apply_policy, degenerate_frame_counts, get_policy
 from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFT_SETTINGS, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
@@ -96,6 +96,9 @@ class TimestepShift:
         one = torch.ones(1, dtype=torch.float64)
         self._images_are_one = not compiling and bool(get_policy(self.shift_mode)(one, **policy_params) == 1)
         self._judged_meta: Dict[Tuple[Any, ...], np.ndarray] = {}  # see _judged
+        # The base distribution whose shifted draws the guard judges for pile-up (set by the Recipe); None: the
+        # factor's bound alone is checked, as a bare TimestepShift has no distribution.
+        self.base: Optional[Callable[[Tensor], Tensor]] = None
         self._rational = not (self.shift_family == "exponential" and self.shift_sigma != 1)  # see curve()
         warn_key = (self.shift_mode, tuple(sorted(policy_params.items())))
         if self.on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:
@@ -263,9 +266,12 @@ class TimestepShift:
         h, w, n = meta
         t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens, device)
         with np.errstate(all="ignore"):
-            codes = kind_codes("error", n, h, w, t_eff, factor)
+            codes = kind_codes("error", n, h, w, t_eff, factor, factor_bounded(self))
         if codes.any():
             raise MetaError(explain(self, codes, n, h, w, t_eff, factor))
+        pile = pile_check(self, factor, "this batch")  # judged once per meta: the verdict is cached with them
+        if pile:
+            raise MetaError(pile)
         return factor
 
     def host_factor(self, height: np.ndarray, width: np.ndarray, num_frames: np.ndarray,
