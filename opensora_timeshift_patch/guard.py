@@ -12,12 +12,14 @@ min(H, W) <= 0, or H * W not finite
 T_eff <= 0 (the policy's temporal size)                  refused    clamped      collapsed
                                                                     (T_eff = 1)  (factor 0)
 factor negative or not finite                            refused    refused      refused
-factor outside [0.01, 100]                               refused    clamped      ok, with a
-                                                                    into range   note
+factor outside [0.01, 100] (the bound: a shift with no   refused    clamped      ok, with a
+base distribution, and always under "clamp")                        into range   note
+shifted draws pile up at one end (a Recipe's shift)      refused    ok, with a   ok, with a
+                                                                    note         note
 anything else                                            ok         ok           ok
 =======================================================  =========  ===========  ==========
 
-Why [0.01, 100]: the shift maps t to a t / (1 + (a - 1) t). With a = 100 the median of a uniform t lands at
+Why [0.01, 100], where the factor's bound still decides: the shift maps t to a t / (1 + (a - 1) t). With a = 100 the median of a uniform t lands at
 0.990, and a quarter of float32 timesteps on a 1000-step scale sit within 1 of N; with a = 1/100 the mirror image at
 0. Beyond, training sees almost only noise (or almost only clean latents): the silent collapse this package exists
 to prevent, reached by meta or settings rather than by the policy.

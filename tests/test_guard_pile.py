@@ -130,6 +130,6 @@ def test_the_verdict_is_cached_per_factor_not_recomputed_each_step(monkeypatch):
     calls = []
     real = ots.guard.end_shares
     monkeypatch.setattr(ots.guard, "end_shares", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for h in (1080, 1080, 720, 1080):
-        recipe.shift(torch.full((1,), 500.0), batch(h, 1920, 408), num_timesteps=1000)
-    assert len(calls) == 2  # one judgement per bucket's factor, when it is first seen
+    for h, w in ((1080, 1920), (1080, 1920), (1920, 1080), (720, 1280), (1080, 1920)):
+        recipe.shift(torch.full((1,), 500.0), batch(h, w, 408), num_timesteps=1000)
+    assert len(calls) == 2  # one judgement per factor when first seen (1920 x 1080 has 1080 x 1920's factor)
