@@ -133,3 +133,21 @@ def test_the_verdict_is_cached_per_factor_not_recomputed_each_step(monkeypatch):
     for h, w in ((1080, 1920), (1080, 1920), (1920, 1080), (720, 1280), (1080, 1920)):
         recipe.shift(torch.full((1,), 500.0), batch(h, w, 408), num_timesteps=1000)
     assert len(calls) == 2  # one judgement per factor when first seen (1920 x 1080 has 1080 x 1920's factor)
+
+
+def test_inspect_and_audit_say_the_same_pile_up_sentence(capsys, tmp_path):
+    from opensora_timeshift_patch.cli import main
+
+    share = 1 - phi(logit(1 - EPS) - 4.0 - math.log(20.0))
+    expected = (f"pile up: with shift factor 20, {share:.1%} of the draws lie within 0.001 of t = 1 (noise), more "
+                "than the 50% allowed, so training would see almost only that end. ")
+    code = main(["inspect", "--frames", "1", "--resolution", "512x512", "--mode", "latent", "--sample-method",
+                 "logit-normal", "--loc", "4", "--set", "resolution_shift=constant", "shift=20"])
+    out = capsys.readouterr().out
+    assert code == 0 and "refused by the guard" in out and pile_core(out) == expected
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text('bucket_config = {"512": {1: (1.0, 5)}}\nscheduler = dict(type="rflow-timeshift", '
+                   'sample_method="logit-normal", loc=4.0, resolution_shift="constant", shift=20.0)\n')
+    code = main(["audit", "--config", str(cfg)])
+    out = capsys.readouterr().out
+    assert code == 1 and pile_core(out) == expected
