@@ -67,8 +67,10 @@ class TimestepShift:
     ``on_degenerate`` says what a sample with ``T_eff <= 0`` gets: ``"error"`` raises a ``ValueError`` naming the
     frame count and the fix (one host sync per call: the price of the check); ``"clamp"`` shifts it as
     ``T_eff = 1`` without looking at tensor values (so it warns once, here, which frame counts it will clamp);
-    ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. A factor outside [0.01, 100]
-    (where float32 timesteps pile up at 0 or N) is refused under ``"error"`` and clamped under ``"clamp"``; the
+    ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. Where the Recipe has given the
+    shift its base distribution (``base``), ``"error"`` refuses a bucket whose shifted draws pile up at 0 or N
+    (:func:`.guard.pile_check`, judged once per factor); without one, and always under ``"clamp"``, a factor outside
+    [0.01, 100] is refused under ``"error"`` and clamped under ``"clamp"``; the
     ``"error"`` path decides with :func:`.guard.kind_codes` and words it with :func:`.guard.explain`. Invalid
     meta (frame counts that are not whole numbers >= 1, resolutions that are not positive with a finite product) and
     timesteps outside [0, N] are refused on every path: ``"error"`` raises; ``"clamp"`` and ``"ignore"`` stop the
