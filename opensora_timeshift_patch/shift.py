@@ -49,6 +49,15 @@ def exponential_shift(t: Tensor, shift: Tensor, sigma: float = 1.0) -> Tensor:
     return shift / (shift + (1 / t - 1) ** sigma)
 
 
+def inverse_shift(y: Tensor, shift: Tensor, family: str = "rational", sigma: float = 1.0) -> Tensor:
+    """The unshifted t whose shift is ``y``: ``y / (a - (a - 1) y)`` (rational), ``1 / (1 + (a (1 - y) / y)^(1/sigma))``
+    (exponential). The start of expert boundaries in noise level (Wan 2.2's 0.875): the shifted level ``y`` is the
+    unshifted ``inverse_shift(y, a)`` for a sample of factor ``a``, so each sample's own factor converts it."""
+    if family == "exponential" and sigma != 1:
+        return 1 / (1 + (shift * (1 - y) / y) ** (1 / sigma))
+    return y / (shift - (shift - 1) * y)
+
+
 SHIFT_FAMILIES: Tuple[str, ...] = tuple(SETTINGS["shift_family"].choices)  # type: ignore[arg-type]
 """The shift curves: SD3 / Open-Sora 1.x's rational shift, and Flux's exponential shift."""
 
