@@ -98,6 +98,7 @@ class Recipe:
         release_shift = {k: v for k, v in RELEASE_DEFAULTS[release].items() if k in SHIFT_SETTINGS}
         self.shift = TimestepShift(**{**release_shift, **{k: v for k, v in own.items() if k in SHIFT_SETTINGS}},
                                    **policy)
+        self.shift.base = self.distribution  # the guard judges the shifted distribution, not the factor alone
         self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight)
 
         cycle = self.distribution.cycle_length if dist.get("fixed_order") == "cycle" else None

@@ -12,12 +12,14 @@ min(H, W) <= 0, or H * W not finite
 T_eff <= 0 (the policy's temporal size)                  refused    clamped      collapsed
                                                                     (T_eff = 1)  (factor 0)
 factor negative or not finite                            refused    refused      refused
-factor outside [0.01, 100]                               refused    clamped      ok, with a
-                                                                    into range   note
+factor outside [0.01, 100] (the bound: a shift with no   refused    clamped      ok, with a
+base distribution, and always under "clamp")                        into range   note
+shifted draws pile up at one end (a Recipe's shift)      refused    ok, with a   ok, with a
+                                                                    note         note
 anything else                                            ok         ok           ok
 =======================================================  =========  ===========  ==========
 
-Why [0.01, 100]: the shift maps t to a t / (1 + (a - 1) t). With a = 100 the median of a uniform t lands at
+Why [0.01, 100], where the factor's bound still decides: the shift maps t to a t / (1 + (a - 1) t). With a = 100 the median of a uniform t lands at
 0.990, and a quarter of float32 timesteps on a 1000-step scale sit within 1 of N; with a = 1/100 the mirror image at
 0. Beyond, training sees almost only noise (or almost only clean latents): the silent collapse this package exists
 to prevent, reached by meta or settings rather than by the policy.
@@ -26,16 +28,28 @@ to prevent, reached by meta or settings rather than by the policy.
 is called so (an H * W that underflows gives one too); a T_eff <= 0 whose factor is not 0 (a linear rule counting
 the clip's tokens) is judged by its factor. Under ``"clamp"`` the factor judged is the one computed with T_eff
 clamped to 1, before the factor's own clamp.
+
+Piled up at one end (:func:`end_shares`, :func:`pile_message`): the factor's bound says nothing about the
+distribution training actually sees. LTX-2's ``e^mu`` passes 600 at 16k tokens while its draw keeps a median near
+0.92, and a factor well inside [0.01, 100] on a base already leaning to one end can put most draws next to it. So
+the shifted distribution itself is judged: the share of draws within ``PILE_EPS`` = 1/1000 (one step of Open-Sora's
+1000-step scale) of t = 0 or of t = 1, computed from the base distribution's quantile function on
+``PILE_POINTS`` midpoint uniforms (exact to 1/(2 ``PILE_POINTS``), since the shift is increasing). More than
+``PILE_SHARE`` = 1/2 of the draws there is called piled up: then most training steps see only noise (or only
+clean latents) for that bucket, which is the collapse this package exists to prevent. For a uniform base and the
+rational shift with factor a the shares are ``eps / (a - (a - 1) eps)`` near 0 and ``a eps / (1 + (a - 1) eps)``
+near 1, so the uniform base piles up from a = 999 (or below 1/999); a logit-normal base shifts its logit by ln a.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .density import midpoint_uniforms
 from .policies import temporal_size
 from .settings import MAX_SHIFT_FACTOR, number_text
 
@@ -46,6 +60,13 @@ LOW, HIGH = 1 / MAX_SHIFT_FACTOR, MAX_SHIFT_FACTOR
 """The range a shift factor must lie in (see the module's docstring)."""
 
 KINDS = ("ok", "clamped", "collapsed", "refused")
+
+PILE_EPS = 1e-3
+"""How close to an end of [0, 1] a shifted draw counts as piled up there: one step of a 1000-step scale."""
+PILE_SHARE = 0.5
+"""The share of draws within ``PILE_EPS`` of one end above which a bucket's shifted distribution is refused."""
+PILE_POINTS = 100_000
+"""Midpoint uniforms standing for the base distribution when the shares are computed."""
 
 
 class Verdict(NamedTuple):
@@ -68,8 +89,15 @@ def valid_meta(num_frames: Any, height: Any, width: Any) -> np.ndarray:
 _NAMES = np.array(["ok", "refused", "clamped", "collapsed"])  # indexed by kind_codes
 
 
+def factor_bounded(shift: "TimestepShift") -> bool:
+    """Whether the factor's [0.01, 100] bound decides: for a shift that knows no base distribution, and under
+    ``"clamp"`` (whose steps clamp the factor on the device, looking at nothing). Otherwise the shifted
+    distribution is judged instead (:func:`pile_check`), and the factor need only be finite and >= 0."""
+    return getattr(shift, "base", None) is None or shift.on_degenerate == "clamp"
+
+
 def kind_codes(on_degenerate: str, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray,
-               t_eff: np.ndarray, factor: np.ndarray) -> np.ndarray:
+               t_eff: np.ndarray, factor: np.ndarray, bounded: bool = True) -> np.ndarray:
     """THE decision, per sample, as the table in the module's docstring says: 0 ok, 1 refused, 2 clamped,
     3 collapsed (:func:`classify` names them). On host arrays, under ``np.errstate(all="ignore")``: the training
     step calls it on its one host copy with nothing else around it.
@@ -78,7 +106,8 @@ def kind_codes(on_degenerate: str, num_frames: np.ndarray, height: np.ndarray, w
     (under ``"clamp"``: with T_eff clamped to 1, before the factor's own clamp).
     """
     valid = valid_meta(num_frames, height, width)
-    in_range = (factor >= LOW) & (factor <= HIGH)  # False for NaN
+    # False for NaN. Unbounded, the pile-up judgement (pile_check) stands in for the factor's bound.
+    in_range = ((factor >= LOW) & (factor <= HIGH)) if bounded else ((factor >= 0) & np.isfinite(factor))
     if on_degenerate == "error":
         return (~(valid & (t_eff > 0) & in_range)).view(np.uint8)
     refused = ~valid | ~((factor >= 0) & np.isfinite(factor))
@@ -111,7 +140,7 @@ def explain(shift: "TimestepShift", kinds: np.ndarray, num_frames: Any, height: 
     n, h, w, t, a, k = (np.asarray(x).reshape(-1) for x in
                         np.broadcast_arrays(num_frames, height, width, t_eff, factor, kinds))
     noted = k != "ok"
-    if shift.on_degenerate == "ignore":
+    if shift.on_degenerate == "ignore" and factor_bounded(shift):
         with np.errstate(invalid="ignore"):
             noted |= ~((a >= LOW) & (a <= HIGH))
     hits = np.flatnonzero(noted)
@@ -187,17 +216,76 @@ def judge(shift: "TimestepShift", height: float, width: float, num_frames: float
                    ((height, "height"), (width, "width"), (num_frames, "num_frames")))
         with np.errstate(all="ignore"):
             t_eff, factor = shift.host_factor(h, w, n, latent_frames, None, tokens)
-            codes = kind_codes(shift.on_degenerate, n, h, w, t_eff, factor)
+            codes = kind_codes(shift.on_degenerate, n, h, w, t_eff, factor, factor_bounded(shift))
             valid = bool(valid_meta(n, h, w)[0])
     except (MetaError, TypeError) as err:
         return Verdict("refused", math.nan, math.nan, str(err))
     kind, t, a = str(_NAMES[codes[0]]), float(t_eff[0]), float(factor[0])
     message = explain(shift, codes, n, h, w, t_eff, factor, where)
+    pile = pile_check(shift, factor, where or f"sample 0 ({number_text(float(h[0]))} x {number_text(float(w[0]))}, "
+                      f"{number_text(float(n[0]))} frames)") if kind in ("ok", "clamped") and not message else ""
+    if pile:
+        if shift.on_degenerate == "error":
+            return Verdict("refused", math.nan, t if valid else math.nan, pile)
+        message = "note: " + pile
     if kind == "refused":
         a = math.nan
     elif kind == "clamped":  # in the factor's dtype, as training clamps it
         a = float(np.clip(factor, LOW, HIGH)[0])
     return Verdict(kind, a, t if valid else math.nan, message)
+
+
+def end_shares(quantile: Callable[[torch.Tensor], torch.Tensor], curve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               factors: Any, eps: float = PILE_EPS, points: int = PILE_POINTS) -> Tuple[np.ndarray, np.ndarray]:
+    """``(share within eps of 0, share within eps of 1)`` of ``curve(quantile(u), a)`` for u uniform, per factor
+    ``a`` in ``factors``: counted over ``points`` midpoint uniforms, so exact to ``1 / (2 points)`` (the shift and
+    the quantile function are increasing). ``quantile`` is the base distribution (a
+    :class:`~.sampling.TimestepDistribution` is one); ``curve`` the shift family's (``TimestepShift.curve``).
+    Computed once per bucket's factor, never per step: callers cache the verdict with the meta."""
+    base = quantile(midpoint_uniforms(points))[None, :]
+    a = torch.as_tensor(np.asarray(factors, dtype=np.float64).reshape(-1), dtype=torch.float64)[:, None]
+    with np.errstate(all="ignore"):
+        shifted = curve(base, a)
+    low = (shifted < eps).double().mean(1).numpy()
+    high = (shifted > 1 - eps).double().mean(1).numpy()
+    return low, high
+
+
+def piled_up(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """THE pile-up rule, per factor: more than ``PILE_SHARE`` of the draws within ``PILE_EPS`` of one end."""
+    return (np.asarray(low) > PILE_SHARE) | (np.asarray(high) > PILE_SHARE)
+
+
+def pile_message(factor: float, low: float, high: float, subject: str, fix: str) -> str:
+    """The one sentence for a piled-up bucket, on every surface. ``subject`` names the bucket in the caller's
+    words; ``fix`` says what to change (surfaces differ only there)."""
+    share, end = (high, "t = 1 (noise)") if high >= low else (low, "t = 0 (clean latents)")
+    return (f"the shifted timesteps of {subject} pile up: with shift factor {number_text(factor)}, "
+            f"{share:.1%} of the draws lie within {number_text(PILE_EPS)} of {end}, more than the "
+            f"{PILE_SHARE:.0%} allowed, so training would see almost only that end. {fix}")
+
+
+def pile_check(shift: "TimestepShift", factor: np.ndarray, subject: str) -> str:
+    """The pile-up sentence for the first of ``factor`` whose shifted base distribution piles up, ``""`` when none
+    does or the shift knows no base distribution (``shift.base``, set by the :class:`~.core.Recipe`)."""
+    base = getattr(shift, "base", None)
+    if base is None:
+        return ""
+    values = np.unique(np.asarray(factor, dtype=np.float64).reshape(-1))
+    values = values[np.isfinite(values)]
+    cache = shift.__dict__.setdefault("_pile_shares", {})  # per factor: a bucket is judged once
+    new = [a for a in values.tolist() if a not in cache]
+    if new:
+        if len(cache) >= 4096:  # factors that never repeat: keep the memory bounded
+            cache.clear()
+        for a, low, high in zip(new, *end_shares(base, shift.curve, new)):
+            cache[a] = (float(low), float(high))
+    for a in values.tolist():
+        low, high = cache[a]
+        if piled_up(low, high):
+            return pile_message(a, low, high, subject,
+                                f"Check the meta, the base distribution, or the shift settings of {shift!r}")
+    return ""
 
 
 def _real(value: Any, key: str) -> float:

@@ -115,8 +115,8 @@ class Opensora2Timesteps:
         ``latent_frames`` and ``tokens`` are the latent's length and token count; ``pixel_thw`` the clip's frames,
         height and width, needed by the 'sqrt' rule and the pixel-frame policies only. Computed on the host in
         float64 with stock's operations, and judged there by the guard (:func:`~.guard.judge`, the same decision
-        as on 1.x), at no device cost: ``on_degenerate`` says what a T_eff <= 0 or an alpha outside [0.01, 100]
-        gets.
+        as on 1.x), at no device cost: ``on_degenerate`` says what a T_eff <= 0, or an alpha whose shifted draws pile
+        up at one end (under ``"clamp"``: an alpha outside [0.01, 100]), gets.
         """
         latent_frames = _LATENT_COUNT.check(latent_frames)
         tokens = _TOKENS.check(tokens)

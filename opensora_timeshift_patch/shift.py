@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .guard import explain, kind_codes
+from .guard import explain, factor_bounded, kind_codes, pile_check
 from .policies import apply_policy, degenerate_frame_counts, get_policy
 from .settings import (MAX_SHIFT_FACTOR, SETTINGS, SHIFT_SETTINGS, Setting, SettingError, describe, is_real_number, resolve,
                        route, unknown_setting_error)
@@ -49,6 +49,15 @@ def exponential_shift(t: Tensor, shift: Tensor, sigma: float = 1.0) -> Tensor:
     return shift / (shift + (1 / t - 1) ** sigma)
 
 
+def inverse_shift(y: Tensor, shift: Tensor, family: str = "rational", sigma: float = 1.0) -> Tensor:
+    """The unshifted t whose shift is ``y``: ``y / (a - (a - 1) y)`` (rational), ``1 / (1 + (a (1 - y) / y)^(1/sigma))``
+    (exponential). The start of expert boundaries in noise level (Wan 2.2's 0.875): the shifted level ``y`` is the
+    unshifted ``inverse_shift(y, a)`` for a sample of factor ``a``, so each sample's own factor converts it."""
+    if family == "exponential" and sigma != 1:
+        return 1 / (1 + (shift * (1 - y) / y) ** (1 / sigma))
+    return y / (shift - (shift - 1) * y)
+
+
 SHIFT_FAMILIES: Tuple[str, ...] = tuple(SETTINGS["shift_family"].choices)  # type: ignore[arg-type]
 """The shift curves: SD3 / Open-Sora 1.x's rational shift, and Flux's exponential shift."""
 
@@ -67,8 +76,10 @@ class TimestepShift:
     ``on_degenerate`` says what a sample with ``T_eff <= 0`` gets: ``"error"`` raises a ``ValueError`` naming the
     frame count and the fix (one host sync per call: the price of the check); ``"clamp"`` shifts it as
     ``T_eff = 1`` without looking at tensor values (so it warns once, here, which frame counts it will clamp);
-    ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. A factor outside [0.01, 100]
-    (where float32 timesteps pile up at 0 or N) is refused under ``"error"`` and clamped under ``"clamp"``; the
+    ``"ignore"`` keeps the stock numbers, collapse included, for replaying old runs. Where the Recipe has given the
+    shift its base distribution (``base``), ``"error"`` refuses a bucket whose shifted draws pile up at 0 or N
+    (:func:`.guard.pile_check`, judged once per factor); without one, and always under ``"clamp"``, a factor outside
+    [0.01, 100] is refused under ``"error"`` and clamped under ``"clamp"``; the
     ``"error"`` path decides with :func:`.guard.kind_codes` and words it with :func:`.guard.explain`. Invalid
     meta (frame counts that are not whole numbers >= 1, resolutions that are not positive with a finite product) and
     timesteps outside [0, N] are refused on every path: ``"error"`` raises; ``"clamp"`` and ``"ignore"`` stop the
@@ -96,6 +107,9 @@ class TimestepShift:
         one = torch.ones(1, dtype=torch.float64)
         self._images_are_one = not compiling and bool(get_policy(self.shift_mode)(one, **policy_params) == 1)
         self._judged_meta: Dict[Tuple[Any, ...], np.ndarray] = {}  # see _judged
+        # The base distribution whose shifted draws the guard judges for pile-up (set by the Recipe); None: the
+        # factor's bound alone is checked, as a bare TimestepShift has no distribution.
+        self.base: Optional[Callable[[Tensor], Tensor]] = None
         self._rational = not (self.shift_family == "exponential" and self.shift_sigma != 1)  # see curve()
         warn_key = (self.shift_mode, tuple(sorted(policy_params.items())))
         if self.on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:
@@ -263,9 +277,12 @@ class TimestepShift:
         h, w, n = meta
         t_eff, factor = self.host_factor(h, w, n, latent_frames, latent_hw, tokens, device)
         with np.errstate(all="ignore"):
-            codes = kind_codes("error", n, h, w, t_eff, factor)
+            codes = kind_codes("error", n, h, w, t_eff, factor, factor_bounded(self))
         if codes.any():
             raise MetaError(explain(self, codes, n, h, w, t_eff, factor))
+        pile = pile_check(self, factor, "this batch")  # judged once per meta: the verdict is cached with them
+        if pile:
+            raise MetaError(pile)
         return factor
 
     def host_factor(self, height: np.ndarray, width: np.ndarray, num_frames: np.ndarray,

@@ -864,35 +864,49 @@ def test_audit_bucket_rule_falls_back_to_lower_resolutions(tmp_path, capsys):
 
 
 def test_audit_runs_the_guard_on_each_bucket(tmp_path, capsys):
-    """A factor outside [0.01, 100] is refused by on_degenerate='error': audit must not call that OK."""
+    """Shifted draws that pile up are refused by on_degenerate='error': audit must not call that OK. (Changed on
+    purpose from the old factor bound: 1080p x 51 frames at a = 435.7 > 100 is meaningful for uniform t now.)"""
+    # a = sqrt(1080 * 1920 / 512^2) sqrt(T_eff) 40 (in float32): 435.7 at T_eff = 15 (51 frames), 1232.3 at 120 (408 frames);
+    # for uniform t the share within 1/1000 of N is a eps / (1 + (a - 1) eps): 30.4% and 55.2% (> 1/2: piled).
     cfg = tmp_path / "cfg.py"
     body = 'bucket_config = {"1080p": {1: (1.0, 5), 51: (1.0, 2), 408: (1.0, 1)}}\n'
-    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0)\n')
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=40.0)\n')
     code, out, _ = run(capsys, "audit", "--config", cfg)
     assert code == 1 and "FAIL: the guard would stop training at the first batch from 1080x1920 x 408 frames" in out
-    assert "outside [0.01, 100]" in out and table_rows(out)[("1080x1920", "408")][3] == "refused"
-    assert table_rows(out)[("1080x1920", "51")][3:5] == ["ok", "43.571"]
-    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0, '
+    assert "55.2% of the draws lie within 0.001 of t = 1" in out and table_rows(out)[("1080x1920", "408")][3] == "refused"
+    assert table_rows(out)[("1080x1920", "51")][3:5] == ["ok", "435.711"]
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=40.0, '
                           'on_degenerate="clamp")\n')
     code, out, _ = run(capsys, "audit", "--config", cfg)
     assert code == 0 and table_rows(out)[("1080x1920", "408")][3:5] == ["clamped", "100.000"]
-    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0, '
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=40.0, '
                           'on_degenerate="ignore")\n')
     code, out, _ = run(capsys, "audit", "--config", cfg)
-    assert code == 0 and "note: the shift factor is outside [0.01, 100] for 1080x1920 x 408 frames" in out
+    assert code == 0 and "note: timesteps pile up at one end for 1080x1920 x 408 frames" in out
+    assert "55.2% of the draws lie within 0.001 of t = 1" in out
     data = write_csv(tmp_path / "d.csv", [(409, 1080, 1920, 3), (52, 1080, 1920, 1)])
-    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=4.0)\n')
+    cfg.write_text(body + 'scheduler = dict(type="rflow-timeshift", shift_mode="latent", transform_scale=40.0)\n')
     code, out, _ = run(capsys, "audit", "--config", cfg, "--csv", data, "--no-progress")
     assert code == 1 and "from 3 clips in 1080x1920 x 408 frames (1080p)" in out
 
 
-def test_audit_linear_exponential_shift_beyond_the_bound_is_refused(tmp_path, capsys):
+def test_audit_linear_exponential_shift_beyond_the_bound_is_judged_by_its_distribution(tmp_path, capsys):
+    # Changed on purpose (was: refused for a > 100). 2048^2 latent: 128^2 = 16384 tokens, 60 latent frames:
+    # a = e^(0.5 + 0.65 (16384 - 256) / 3840) sqrt(60) ~ 195.8; for uniform t only a eps / (1 + (a - 1) eps) ~ 16.4%
+    # of the draws lie within 1/1000 of N, so it trains. Past a = 999 the same rule refuses (max_shift raised).
+    a = math.exp(0.5 + 0.65 * (16384 - 256) / 3840) * math.sqrt(60)
+    assert abs(a * 1e-3 / (1 + (a - 1) * 1e-3) - 0.164) < 1e-3
     cfg = tmp_path / "cfg.py"
     cfg.write_text('bucket_config = {"2048": {1: (1.0, 5), 204: (1.0, 1)}}\n'
                    'scheduler = dict(type="rflow-timeshift", shift_mode="latent", shift_family="exponential", '
                    'resolution_shift="linear")\n')
     code, out, _ = run(capsys, "audit", "--config", cfg)
-    assert code == 1 and table_rows(out)[("2048x2048", "204")][3] == "refused"
+    assert code == 0 and table_rows(out)[("2048x2048", "204")][3:5] == ["ok", f"{a:.3f}"]
+    cfg.write_text('bucket_config = {"2048": {1: (1.0, 5), 204: (1.0, 1)}}\n'
+                   'scheduler = dict(type="rflow-timeshift", shift_mode="latent", shift_family="exponential", '
+                   'resolution_shift="linear", max_shift=2.0)\n')
+    code, out, _ = run(capsys, "audit", "--config", cfg)
+    assert code == 1 and table_rows(out)[("2048x2048", "204")][3] == "refused" and "pile up" in out
 
 
 @pytest.mark.parametrize("bucket_config, version, rows", [

@@ -352,14 +352,18 @@ def test_two_ranks_stock_shares_t_per_sample_does_not_and_resumes(root):
 
 # --- the edges: what stock does past the guard's range, dtypes, direct calls, reloads ---------------------------
 
-def test_past_the_guard_range_error_names_the_bucket_and_ignore_is_stock():
+def test_past_the_old_bound_the_distribution_decides_and_ignore_is_stock():
     # 4K, 129 frames: 33 latent frames of 135 x 240 (32400 tokens at inference): alpha = lin(32400) sqrt(33) ~ 102.
-    with pytest.raises(ots.MetaError, match=r"alpha = 101.9\d* for a latent of 33 frames and 32400 tokens is outside "
-                                            r"\[0.01, 100\].*on_degenerate='ignore' keeps it, as stock 2.0 does"):
-        Opensora2Timesteps().schedule(4, 32400, 33)
+    # Changed on purpose (was: refused past 100): 2.0's logit-normal(0, 1) shifted by ln 102 keeps only
+    # 1 - Phi(logit(0.999) - ln 102) ~ 1.1% of its draws within 1/1000 of t = 1, so the guard lets it train as stock.
     stock = rational(lin(32400) * math.sqrt(33), torch.linspace(1, 0, 5)).tolist()
+    assert Opensora2Timesteps().schedule(4, 32400, 33) == stock
     assert Opensora2Timesteps(on_degenerate="ignore").schedule(4, 32400, 33) == stock
     assert Opensora2Timesteps(on_degenerate="clamp").factor(33, 32400) == 100.0
+    # 400000 tokens: alpha ~ 1202, ln alpha ~ 7.09 > logit(0.999) ~ 6.91: Phi(0.18) ~ 57% pile up at t = 1: refused.
+    with pytest.raises(ots.MetaError, match=r"a latent of 33 frames and 400000 tokens pile up: with shift factor "
+                                            r"1\d\d\d\.\d*, 5\d\.\d% of the draws lie within 0.001 of t = 1"):
+        Opensora2Timesteps().factor(33, 400000)
 
 
 def test_small_factors_and_half_precision_stay_in_the_unit_interval():

@@ -519,6 +519,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     rows: List[List[Any]] = []
     counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS_TEXT}
     extreme: List[Tuple[int, int, int, Optional[str]]] = []  # not refused, but timesteps pile up at one end
+    notes: List[str] = []  # the guard's note on each of them
     messages: List[str] = []
     rule_of: Dict[Tuple[int, int, int, Optional[str]], Optional[int]] = {}  # the bucket_settings rule of a bucket
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
@@ -531,8 +532,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         else:  # the guard's decision, computed in float32 as 1.x trains
             verdict = guard.judge(shift, h, w, n)
         counted[verdict.kind].append((key, 1 if count is None else count))
-        if verdict.kind == "ok" and verdict.message:  # the guard's note: a factor outside [0.01, 100] kept
+        if verdict.kind == "ok" and verdict.message:  # the guard's note: a factor past its bound, or a pile-up, kept
             extreme.append(key)
+            notes.append(verdict.message)
         if verdict.kind == "refused" and verdict.message not in messages:
             messages.append(verdict.message)
         n_t = torch.tensor([float(n)])
@@ -563,8 +565,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         "a video needs more frames than a frame count other than 1 (T > t), at a resolution whose pixel count it "
         "reaches to 0.8; an image needs a kept 1-frame bucket", skipped, examples)
     if extreme:
-        print(f"\nnote: the shift factor is outside [0.01, 100] for {buckets_text(extreme)}: timesteps pile up at "
-              "one end (on_degenerate='error' would refuse such batches)")
+        first = notes[0][len("note: "):] if notes[0].startswith("note: ") else notes[0]
+        print(f"\nnote: timesteps pile up at one end for {buckets_text(extreme)} (on_degenerate='error' would refuse "
+              f"such batches); the guard says, for the first: {first}")
 
     def frames_of(items: List[Tuple[Tuple[int, int, int, Optional[str]], int]]) -> List[int]:
         return sorted({k[2] for k, _ in items})
@@ -656,8 +659,9 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
         "(2.0 divides its one frame by the stride too)", skipped, examples)
     extreme = [k for k, _ in counted["extreme"]]
     if extreme:
-        print(f"\nnote: alpha is outside [0.01, 100] for {buckets_text(extreme)}: timesteps pile up at one end "
-              "(rflow-timeshift's default on_degenerate='error' would refuse such batches)")
+        print(f"\nnote: timesteps pile up at one end for {buckets_text(extreme)} (alpha outside [0.01, 100] with no "
+              "base distribution, or more than half the shifted draws within 1/1000 of an end): rflow-timeshift's "
+              "default on_degenerate='error' would refuse such batches")
     if mismatched:
         (h, w, n, name), a = mismatched[0]
         print(f"\nWARNING: training and inference count tokens differently in {len(mismatched)} buckets: training "
