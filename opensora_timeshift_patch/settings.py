@@ -57,6 +57,9 @@ class Setting:
             text = "a pair (t_min, t_max) of numbers with 0 <= t_min < t_max <= 1"
         elif self.type == "list":
             text = f"a list of 1 to {MAX_LIST} finite numbers{self._bounds()}"
+        elif self.type == "components":
+            text = (f"a list of 2 to {MAX_COMPONENTS} dicts, each a sample_method other than 'mixture' with its own "
+                    "parameters and a weight in (0, 1], the weights summing to 1")
         elif self.type == "any":
             text = "any value"
         else:
@@ -93,6 +96,8 @@ class Setting:
             return self._check_range(value)
         if self.type == "list":
             return self._check_list(value)
+        if self.type == "components":
+            return check_components(self, value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise self.error(value)
         if self.type == "int" and not isinstance(value, numbers.Integral):
@@ -133,6 +138,68 @@ class Setting:
 
 
 MAX_LIST = 10_000  # a list setting longer than this is a mistake (a tensor's values pasted in)
+MAX_COMPONENTS = 16  # a mixture's draw evaluates every component's CDF 62 times: more is a mistake, not a recipe
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+class Component(NamedTuple):
+    """One component of a ``sample_method='mixture'``: a registered distribution, its parameters (validated, as
+    sorted pairs, so that the mixture is hashable) and its weight (normalised: a mixture's weights sum to 1)."""
+
+    sample_method: str
+    weight: float
+    params: Tuple[Tuple[str, Any], ...]
+
+
+def check_components(setting: Setting, value: Any) -> Tuple[Component, ...]:
+    """A mixture's components, each ``dict(sample_method=..., weight=..., **that distribution's parameters)``.
+
+    The weights must each lie in (0, 1] and sum to 1 within :data:`WEIGHT_SUM_TOLERANCE`, and are then divided by
+    their sum: weights that do not add up are far more often a forgotten or mistyped component than a wish to
+    renormalise, so they are refused rather than silently rescaled. ``t_range`` and the shift apply to the whole
+    mixture, so neither is a component key; a mixture inside a mixture is refused (write its components out)."""
+    if not isinstance(value, (list, tuple)) or not 2 <= len(value) <= MAX_COMPONENTS:
+        raise setting.error(value)
+    weight = Setting("weight", "float", None, "", low=0, high=1, low_open=True)
+    parts = []
+    for k, item in enumerate(value):
+        if isinstance(item, Component):  # an already checked mixture, checked again
+            item = dict(item.params, sample_method=item.sample_method, weight=item.weight)
+
+        def refuse(why: str) -> SettingError:
+            return SettingError(f"{setting.name}={describe(value)} is not allowed: component {k} "
+                                f"({describe(item)}) {why}")
+
+        if not isinstance(item, Mapping):
+            raise refuse("is not a dict: use dict(sample_method=..., weight=..., and that distribution's parameters)")
+        params = dict(item)
+        missing = [key for key in ("sample_method", "weight") if key not in params]
+        if missing:
+            raise refuse(f"has no {' and no '.join(missing)}: each component needs both")
+        method, w = params.pop("sample_method"), params.pop("weight")
+        if method == "mixture":
+            raise refuse("is itself a mixture: write its components into this one, their weights multiplied")
+        if method not in DISTRIBUTIONS:
+            raise refuse(f"has sample_method={describe(method)}: use one of "
+                         f"{', '.join(repr(m) for m in DISTRIBUTIONS if m != 'mixture')}")
+        for key, where in (("shift", "the shift"), ("t_range", "t_range"), ("t_range_mode", "t_range_mode")):
+            if key in params:
+                raise refuse(f"sets {key}: {where} applies to the whole mixture, not per component; set it beside "
+                             "sample_method='mixture'")
+        try:
+            w = weight.check(w)
+            checked = DISTRIBUTIONS.check_params(method, params)
+        except (SettingError, TypeError) as err:
+            raise refuse(f"is not allowed: {err}") from None
+        if checked.get("fixed_order") == "cycle":
+            raise refuse("sets fixed_order='cycle': a mixture draws from one uniform, which a cycle cannot share; "
+                         "use fixed_order='random'")
+        parts.append(Component(method, w, tuple(sorted(checked.items()))))
+    total = math.fsum(c.weight for c in parts)
+    if not abs(total - 1) <= WEIGHT_SUM_TOLERANCE:
+        raise SettingError(f"{setting.name}={describe(value)} is not allowed: the weights sum to {total:.6g}, not 1; "
+                           "each component's weight is its share of the draws")
+    return tuple(c._replace(weight=c.weight / total) for c in parts)
 
 
 def number_text(x: float) -> str:
@@ -184,11 +251,17 @@ class FunctionRegistry:
         self.group, self.not_on_2 = group, not_on_2  # every parameter's scope: the registry's selection
         self._functions: Dict[str, Fn] = {}
         self._params: Dict[str, Dict[str, Setting]] = {}
+        self._cdfs: Dict[str, Fn] = {}
 
-    def register(self, name: str, **settings: Setting) -> Callable[[Fn], Fn]:
-        """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``."""
+    def register(self, name: str, *, cdf: Optional[Fn] = None, **settings: Setting) -> Callable[[Fn], Fn]:
+        """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``.
+
+        ``cdf`` (distributions only): the closed form ``F(t: Tensor, **params) -> u`` of the distribution whose
+        inverse ``fn`` is, taking the same parameters; without one, ``F`` is found by bisection on ``fn``."""
         if not isinstance(name, str) or not name:
             raise SettingError(f"{self.key} name {describe(name)} must be a non-empty string")
+        if cdf is not None and not callable(cdf):
+            raise TypeError(f"{self.key} {name!r}: cdf={describe(cdf)} is not a function")
 
         def wrap(fn: Fn) -> Fn:
             if name in self._functions:
@@ -215,6 +288,8 @@ class FunctionRegistry:
             self._params[name] = {k: replace(v, group=self.group, not_on_2=v.not_on_2 or self.not_on_2)
                                   for k, v in declared.items()}
             self._functions[name] = fn
+            if cdf is not None:
+                self._cdfs[name] = cdf
             return fn
 
         return wrap
@@ -231,6 +306,11 @@ class FunctionRegistry:
         """The declared keyword parameters of ``name``'s function."""
         self.get(name)
         return self._params[name]
+
+    def cdf_of(self, name: str) -> Optional[Fn]:
+        """The closed-form CDF registered with ``name``'s inverse, or None."""
+        self.get(name)
+        return self._cdfs.get(name)
 
     def defaults(self, name: str) -> Dict[str, Any]:
         return {k: s.default for k, s in self.params(name).items()}
@@ -251,6 +331,7 @@ class FunctionRegistry:
     def unregister(self, name: str) -> None:
         del self._functions[name]
         del self._params[name]
+        self._cdfs.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._functions))

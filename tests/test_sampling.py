@@ -18,10 +18,12 @@ from opensora_timeshift_patch.settings import SettingError
 from opensora_timeshift_patch.shift import SHIFT_FAMILIES, exponential_shift, rational_shift
 
 U = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+NEEDS = {"mixture": dict(components=[dict(sample_method="logit-normal", weight=0.6),
+                                     dict(sample_method="uniform", weight=0.4)])}  # what has no usable default
 
 
 def test_sample_methods():
-    assert SAMPLE_METHODS == ("uniform", "logit-normal", "mode", "cosmap", "logsnr", "beta", "fixed")
+    assert SAMPLE_METHODS == ("uniform", "logit-normal", "mode", "cosmap", "logsnr", "beta", "fixed", "mixture")
 
 
 def test_inverse_cdfs_by_hand():
@@ -164,7 +166,7 @@ FAMILIES = [dict(), dict(shift_family="exponential", shift_sigma=0.7), dict(reso
 )
 def test_outputs_in_range_monotone_and_finite(u, method, family, frames, hw, t_range):
     u = torch.tensor(sorted(u), dtype=torch.float64)
-    dist = TimestepDistribution(method, t_range=t_range)
+    dist = TimestepDistribution(method, t_range=t_range, **NEEDS.get(method, {}))
     shift = TimestepShift("latent", **family)
     t = shift(dist(u) * 1000, meta(hw[0], hw[1], [frames] * len(u), dtype=torch.float64), num_timesteps=1000)
     assert bool(t.isfinite().all())
@@ -428,7 +430,7 @@ def test_a_registered_distribution_bad_only_in_its_far_tails_is_refused(bad, whe
 
 @pytest.mark.parametrize("method", SAMPLE_METHODS)
 def test_nan_or_out_of_range_uniforms_give_nan_never_a_valid_timestep(method):
-    d = TimestepDistribution(method, t_range=(0.1, 0.9))
+    d = TimestepDistribution(method, t_range=(0.1, 0.9), **NEEDS.get(method, {}))
     u = torch.tensor([float("nan"), -0.5, 1.5, 0.5], dtype=torch.float64)
     t = d(u)
     assert bool(t[:3].isnan().all()) and 0.1 <= t[3].item() <= 0.9
