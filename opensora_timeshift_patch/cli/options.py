@@ -117,7 +117,7 @@ def setting_option(p: argparse.ArgumentParser, setting: Setting, *also: Setting,
             kwargs.setdefault("metavar", "T")
     elif setting.type == "bool":
         kwargs["type"] = _bool_parser(setting)
-    elif setting.type == "any":
+    elif setting.type in ("any", "components"):  # a Python literal, as --set takes it
         kwargs["type"] = lambda text: parse_set_item(f"{setting.name}={text}")[1]
     default = kwargs.get("default", setting.default)
     kwargs.setdefault("help", f"{setting.doc} ({setting.allowed()}; default "
