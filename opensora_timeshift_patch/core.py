@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 import torch
 from torch import Tensor
 
+from .recipes import RECIPES, ModelRecipe, expand
 from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
 from .sampling import TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, stream_uniform
 from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
@@ -63,7 +64,10 @@ class Recipe:
         if settings is not None and not isinstance(settings, Mapping):
             raise SettingError(f"settings={describe(settings)} is not allowed: use a dict of the scheduler's "
                                "keywords, as the config's scheduler = dict(type='rflow-timeshift', ...) holds")
-        given = dict(settings or {})
+        recipe = (settings or {}).get("recipe")
+        # The one place a named recipe becomes settings: what is given beside it overrides it, and what follows
+        # judges the expanded settings as it judges any.
+        given = expand(settings or {})
         if release == "2.0":
             for key, value in given.items():
                 why = not_on_opensora2(key)
@@ -81,6 +85,7 @@ class Recipe:
             raise SettingError(f"{key}={describe(given[key])} only applies with use_timestep_transform=True (got "
                                "False): remove it or turn the shift on")
         self.release, self.who = release, who
+        self.recipe: Optional[ModelRecipe] = RECIPES[recipe] if recipe is not None else None
         self.given: Dict[str, Any] = given
         self.values: Dict[str, Any] = values
         self.rflow_keywords: Dict[str, Any] = {k: OPENSORA_ONLY[k].check(v) for k, v in rest.items()}
