@@ -69,9 +69,9 @@ def flux(checkout: str) -> Dict[str, Any]:
     fn = functions(path, ["time_shift", "get_lin_function", "get_schedule"], {"math": math, "torch": torch,
                                                                                "Callable": Any, "Tensor": Any})
     # read: get_noise makes a 2 ceil(H/16) x 2 ceil(W/16) latent and prepare packs it 2x2 into tokens.
-    cases = [dict(steps=s, height=h, width=w, frames=f,
+    cases = [dict(steps=s, height=h, width=w, frames=1,  # an image model: every size, one frame
                   sigmas=fn["get_schedule"](s, math.ceil(h / 16) * math.ceil(w / 16)))
-             for s, h, w, f in CASES if f == 1]
+             for s, h, w, _ in CASES]
     return dict(file="src/flux/sampling.py", commit=commit(checkout), read="tokens = ceil(H/16) ceil(W/16)",
                 recipes={"flux": cases})
 
