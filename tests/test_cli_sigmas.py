@@ -62,3 +62,28 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
 def test_help(capsys):
     code, out, _ = run_any(capsys, "sigmas", "--help")
     assert code == 0 and "usage: opensora-timeshift sigmas" in out and "exit status" in out
+
+
+def test_inspect_shows_the_recipes_source_and_its_shift(capsys):
+    code, out, _ = run_any(capsys, "inspect", "--set", "recipe=wan2.2-t2v-a14b", "--frames", 17, "--resolution",
+                           "720x1280", "--mode", "latent")
+    assert code == 0
+    assert "recipe wan2.2-t2v-a14b" in out and "wan_t2v_A14B.py" in out and "(official code)" in out
+    row = next(line for line in out.splitlines() if line.startswith("720x1280"))
+    assert row.split()[4] == "12.000"  # the constant shift, no temporal factor
+
+
+def test_inspect_on_2_shows_the_recipe_of_the_settings_row(capsys):
+    code, out, _ = run_any(capsys, "inspect", "--opensora-version", "2.0", "--set", "recipe=flux", "--frames", 1,
+                           "--resolution", "720p")
+    assert code == 0 and "recipe flux" in out and "black-forest-labs/flux" in out
+
+
+def test_inspect_without_a_recipe_names_none(capsys):
+    code, out, _ = run_any(capsys, "inspect", "--frames", 17, "--resolution", "720x1280", "--mode", "latent")
+    assert code == 0 and "recipe " not in out
+
+
+def test_inspect_refuses_a_bad_recipe_in_one_line(capsys):
+    code, out, err = run_any(capsys, "inspect", "--set", "recipe=nope", "--mode", "latent")
+    assert code == 2 and out == "" and "recipe='nope' is not allowed" in err and len(err.strip().splitlines()) == 1
