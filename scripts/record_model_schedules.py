@@ -6,10 +6,11 @@ returns. The files' other imports (Flux's model and autoencoder, Open-Sora's mod
 functions and are not imported. What is read rather than run is said per section ("read"): the token count each
 model's inference derives from the pixel size (its get_noise / prepare), which is written here as a formula.
 
-    python scripts/record_model_schedules.py --flux PATH --opensora PATH --wan21 PATH --wan22 PATH
+    python scripts/record_model_schedules.py --flux PATH --opensora PATH --wan21 PATH --wan22 PATH \
+        --hunyuanvideo PATH --stepvideo PATH
 
-Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1
-and Wan-Video/Wan2.2.
+Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
+Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo and stepfun-ai/Step-Video-T2V.
 """
 
 from __future__ import annotations
@@ -46,6 +47,37 @@ def functions(path: str, names: List[str], scope: Dict[str, Any]) -> Dict[str, A
     code = compile(ast.Module(body=wanted, type_ignores=[]), path, "exec")
     exec(code, scope)
     return {n: scope[n] for n in names}
+
+
+def method(path: str, cls: str, name: str, scope: Dict[str, Any]) -> Any:
+    """The method ``name`` of class ``cls`` in the file at ``path``, compiled from its own source (call it with an
+    explicit ``self``)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == name:
+                    for arg in item.args.args:
+                        arg.annotation = None
+                    item.returns = None
+                    exec(compile(ast.Module(body=[item], type_ignores=[]), path, "exec"), scope)
+                    return scope[name]
+    raise SystemExit(f"{path}: no {cls}.{name}")
+
+
+def argument_default(path: str, option: str) -> Any:
+    """The ``default=`` of ``add_argument(option, ...)`` in the file at ``path``."""
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == option):
+            return next(ast.literal_eval(k.value) for k in node.keywords if k.arg == "default")
+    raise SystemExit(f"{path}: no option {option}")
+
+
+def parameter_default(fn: Any, name: str) -> Any:
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
 
 
 def assignments(path: str) -> Dict[str, Any]:
@@ -126,13 +158,51 @@ def wan22(checkout: str) -> Dict[str, Any]:
                 read="", recipes=recipes, boundaries=boundaries)
 
 
+def shifted_linspace(shift_fn: Any, steps: int) -> List[float]:
+    # read: both schedulers' set_timesteps shift torch.linspace(1, 0, steps + 1) (flow_reverse / reverse: 1 = noise)
+    return shift_fn(torch.linspace(1, 0, steps + 1)).tolist()
+
+
+def hunyuanvideo(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "hyvideo", "diffusion", "schedulers", "scheduling_flow_match_discrete.py")
+    shift_fn = method(path, "FlowMatchDiscreteScheduler", "sd3_time_shift", {"torch": torch})
+    shift = argument_default(os.path.join(checkout, "hyvideo", "config.py"), "--flow-shift")
+    this = types.SimpleNamespace(config=types.SimpleNamespace(shift=shift))
+    cases = [dict(steps=s, height=h, width=w, frames=f, shift=shift,
+                  sigmas=shifted_linspace(lambda t: shift_fn(this, t), s)) for s, h, w, f in CASES]
+    return dict(file="hyvideo/diffusion/schedulers/scheduling_flow_match_discrete.py, hyvideo/config.py",
+                commit=commit(checkout), read="set_timesteps: linspace(1, 0, steps + 1), shifted",
+                recipes={"hunyuanvideo": cases})
+
+
+def stepvideo(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "stepvideo", "diffusion", "scheduler.py")
+    scope = {"torch": torch, "Union": Any}
+    shift_fn = method(path, "FlowMatchDiscreteScheduler", "sd3_time_shift", scope)
+    shift = parameter_default(method(path, "FlowMatchDiscreteScheduler", "set_timesteps", scope), "time_shift")
+    # Turbo's shift is stated in the README's settings table only (| model | infer_steps | cfg_scale | time_shift |
+    # num_frames |); the download table above it names the model too
+    readme = open(os.path.join(checkout, "README.md"), encoding="utf-8").read().splitlines()
+    header = next(line for line in readme if "time_shift" in line and line.startswith("|"))
+    column = [c.strip() for c in header.split("|")].index("time_shift")
+    row = next(line for line in readme[readme.index(header):] if line.startswith("| Step-Video-T2V-Turbo"))
+    turbo = float(row.split("|")[column])
+    recipes = {}
+    for name, a in (("step-video-t2v", shift), ("step-video-t2v-turbo", turbo)):
+        recipes[name] = [dict(steps=s, height=h, width=w, frames=f, shift=a,
+                              sigmas=shifted_linspace(lambda t: shift_fn(None, t, a), s)) for s, h, w, f in CASES]
+    return dict(file="stepvideo/diffusion/scheduler.py, README.md (Turbo's shift)", commit=commit(checkout),
+                read="set_timesteps: linspace(1, 0, steps + 1), shifted", recipes=recipes)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("flux", "opensora", "wan21", "wan22"):
+    for name in ("flux", "opensora", "wan21", "wan22", "hunyuanvideo", "stepvideo"):
         p.add_argument(f"--{name}", required=True, metavar="PATH")
     args = p.parse_args()
     doc = dict(torch=torch.__version__, numpy=np.__version__, flux=flux(args.flux), opensora2=opensora2(args.opensora),
-               wan21=wan21(args.wan21), wan22=wan22(args.wan22))
+               wan21=wan21(args.wan21), wan22=wan22(args.wan22), hunyuanvideo=hunyuanvideo(args.hunyuanvideo),
+               stepvideo=stepvideo(args.stepvideo))
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")

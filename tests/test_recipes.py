@@ -12,7 +12,7 @@ from opensora_timeshift_patch.recipes import CONFIDENCE, RECIPES, expand, recipe
 from opensora_timeshift_patch.settings import SETTINGS, SettingError
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
-SECTIONS = ("flux", "opensora2", "wan21", "wan22")
+SECTIONS = tuple(k for k, v in GOLDENS.items() if isinstance(v, dict) and "recipes" in v)
 
 
 def golden_cases():
