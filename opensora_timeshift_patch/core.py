@@ -64,10 +64,19 @@ class Recipe:
         if settings is not None and not isinstance(settings, Mapping):
             raise SettingError(f"settings={describe(settings)} is not allowed: use a dict of the scheduler's "
                                "keywords, as the config's scheduler = dict(type='rflow-timeshift', ...) holds")
-        recipe = (settings or {}).get("recipe")
-        # The one place a named recipe becomes settings: what is given beside it overrides it, and what follows
-        # judges the expanded settings as it judges any.
-        given = expand(settings or {})
+        if settings and settings.get("recipe") is not None:
+            # The one place a named recipe becomes settings: what is given beside it overrides it, and the expanded
+            # settings are judged as any are; a refusal says which of them the recipe set.
+            name, expanded = settings["recipe"], expand(settings)
+            try:
+                self.__init__(expanded, release, who)
+            except SettingError as err:
+                sets = ", ".join(f"{k}={v!r}" for k, v in RECIPES[name].training.items() if k not in settings)
+                raise SettingError(f"{err} (recipe={name!r} sets {sets})") from None
+            self.recipe = RECIPES[name]
+            return
+        given = {k: v for k, v in (settings or {}).items() if k != "recipe"}  # recipe=None: no recipe
+        self.recipe: Optional[ModelRecipe] = None
         if release == "2.0":
             for key, value in given.items():
                 why = not_on_opensora2(key)
@@ -85,7 +94,6 @@ class Recipe:
             raise SettingError(f"{key}={describe(given[key])} only applies with use_timestep_transform=True (got "
                                "False): remove it or turn the shift on")
         self.release, self.who = release, who
-        self.recipe: Optional[ModelRecipe] = RECIPES[recipe] if recipe is not None else None
         self.given: Dict[str, Any] = given
         self.values: Dict[str, Any] = values
         self.rflow_keywords: Dict[str, Any] = {k: OPENSORA_ONLY[k].check(v) for k, v in rest.items()}

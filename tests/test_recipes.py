@@ -61,7 +61,8 @@ def test_hand_derived_points():
 def test_declarations_are_complete():
     for r in RECIPES.values():
         assert r.confidence in CONFIDENCE and r.source and r.schedule_text and r.training_note
-        Recipe(dict(recipe=r.name))  # every recipe builds on 1.x
+        assert Recipe(dict(recipe=r.name)).recipe is r  # every recipe builds on 1.x and on 2.0
+        assert Recipe(dict(recipe=r.name), release="2.0").recipe is r
 
 
 def test_the_recipe_expands_and_what_is_beside_it_wins():
@@ -75,7 +76,8 @@ def test_the_recipe_expands_and_what_is_beside_it_wins():
 
 
 def test_the_expanded_settings_are_judged_as_any():
-    with pytest.raises(SettingError, match="use_timestep_transform=True"):
+    with pytest.raises(SettingError, match=r"use_timestep_transform=True .*\(recipe='wan2.1-t2v' sets "
+                                           r"resolution_shift='constant', shift=5.0, temporal_exponent=0.0\)"):
         Recipe(dict(recipe="wan2.1-t2v", use_timestep_transform=False))
     with pytest.raises(SettingError, match="resolution_shift='linear'"):
         Recipe(dict(recipe="wan2.1-t2v", max_shift=3.0))
