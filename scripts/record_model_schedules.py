@@ -29,7 +29,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-CASES = [(steps, h, w, f) for steps in (1, 4, 30, 50) for h, w, f in ((480, 832, 81), (720, 1280, 121), (1024, 1024, 1))]
+CASES = [(steps, h, w, f) for steps in (1, 4, 30, 50)
+         for h, w, f in ((480, 832, 81), (720, 1280, 121), (1024, 1024, 1))]
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "model_schedules.json")
 
 
@@ -120,7 +121,8 @@ def opensora2(checkout: str) -> Dict[str, Any]:
         cases.append(dict(steps=s, height=h, width=w, frames=f, sigmas=fn["get_schedule"](
             s, math.ceil(h / 16) * math.ceil(w / 16), latent_frames)))
     return dict(file="opensora/utils/sampling.py", commit=commit(checkout),
-                read="tokens = ceil(H/16) ceil(W/16), latent frames = (F - 1) // 4 + 1", recipes={"opensora-2.0": cases})
+                read="tokens = ceil(H/16) ceil(W/16), latent frames = (F - 1) // 4 + 1",
+                recipes={"opensora-2.0": cases})
 
 
 def wan_sigmas(checkout: str, steps: int, shift: float) -> List[float]:
