@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 import torch
 from torch import Tensor
 
+from .recipes import RECIPES, ModelRecipe, expand
 from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
 from .sampling import TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, stream_uniform
 from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
@@ -63,7 +64,19 @@ class Recipe:
         if settings is not None and not isinstance(settings, Mapping):
             raise SettingError(f"settings={describe(settings)} is not allowed: use a dict of the scheduler's "
                                "keywords, as the config's scheduler = dict(type='rflow-timeshift', ...) holds")
-        given = dict(settings or {})
+        if settings and settings.get("recipe") is not None:
+            # The one place a named recipe becomes settings: what is given beside it overrides it, and the expanded
+            # settings are judged as any are; a refusal says which of them the recipe set.
+            name, expanded = settings["recipe"], expand(settings)
+            try:
+                self.__init__(expanded, release, who)
+            except SettingError as err:
+                sets = ", ".join(f"{k}={v!r}" for k, v in RECIPES[name].training.items() if k not in settings)
+                raise SettingError(f"{err} (recipe={name!r} sets {sets})") from None
+            self.recipe = RECIPES[name]
+            return
+        given = {k: v for k, v in (settings or {}).items() if k != "recipe"}  # recipe=None: no recipe
+        self.recipe: Optional[ModelRecipe] = None
         if release == "2.0":
             for key, value in given.items():
                 why = not_on_opensora2(key)

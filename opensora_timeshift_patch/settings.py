@@ -358,7 +358,15 @@ _REGISTRIES = (POLICIES, DISTRIBUTIONS, WEIGHTINGS)
 # timesteps to 0 or N, which is the silent collapse this package exists to prevent.
 MAX_SHIFT_FACTOR = 100.0
 
+from .recipes import RECIPES as _RECIPES  # noqa: E402  (recipes imports settings only lazily)
+
+RECIPE_NAMES = tuple(_RECIPES)
+
 _SETTINGS = (
+    # --- a named model's recipe ------------------------------------------------------------------------------
+    Setting("recipe", "choice", None,
+            "a named model's recipe (see recipes): expands to its training settings; settings given beside it win",
+            choices=RECIPE_NAMES, optional=True, group="recipe"),
     # --- Open-Sora's rflow ------------------------------------------------------------------------------------
     Setting("num_sampling_steps", "int", 10, "Euler steps in sample()", low=1, high=10_000,
             group="rflow", not_on_2="2.0's inference config sets sampling_option.num_steps"),
@@ -488,6 +496,7 @@ OPENSORA_ONLY: Dict[str, Setting] = {s.name: s for s in (
 them; the standalone backend takes them only at these defaults."""
 
 GROUPS: Dict[str, str] = {
+    "recipe": "a named model's recipe, expanded into the settings below",
     "rflow": "Open-Sora's rflow: the time scale and the sampling loop",
     "distribution": "the base distribution of t (a bucket_settings rule may set these)",
     "shift": "the shift: T_eff, the resolution rule and the curve (a bucket_settings rule may set these)",

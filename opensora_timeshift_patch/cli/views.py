@@ -23,6 +23,7 @@ from ..buckets import (OPENSORA2_ASPECT_RATIOS, Opensora2Geometry, opensora2_bas
                        opensora2_sizes)
 from ..density import density_quantile, midpoint_uniforms, shifted_quantiles
 from ..opensora2 import Opensora2Timesteps
+from ..recipes import ModelRecipe, expand
 from ..settings import POLICIES, SETTINGS, names_in
 from ..shift import META_KEYS, SHIFT_SETTINGS, TimestepShift
 from ..weighting import LossWeighting, effective_emphasis
@@ -38,7 +39,7 @@ EMPHASIS_EDGES = np.linspace(0.0, 1.0, 10_001)
 # with stock's numbers beside), the timestep distribution and the loss weighting. The stream settings are taken too
 # (they decide which sample draws which t, not the distribution shown; fixed_order='cycle' needs timestep_rng=
 # 'per_sample'). Other scheduler settings would be accepted and silently change nothing shown, so --set refuses them.
-SHOWN_ON_1X = set(names_in("distribution", "shift", "loss", "stream", "rules")) - {"shift_mode"}
+SHOWN_ON_1X = set(names_in("recipe", "distribution", "shift", "loss", "stream", "rules")) - {"shift_mode"}
 NOT_SHOWN_ON_1X = {
     "shift_mode": "use --mode (every mode given is shown)",
     "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
@@ -157,8 +158,9 @@ def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, An
     for mode in args.mode:
         mine = {k: v for k, v in settings.items() if not _other_modes_param(k, mode, args.mode)}
         mine["shift_mode"] = mode
-        shift = {k: v for k, v in mine.items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
         try:
+            # stock's numbers under the recipe's shift too (the scheduler expands it in its Recipe)
+            shift = {k: v for k, v in expand(mine).items() if k in SHIFT_SETTINGS or POLICIES.owners(k)}
             scheduler = build_timeshift(mine)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -167,6 +169,14 @@ def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, An
             raise UsageError(str(err)) from err
         out.append(with_rules(mode, scheduler, stock))
     return out, settings
+
+
+def recipe_lines(recipe: Optional[ModelRecipe]) -> List[str]:
+    """The selected named recipe's source, for a view's header (none when no recipe is selected)."""
+    if recipe is None:
+        return []
+    return [f"recipe {recipe.name} ({recipe.model}): {recipe.source} ({recipe.confidence}); training: "
+            f"{recipe.training_note}"]
 
 
 def only_opensora2(args: argparse.Namespace) -> None:
@@ -310,7 +320,8 @@ class Opensora1View:
         return self.sample_method + (" or a rule's" if self.rules else "")
 
     def header(self) -> List[str]:
-        lines = [f"t ~ {self.distribution!r}, shifted, on the 0..1000 scale (1000 = pure noise)"]
+        lines = recipe_lines(self.scheduler.recipe.recipe)
+        lines.append(f"t ~ {self.distribution!r}, shifted, on the 0..1000 scale (1000 = pure noise)")
         if self.shift_settings:
             lines.append("shift settings: " + ", ".join(f"{k}={v!r}" for k, v in self.shift_settings.items()))
         if self.rules:
@@ -527,6 +538,8 @@ class Opensora2View:
                  "stock: t = sigmoid(randn), alpha = lin(tokens; 256 -> 1, 4096 -> 3) * sqrt(T), tokens (h w) // 4 in "
                  f"training and (h w) // {g.patch_size ** 2} at inference, no guard"]
         lines += [f"{r.label}: {r.timesteps!r}" for r in self.rules[1:]]
+        for r in self.rules[1:]:
+            lines += recipe_lines(r.timesteps.recipe.recipe)
         lines.append("shifted training t in [0, 1] (1 = pure noise), exact quantiles")
         return lines
 

@@ -1,0 +1,172 @@
+"""Named recipes: other open video models' timestep rules, declared once each.
+
+A recipe is what ``recipe="wan2.2-t2v-a14b"`` in the ``scheduler`` dict expands to (its training settings, the
+rflow-timeshift keywords), the sampling schedule that model's own inference code uses (one sigma per step plus the
+terminal, a function of steps, resolution and frames), where those numbers come from and how sure they are.
+Settings given beside ``recipe`` override the recipe's (:func:`expand`); contradictions are then refused as for any
+settings, where the :class:`~.core.Recipe` is built.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+CONFIDENCE = ("official code", "maintainer statement", "community practice")
+
+Schedule = Callable[[int, int, int, int], List[float]]  # (steps, height, width, frames) -> steps + 1 sigmas
+
+
+class ModelRecipe(NamedTuple):
+    """One model's recipe (see the module docstring)."""
+
+    name: str
+    model: str
+    training: Dict[str, Any]  # the rflow-timeshift keywords it expands to
+    training_note: str  # what of the training rule is published, in words
+    schedule: Schedule
+    schedule_text: str
+    source: str  # repository, file and commit
+    confidence: str  # one of CONFIDENCE
+    extra: Dict[str, Any]  # recorded only (a Wan 2.2 expert boundary)
+
+
+def _grid(steps: int) -> List[float]:
+    """linspace(1, 0, steps + 1): the unshifted grid every recipe here starts from."""
+    return [1.0 - i / steps for i in range(steps)] + [0.0]
+
+
+def rational(a: float, t: float) -> float:
+    """a t / (1 + (a - 1) t): SD3's, Wan's and Open-Sora's shift of a noise level t (1 = noise)."""
+    return a * t / (1 + (a - 1) * t)
+
+
+def exponential(mu: float, t: float, sigma: float = 1.0) -> float:
+    """Flux's ``time_shift``: e^mu / (e^mu + (1/t - 1)^sigma), with 0 kept at 0."""
+    if t <= 0:
+        return 0.0
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+
+
+def _linear(x: float, x1: float, y1: float, x2: float, y2: float) -> float:
+    """m x + b with b = y1 - m x1, in the models' own operation order."""
+    m = (y2 - y1) / (x2 - x1)
+    return m * x + (y1 - m * x1)
+
+
+def constant_shift(a: float) -> Schedule:
+    def schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+        return [rational(a, t) for t in _grid(steps)]
+    return schedule
+
+
+def _wan_dpm(a: float) -> Schedule:
+    # Wan's get_sampling_sigmas: linspace(1, 0, steps + 1)[:steps] shifted; its solvers append the terminal 0.
+    return constant_shift(a)
+
+
+def opensora2_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # get_noise rounds the latent up to 16-pixel multiples: (8x VAE, patch 2) one token per 16x16 pixels;
+    # causal VAE: 1 + (frames - 1) // 4 latent frames.
+    tokens = math.ceil(height / 16) * math.ceil(width / 16)
+    latent_frames = 1 if frames == 1 else (frames - 1) // 4 + 1
+    alpha = _linear(tokens, 256, 1, 4096, 3) * math.sqrt(latent_frames)
+    return [rational(alpha, t) for t in _grid(steps)]
+
+
+def flux_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # Flux packs 2x2 latent pixels of its 8x VAE into a token: (H/16)(W/16) tokens.
+    tokens = math.ceil(height / 16) * math.ceil(width / 16)
+    mu = _linear(tokens, 256, 0.5, 4096, 1.15)
+    return [exponential(mu, t) for t in _grid(steps)]
+
+
+def _constant_training(a: float) -> Dict[str, Any]:
+    # A constant factor with no temporal part: these models shift by a number, not by clip length.
+    return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
+
+
+_WAN21 = "Wan-Video/Wan2.1 generate.py lines 76-81, wan/utils/fm_solvers.py get_sampling_sigmas, commit 9737cba9"
+_WAN22 = "Wan-Video/Wan2.2 wan/configs/{}, commit 42bf4cfa"
+_WAN_TRAIN = "training distribution and shift not published: the recipe trains at the sampling shift"
+
+_RECIPES = (
+    ModelRecipe("opensora-2.0", "Open-Sora 2.0",
+                dict(sample_method="logit-normal", resolution_shift="linear"),
+                "t = sigmoid(randn), alpha = lin(256 -> 1, 4096 -> 3 tokens) x sqrt(latent frames), rational",
+                opensora2_schedule, "alpha = lin(256 -> 1, 4096 -> 3)(ceil(H/16) ceil(W/16)) x sqrt(latent frames)",
+                "hpcaitech/Open-Sora opensora/utils/sampling.py get_schedule (lines 307-332), "
+                "scripts/diffusion/train.py, commit 7ad6a96a", "official code", {}),
+    ModelRecipe("wan2.1-t2v", "Wan 2.1 T2V (and 720p I2V)", _constant_training(5.0), _WAN_TRAIN,
+                _wan_dpm(5.0), "constant shift 5.0", _WAN21, "official code", {}),
+    ModelRecipe("wan2.1-i2v-480p", "Wan 2.1 I2V at 832x480", _constant_training(3.0), _WAN_TRAIN,
+                _wan_dpm(3.0), "constant shift 3.0", _WAN21, "official code", {}),
+    ModelRecipe("wan2.1-flf2v", "Wan 2.1 FLF2V and VACE", _constant_training(16.0), _WAN_TRAIN,
+                _wan_dpm(16.0), "constant shift 16", _WAN21, "official code", {}),
+    ModelRecipe("wan2.2-t2v-a14b", "Wan 2.2 T2V-A14B", _constant_training(12.0), _WAN_TRAIN,
+                _wan_dpm(12.0), "constant shift 12.0; experts switch at boundary 0.875",
+                _WAN22.format("wan_t2v_A14B.py lines 34-36"), "official code", dict(boundary=0.875)),
+    ModelRecipe("wan2.2-i2v-a14b", "Wan 2.2 I2V-A14B", _constant_training(5.0), _WAN_TRAIN,
+                _wan_dpm(5.0), "constant shift 5.0; experts switch at boundary 0.900",
+                _WAN22.format("wan_i2v_A14B.py lines 34-36"), "official code", dict(boundary=0.9)),
+    ModelRecipe("wan2.2-ti2v-5b", "Wan 2.2 TI2V-5B", _constant_training(5.0), _WAN_TRAIN,
+                _wan_dpm(5.0), "constant shift 5.0", _WAN22.format("wan_ti2v_5B.py line 33"), "official code", {}),
+    ModelRecipe("hunyuanvideo", "HunyuanVideo 1.0", _constant_training(7.0),
+                "training rule not in the repository: the recipe trains at the sampling shift",
+                constant_shift(7.0), "constant shift 7.0 (--flow-shift default)",
+                "Tencent-Hunyuan/HunyuanVideo hyvideo/config.py lines 187-190, "
+                "hyvideo/diffusion/schedulers/scheduling_flow_match_discrete.py set_timesteps, commit fa14b001",
+                "official code", {}),
+    ModelRecipe("step-video-t2v", "Step-Video-T2V", _constant_training(13.0),
+                "training rule not in the repository: the recipe trains at the sampling shift",
+                constant_shift(13.0), "constant shift 13.0",
+                "stepfun-ai/Step-Video-T2V stepvideo/diffusion/scheduler.py set_timesteps (lines 105-126), "
+                "commit 675e08c0", "official code", {}),
+    ModelRecipe("step-video-t2v-turbo", "Step-Video-T2V-Turbo (step-distilled)", _constant_training(17.0),
+                "training rule not in the repository: the recipe trains at the sampling shift",
+                constant_shift(17.0), "constant shift 17.0, 10-15 steps",
+                "stepfun-ai/Step-Video-T2V README.md line 154, commit 675e08c0", "maintainer statement", {}),
+    ModelRecipe("flux", "Flux.1 (image)",
+                dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
+                "sampling rule applied to training (Flux's training code is not public)",
+                flux_schedule, "mu = lin(256 -> 0.5, 4096 -> 1.15)(ceil(H/16) ceil(W/16)), exponential",
+                "black-forest-labs/flux src/flux/sampling.py get_schedule (lines 277-305), commit 802fb471",
+                "official code", {}),
+)
+
+RECIPES: Dict[str, ModelRecipe] = {r.name: r for r in _RECIPES}
+"""The named recipes by name: the choices of the ``recipe`` setting."""
+
+
+def get(name: Any) -> ModelRecipe:
+    """The recipe called ``name``, or a SettingError naming the value and the choices."""
+    from .settings import SETTINGS
+
+    return RECIPES[SETTINGS["recipe"].check(name)]  # the declaration's check, so its one message
+
+
+def expand(given: Mapping[str, Any]) -> Dict[str, Any]:
+    """``given`` with its ``recipe`` replaced by the recipe's training settings; what ``given`` names beside it wins.
+    Without ``recipe`` (or with ``recipe=None``), ``given`` unchanged."""
+    settings = dict(given)
+    name = settings.pop("recipe", None)
+    if name is None:
+        return settings
+    return {**get(name).training, **settings}
+
+
+def sigmas(name: str, steps: int, height: int, width: int, frames: int) -> List[float]:
+    """The recipe's sampling schedule: ``steps`` sigmas from 1 down, then the terminal."""
+    return get(name).schedule(steps, height, width, frames)
+
+
+def recipes_table() -> str:
+    """The README's table of recipes, generated from the declaration."""
+    lines = ["| recipe | model | training settings | sampling schedule | source | confidence |",
+             "|---|---|---|---|---|---|"]
+    for r in _RECIPES:
+        training = ", ".join(f"{k}={v!r}" for k, v in r.training.items())
+        extra = "".join(f"; {k} {v!r} (recorded only)" for k, v in r.extra.items())
+        lines.append(f"| `{r.name}` | {r.model} | `{training}` ({r.training_note}) | {r.schedule_text}{extra} | "
+                     f"{r.source} | {r.confidence} |")
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""Record the models' own sampling schedules into tests/data/model_schedules.json, for tests/test_recipes.py.
+
+Given checkouts of the models' repositories, it takes each schedule function's source out of the model's own file
+(by name, with ``ast``), runs it as written with only what it calls (torch, numpy, math) in scope, and writes what it
+returns. The files' other imports (Flux's model and autoencoder, Open-Sora's models) are not needed by these
+functions and are not imported. What is read rather than run is said per section ("read"): the token count each
+model's inference derives from the pixel size (its get_noise / prepare), which is written here as a formula.
+
+    python scripts/record_model_schedules.py --flux PATH --opensora PATH --wan21 PATH --wan22 PATH \
+        --hunyuanvideo PATH --stepvideo PATH
+
+Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
+Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo and stepfun-ai/Step-Video-T2V.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import types
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+CASES = [(steps, h, w, f) for steps in (1, 4, 30, 50)
+         for h, w, f in ((480, 832, 81), (720, 1280, 121), (1024, 1024, 1))]
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "model_schedules.json")
+
+
+def functions(path: str, names: List[str], scope: Dict[str, Any]) -> Dict[str, Any]:
+    """The named top-level functions of the file at ``path``, compiled from its own source into ``scope``."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    wanted = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    missing = set(names) - {n.name for n in wanted}
+    if missing:
+        raise SystemExit(f"{path}: no function {sorted(missing)}")
+    for node in wanted:
+        node.returns = None  # `-> list[float]` / `float | None` annotations need Python 3.10; they are not code
+        for arg in node.args.args:
+            arg.annotation = None
+    code = compile(ast.Module(body=wanted, type_ignores=[]), path, "exec")
+    exec(code, scope)
+    return {n: scope[n] for n in names}
+
+
+def method(path: str, cls: str, name: str, scope: Dict[str, Any]) -> Any:
+    """The method ``name`` of class ``cls`` in the file at ``path``, compiled from its own source (call it with an
+    explicit ``self``)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == name:
+                    for arg in item.args.args:
+                        arg.annotation = None
+                    item.returns = None
+                    exec(compile(ast.Module(body=[item], type_ignores=[]), path, "exec"), scope)
+                    return scope[name]
+    raise SystemExit(f"{path}: no {cls}.{name}")
+
+
+def argument_default(path: str, option: str) -> Any:
+    """The ``default=`` of ``add_argument(option, ...)`` in the file at ``path``."""
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == option):
+            return next(ast.literal_eval(k.value) for k in node.keywords if k.arg == "default")
+    raise SystemExit(f"{path}: no option {option}")
+
+
+def parameter_default(fn: Any, name: str) -> Any:
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
+
+
+def assignments(path: str) -> Dict[str, Any]:
+    """``name.attr = literal`` assignments of a config file (Wan's EasyDict configs), as {attr: value}."""
+    out = {}
+    for node in ast.parse(open(path, encoding="utf-8").read(), path).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute):
+            try:
+                out[node.targets[0].attr] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def commit(checkout: str) -> str:
+    return subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def flux(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "src", "flux", "sampling.py")
+    fn = functions(path, ["time_shift", "get_lin_function", "get_schedule"], {"math": math, "torch": torch,
+                                                                               "Callable": Any, "Tensor": Any})
+    # read: get_noise makes a 2 ceil(H/16) x 2 ceil(W/16) latent and prepare packs it 2x2 into tokens.
+    cases = [dict(steps=s, height=h, width=w, frames=1,  # an image model: every size, one frame
+                  sigmas=fn["get_schedule"](s, math.ceil(h / 16) * math.ceil(w / 16)))
+             for s, h, w, _ in CASES]
+    return dict(file="src/flux/sampling.py", commit=commit(checkout), read="tokens = ceil(H/16) ceil(W/16)",
+                recipes={"flux": cases})
+
+
+def opensora2(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "opensora", "utils", "sampling.py")
+    fn = functions(path, ["time_shift", "get_res_lin_function", "get_schedule"],
+                   {"math": math, "torch": torch, "Tensor": Any})
+    # read: get_noise rounds the latent to 2 ceil(H/16) x 2 ceil(W/16) (8x VAE), api_fn divides by patch_size**2 = 4,
+    # and the causal VAE gives (frames - 1) // 4 + 1 latent frames.
+    cases = []
+    for s, h, w, f in CASES:
+        latent_frames = 1 if f == 1 else (f - 1) // 4 + 1
+        cases.append(dict(steps=s, height=h, width=w, frames=f, sigmas=fn["get_schedule"](
+            s, math.ceil(h / 16) * math.ceil(w / 16), latent_frames)))
+    return dict(file="opensora/utils/sampling.py", commit=commit(checkout),
+                read="tokens = ceil(H/16) ceil(W/16), latent frames = (F - 1) // 4 + 1",
+                recipes={"opensora-2.0": cases})
+
+
+def wan_sigmas(checkout: str, steps: int, shift: float) -> List[float]:
+    fn = functions(os.path.join(checkout, "wan", "utils", "fm_solvers.py"), ["get_sampling_sigmas"], {"np": np})
+    return [float(x) for x in fn["get_sampling_sigmas"](steps, shift)] + [0.0]  # its solvers append the terminal 0
+
+
+def wan21(checkout: str) -> Dict[str, Any]:
+    tasks = {"wan2.1-t2v": ("t2v-14B", "1280*720"), "wan2.1-i2v-480p": ("i2v-14B", "832*480"),
+             "wan2.1-flf2v": ("flf2v-14B", "1280*720")}
+    recipes = {}
+    for name, (task, size) in tasks.items():
+        scope = {"WAN_CONFIGS": {task: None}, "EXAMPLE_PROMPT": {task: None}, "SUPPORTED_SIZES": {task: [size]},
+                 "random": random, "sys": sys}
+        validate = functions(os.path.join(checkout, "generate.py"), ["_validate_args"], scope)["_validate_args"]
+        args = types.SimpleNamespace(ckpt_dir=".", task=task, size=size, sample_steps=None, sample_shift=None,
+                                     frame_num=None, base_seed=0)
+        validate(args)  # generate.py's own defaults per task and size
+        recipes[name] = [dict(steps=s, height=h, width=w, frames=f, shift=args.sample_shift,
+                              sigmas=wan_sigmas(checkout, s, args.sample_shift)) for s, h, w, f in CASES]
+    return dict(file="generate.py _validate_args, wan/utils/fm_solvers.py get_sampling_sigmas",
+                commit=commit(checkout), read="", recipes=recipes)
+
+
+def wan22(checkout: str) -> Dict[str, Any]:
+    files = {"wan2.2-t2v-a14b": "wan_t2v_A14B.py", "wan2.2-i2v-a14b": "wan_i2v_A14B.py",
+             "wan2.2-ti2v-5b": "wan_ti2v_5B.py"}
+    recipes, boundaries = {}, {}
+    for name, file in files.items():
+        config = assignments(os.path.join(checkout, "wan", "configs", file))
+        boundaries[name] = config.get("boundary")
+        recipes[name] = [dict(steps=s, height=h, width=w, frames=f, shift=config["sample_shift"],
+                              sigmas=wan_sigmas(checkout, s, config["sample_shift"])) for s, h, w, f in CASES]
+    return dict(file="wan/configs/*.py, wan/utils/fm_solvers.py get_sampling_sigmas", commit=commit(checkout),
+                read="", recipes=recipes, boundaries=boundaries)
+
+
+def shifted_linspace(shift_fn: Any, steps: int) -> List[float]:
+    # read: both schedulers' set_timesteps shift torch.linspace(1, 0, steps + 1) (flow_reverse / reverse: 1 = noise)
+    return shift_fn(torch.linspace(1, 0, steps + 1)).tolist()
+
+
+def hunyuanvideo(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "hyvideo", "diffusion", "schedulers", "scheduling_flow_match_discrete.py")
+    shift_fn = method(path, "FlowMatchDiscreteScheduler", "sd3_time_shift", {"torch": torch})
+    shift = argument_default(os.path.join(checkout, "hyvideo", "config.py"), "--flow-shift")
+    this = types.SimpleNamespace(config=types.SimpleNamespace(shift=shift))
+    cases = [dict(steps=s, height=h, width=w, frames=f, shift=shift,
+                  sigmas=shifted_linspace(lambda t: shift_fn(this, t), s)) for s, h, w, f in CASES]
+    return dict(file="hyvideo/diffusion/schedulers/scheduling_flow_match_discrete.py, hyvideo/config.py",
+                commit=commit(checkout), read="set_timesteps: linspace(1, 0, steps + 1), shifted",
+                recipes={"hunyuanvideo": cases})
+
+
+def stepvideo(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "stepvideo", "diffusion", "scheduler.py")
+    scope = {"torch": torch, "Union": Any}
+    shift_fn = method(path, "FlowMatchDiscreteScheduler", "sd3_time_shift", scope)
+    shift = parameter_default(method(path, "FlowMatchDiscreteScheduler", "set_timesteps", scope), "time_shift")
+    # Turbo's shift is stated in the README's settings table only (| model | infer_steps | cfg_scale | time_shift |
+    # num_frames |); the download table above it names the model too
+    readme = open(os.path.join(checkout, "README.md"), encoding="utf-8").read().splitlines()
+    header = next(line for line in readme if "time_shift" in line and line.startswith("|"))
+    column = [c.strip() for c in header.split("|")].index("time_shift")
+    row = next(line for line in readme[readme.index(header):] if line.startswith("| Step-Video-T2V-Turbo"))
+    turbo = float(row.split("|")[column])
+    recipes = {}
+    for name, a in (("step-video-t2v", shift), ("step-video-t2v-turbo", turbo)):
+        recipes[name] = [dict(steps=s, height=h, width=w, frames=f, shift=a,
+                              sigmas=shifted_linspace(lambda t: shift_fn(None, t, a), s)) for s, h, w, f in CASES]
+    return dict(file="stepvideo/diffusion/scheduler.py, README.md (Turbo's shift)", commit=commit(checkout),
+                read="set_timesteps: linspace(1, 0, steps + 1), shifted", recipes=recipes)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("flux", "opensora", "wan21", "wan22", "hunyuanvideo", "stepvideo"):
+        p.add_argument(f"--{name}", required=True, metavar="PATH")
+    args = p.parse_args()
+    doc = dict(torch=torch.__version__, numpy=np.__version__, flux=flux(args.flux), opensora2=opensora2(args.opensora),
+               wan21=wan21(args.wan21), wan22=wan22(args.wan22), hunyuanvideo=hunyuanvideo(args.hunyuanvideo),
+               stepvideo=stepvideo(args.stepvideo))
+    with open(OUT, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"wrote {os.path.normpath(OUT)}")
+
+
+if __name__ == "__main__":
+    main()

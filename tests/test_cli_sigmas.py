@@ -1,0 +1,89 @@
+"""``opensora-timeshift sigmas``: the recipe's schedule as a table or JSON, and the CLI's exit-code contract."""
+
+import json
+
+import pytest
+
+from opensora_timeshift_patch.cli import main
+from test_recipes import GOLDENS
+
+
+def run_any(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_is_the_models_own_schedule(capsys):
+    case = GOLDENS["wan22"]["recipes"]["wan2.2-i2v-a14b"][1]
+    code, out, err = run_any(capsys, "sigmas", "--recipe", "wan2.2-i2v-a14b", "--steps", case["steps"],
+                             "--resolution", f"{case['height']}x{case['width']}", "--frames", case["frames"], "--json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["sigmas"] == pytest.approx(case["sigmas"], rel=2e-6)
+    assert doc["recorded"] == {"boundary": 0.9} and doc["confidence"] == "official code"
+    assert "Wan-Video/Wan2.2" in doc["source"]
+
+
+def test_table_has_one_row_per_step_and_the_terminal(capsys):
+    code, out, _ = run_any(capsys, "sigmas", "--recipe", "wan2.2-t2v-a14b", "--steps", 4)
+    assert code == 0
+    rows = [r for r in (line.split() for line in out.splitlines()) if len(r) == 2 and r[0] != "step"][1:]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "terminal"]
+    assert [float(r[1]) for r in rows] == pytest.approx([1, 36 / 37, 12 / 13, 0.8, 0], abs=1e-6)
+    assert "wan_t2v_A14B.py" in out
+
+
+def test_the_size_reaches_the_schedule(capsys):
+    small = json.loads(run_any(capsys, "sigmas", "--recipe", "flux", "--steps", 2, "--resolution", "256x256",
+                               "--frames", 1, "--json")[1])["sigmas"][1]
+    large = json.loads(run_any(capsys, "sigmas", "--recipe", "flux", "--steps", 2, "--resolution", "1024x1024",
+                               "--frames", 1, "--json")[1])["sigmas"][1]
+    assert large > small
+
+
+@pytest.mark.parametrize("argv", [
+    ["--recipe", "nope"], ["--steps", "4"], ["--recipe", "flux", "--steps", "0"],
+    ["--recipe", "flux", "--steps", "-3"], ["--recipe", "flux", "--steps", "1.5"],
+    ["--recipe", "flux", "--steps", "nan"], ["--recipe", "flux", "--steps", "99999999"],
+    ["--recipe", "flux", "--resolution", "0x10"], ["--recipe", "flux", "--resolution", "720p"],
+    ["--recipe", "flux", "--resolution", ""], ["--recipe", "flux", "--frames", "0"],
+    ["--recipe", "flux", "--recipe", "flux"], ["--recipe", "flux", "--steps", "2", "--steps", "3"],
+])
+def test_bad_input_is_one_line_and_exit_2(argv, capsys):
+    code, out, err = run_any(capsys, "sigmas", *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_help(capsys):
+    code, out, _ = run_any(capsys, "sigmas", "--help")
+    assert code == 0 and "usage: opensora-timeshift sigmas" in out and "exit status" in out
+
+
+def test_inspect_shows_the_recipes_source_and_its_shift(capsys):
+    code, out, _ = run_any(capsys, "inspect", "--set", "recipe=wan2.2-t2v-a14b", "--frames", 17, "--resolution",
+                           "720x1280", "--mode", "latent")
+    assert code == 0
+    assert "recipe wan2.2-t2v-a14b" in out and "wan_t2v_A14B.py" in out and "(official code)" in out
+    row = next(line for line in out.splitlines() if line.startswith("720x1280"))
+    assert row.split()[4] == "12.000"  # the constant shift, no temporal factor
+
+
+def test_inspect_on_2_shows_the_recipe_of_the_settings_row(capsys):
+    code, out, _ = run_any(capsys, "inspect", "--opensora-version", "2.0", "--set", "recipe=flux", "--frames", 1,
+                           "--resolution", "720p")
+    assert code == 0 and "recipe flux" in out and "black-forest-labs/flux" in out
+
+
+def test_inspect_without_a_recipe_names_none(capsys):
+    code, out, _ = run_any(capsys, "inspect", "--frames", 17, "--resolution", "720x1280", "--mode", "latent")
+    assert code == 0 and "recipe " not in out
+
+
+def test_inspect_refuses_a_bad_recipe_in_one_line(capsys):
+    code, out, err = run_any(capsys, "inspect", "--set", "recipe=nope", "--mode", "latent")
+    assert code == 2 and out == "" and "recipe='nope' is not allowed" in err and len(err.strip().splitlines()) == 1

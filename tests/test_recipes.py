@@ -1,0 +1,98 @@
+"""Named recipes: the sampling schedules against the models' own code (goldens recorded by
+scripts/record_model_schedules.py), the expansion into settings, and the README table."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from opensora_timeshift_patch.core import Recipe
+from opensora_timeshift_patch.recipes import CONFIDENCE, RECIPES, expand, recipes_table, sigmas
+from opensora_timeshift_patch.settings import SETTINGS, SettingError
+
+GOLDENS = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
+SECTIONS = tuple(k for k, v in GOLDENS.items() if isinstance(v, dict) and "recipes" in v)
+
+
+def golden_cases():
+    for section in SECTIONS:
+        for name, cases in GOLDENS[section]["recipes"].items():
+            for case in cases:
+                yield pytest.param(name, case, id=f"{name}-{case['steps']}-{case['height']}x{case['width']}x"
+                                                  f"{case['frames']}")
+
+
+def test_every_recipe_has_a_golden_and_every_golden_a_recipe():
+    recorded = {name for s in SECTIONS for name in GOLDENS[s]["recipes"]}
+    assert recorded == set(RECIPES)
+
+
+@pytest.mark.parametrize("name, case", list(golden_cases()))
+def test_the_schedule_is_the_models_own(name, case):
+    ours = sigmas(name, case["steps"], case["height"], case["width"], case["frames"])
+    assert len(ours) == case["steps"] + 1 == len(case["sigmas"])
+    # the models compute in float32 (torch.linspace) or float64 (numpy): equal to float32's precision
+    assert ours == pytest.approx(case["sigmas"], rel=2e-6, abs=1e-7)
+    assert ours[0] == 1.0 and ours[-1] == 0.0
+
+
+@pytest.mark.parametrize("name, case", [p.values for p in golden_cases() if "shift" in p.values[1]])
+def test_a_constant_recipe_trains_at_the_models_own_sampling_shift(name, case):
+    training = RECIPES[name].training
+    assert training["resolution_shift"] == "constant" and training["shift"] == case["shift"]
+
+
+def test_wan22_boundaries_are_the_configs():
+    for name, boundary in GOLDENS["wan22"]["boundaries"].items():
+        assert RECIPES[name].extra.get("boundary") == boundary
+
+
+def test_hand_derived_points():
+    # Wan 2.2 T2V-A14B, 4 steps: 12 t / (1 + 11 t) at t = 3/4, 1/2, 1/4
+    assert sigmas("wan2.2-t2v-a14b", 4, 720, 1280, 81) == pytest.approx([1, 36 / 37, 12 / 13, 0.8, 0])
+    # Open-Sora 2.0 at 768x768 x 1 frame: 48 * 48 = 2304 tokens, alpha = 1 + 2 (2304 - 256) / 3840
+    alpha = 1 + 2 * 2048 / 3840
+    assert sigmas("opensora-2.0", 2, 768, 768, 1)[1] == pytest.approx(alpha * 0.5 / (1 + (alpha - 1) * 0.5))
+    # Flux at 1024x1024: 4096 tokens, mu = 1.15, sigma at t = 1/2 is e^mu / (e^mu + 1)
+    assert sigmas("flux", 2, 1024, 1024, 1)[1] == pytest.approx(1 / (1 + math.exp(-1.15)))
+
+
+def test_declarations_are_complete():
+    for r in RECIPES.values():
+        assert r.confidence in CONFIDENCE and r.source and r.schedule_text and r.training_note
+        assert Recipe(dict(recipe=r.name)).recipe is r  # every recipe builds on 1.x and on 2.0
+        assert Recipe(dict(recipe=r.name), release="2.0").recipe is r
+
+
+def test_the_recipe_expands_and_what_is_beside_it_wins():
+    r = Recipe(dict(recipe="wan2.2-t2v-a14b"))
+    assert r.recipe is RECIPES["wan2.2-t2v-a14b"]
+    assert (r.values["resolution_shift"], r.values["shift"], r.values["temporal_exponent"]) == ("constant", 12.0, 0.0)
+    r = Recipe(dict(recipe="wan2.2-t2v-a14b", shift=5.0, sample_method="logit-normal"))
+    assert r.values["shift"] == 5.0 and r.values["sample_method"] == "logit-normal"
+    assert Recipe({}).recipe is None and Recipe(dict(recipe=None)).recipe is None
+    assert expand({"shift_mode": "v13"}) == {"shift_mode": "v13"}
+
+
+def test_the_expanded_settings_are_judged_as_any():
+    with pytest.raises(SettingError, match=r"use_timestep_transform=True .*\(recipe='wan2.1-t2v' sets "
+                                           r"resolution_shift='constant', shift=5.0, temporal_exponent=0.0\)"):
+        Recipe(dict(recipe="wan2.1-t2v", use_timestep_transform=False))
+    with pytest.raises(SettingError, match="resolution_shift='linear'"):
+        Recipe(dict(recipe="wan2.1-t2v", max_shift=3.0))
+
+
+@pytest.mark.parametrize("bad", ["wan", "", 1, 1.5, True, float("nan"), ["flux"], {"flux": 1}, b"flux"])
+def test_a_bad_recipe_is_refused_by_name(bad):
+    with pytest.raises(SettingError, match=r"recipe=.* is not allowed: use None or one of 'opensora-2.0'"):
+        Recipe(dict(recipe=bad))
+
+
+def test_the_recipe_is_declared_once():
+    assert SETTINGS["recipe"].choices == tuple(RECIPES) and SETTINGS["recipe"].default is None
+
+
+def test_the_readme_lists_every_recipe_as_declared():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert recipes_table() in readme
