@@ -18,7 +18,7 @@ The grid is Open-Sora 1.x's ``eval/loss/eval_loss.py``: ``torch.linspace(0, num_
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -54,8 +54,9 @@ def probe_loss(scheduler: Any, model: Callable[..., Tensor],
 
     ``scheduler`` is anything with Open-Sora's ``num_timesteps`` and ``training_losses(model, x, model_args,
     mask=, t=, noise=)``: stock RFLOW or ``rflow-timeshift``. With ``noise="stock"``, ``seed=None`` does not reseed:
-    the global generator continues, as it does from one bucket to the next in eval_loss.py. Returns ``timesteps``, ``loss`` (one per timestep)
-    and ``mean`` (their mean, eval_loss.py's per-bucket figure).
+    the global generator continues, as it does from one bucket to the next in eval_loss.py. The timesteps are of
+    ``dtype`` (default ``x``'s: eval_loss.py casts them to the model's dtype). Returns ``timesteps``, ``loss`` (one
+    per timestep) and ``mean`` (their mean, eval_loss.py's per-bucket figure).
     """
     if noise not in NOISE_MODES:
         raise ValueError(f"noise={noise!r} must be one of {', '.join(NOISE_MODES)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import types
@@ -118,7 +119,7 @@ def main(argv: Any = None) -> int:
     for path in args.checkout:
         env_path = str(Path(path).resolve())
         done = subprocess.run([sys.executable, __file__, "--json"], capture_output=True, text=True,
-                              env={**__import__("os").environ, "PYTHONPATH": env_path})
+                              env={**os.environ, "PYTHONPATH": env_path})
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return 1

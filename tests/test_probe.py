@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -106,3 +105,17 @@ def test_bad_arguments_are_refused(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         probe_loss(scheduler(**RECIPES[0]), StubModel(), **args)
+
+
+def test_probe_tiny_same_footing_across_policies(capsys):
+    """The stand-in's probe: the same initial model under two policies gives the same numbers (t is not shifted)."""
+    from probe_tiny import main as probe_tiny
+
+    outs = []
+    for name in ("latent", "v13"):
+        assert probe_tiny([str(ROOT / "configs" / "tiny" / f"{name}.py"), "--clips", "2",
+                           "--num-eval-timesteps", "2"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0] == outs[1] and set(outs[0]) == {"8", "16", "17", "32", "51"}
+    assert probe_tiny([str(ROOT / "configs" / "tiny" / "missing.py")]) == 2
+    assert "probe_tiny:" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -261,7 +262,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UsageError(f"cannot create the --out directory {args.out!r}: {err.strerror}") from err
     if note:
-        print(f"opensora-timeshift report: note: {note}", file=__import__("sys").stderr)
+        print(f"opensora-timeshift report: note: {note}", file=sys.stderr)
     with quiet_matplotlib():
         written = draw(buckets, out, args.dpi)
     for p in written:
