@@ -4,7 +4,7 @@ Exit status is a contract a launch script may read: 0 done; 1 only for ``audit``
 collapse to t = 0 or be refused by the guard; 2 for bad input or usage (one line on stderr); 3 for an internal
 error (its traceback on stderr).
 
-One module per command (:mod:`.inspect`, :mod:`.plot`, :mod:`.audit`, :mod:`.config`, :mod:`.sigmas`), the options generated from
+One module per command (:mod:`.inspect`, :mod:`.plot`, :mod:`.audit`, :mod:`.config`, :mod:`.sigmas`, :mod:`.report`), the options generated from
 the settings declaration in :mod:`.options`, and in :mod:`.views` one view per Open-Sora generation, the numbers
 ``inspect`` and ``plot`` show.
 """
@@ -18,7 +18,7 @@ import traceback
 from typing import Optional, Sequence
 
 from ..buckets import BucketConfigError
-from . import audit, config, inspect, plot, sigmas
+from . import audit, config, inspect, plot, report, sigmas
 from .common import Parser, UsageError, one_line
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(sub, formatter, AUDIT_EXIT_STATUS)
     config.add_parser(sub, formatter, PLAIN_EXIT_STATUS)
     sigmas.add_parser(sub, formatter, PLAIN_EXIT_STATUS)
+    report.add_parser(sub, formatter, PLAIN_EXIT_STATUS)
     return parser
 
 
