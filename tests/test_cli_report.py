@@ -117,3 +117,47 @@ def test_out_onto_the_input_is_refused(run_dir, capsys):
     fails(capsys, ["report", str(run_dir), "--out", str(run_dir / FILE_NAME)], "exists and is not a directory")
     fails(capsys, ["report", str(run_dir), "--out", ""], "--out is empty")
     assert (run_dir / FILE_NAME).read_bytes() == before
+
+
+def test_reads_what_the_real_telemetry_writes(tmp_path, capsys):
+    """End to end: the 1.x scheduler's telemetry file, read back by report; the interval means are the losses fed in
+    (a constant loss per bucket), and a 2.0-shaped record (no counts) draws only drawn-vs-configured."""
+    import torch
+
+    from opensora_timeshift_patch import SCHEDULERS, build_module
+    from standin.stubs import batch_meta
+
+    run = tmp_path / "run"
+    s = build_module(dict(type="rflow-timeshift", backend="standalone", timestep_rng="per_sample",
+                          telemetry=dict(dir=str(run), bins=10, every=4)), SCHEDULERS)
+    for step in range(8):
+        frames, loss = (17, 0.25) if step % 2 else (9, 2.0)
+        x = torch.randn(6, 4, 5 if step % 2 else 3, 4, 4)
+        meta = batch_meta(6, 256, 256, frames)
+        t = s.sample_timesteps(x, meta, step=step)
+        height, width, num_frames = (v.double() for v in meta.values())
+        s.telemetry.observe(t, torch.full((6,), loss), height, width, num_frames, tuple(x.shape[2:]), True)
+        if (step + 1) % 4 == 0:
+            s.telemetry.report(step + 1)
+    _, records, note = read_telemetry(str(run))
+    assert note is None and len(records) == 4
+    buckets = by_bucket(records)
+    assert sorted(b[3] for b in buckets) == [9, 17]
+    for bucket, rs in buckets.items():
+        steps, means = interval_means(rs)
+        assert steps == [4, 8]
+        finite = means[np.isfinite(means)]
+        assert finite.size and np.allclose(finite, 2.0 if bucket[3] == 9 else 0.25)
+    out = tmp_path / "figs"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert len(list(out.iterdir())) == 3
+
+    lines = (run / FILE_NAME).read_text().splitlines()
+    two = [json.loads(line) for line in lines]
+    for r in two:
+        r.update(release="2.0", count=None, sum=None, sumsq=None, num_timesteps=1, rule=None,
+                 edges=[e / 1000 for e in r["edges"]])
+    write(run, "".join(json.dumps(r) + "\n" for r in two))
+    out2 = tmp_path / "figs2"
+    assert main(["report", str(run), "--out", str(out2)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out2.iterdir()) == ["drawn_vs_configured.png"]
