@@ -184,11 +184,17 @@ class FunctionRegistry:
         self.group, self.not_on_2 = group, not_on_2  # every parameter's scope: the registry's selection
         self._functions: Dict[str, Fn] = {}
         self._params: Dict[str, Dict[str, Setting]] = {}
+        self._cdfs: Dict[str, Fn] = {}
 
-    def register(self, name: str, **settings: Setting) -> Callable[[Fn], Fn]:
-        """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``."""
+    def register(self, name: str, *, cdf: Optional[Fn] = None, **settings: Setting) -> Callable[[Fn], Fn]:
+        """Decorator: add ``fn`` under ``name`` (taken once), its keyword parameters declared by ``settings``.
+
+        ``cdf`` (distributions only): the closed form ``F(t: Tensor, **params) -> u`` of the distribution whose
+        inverse ``fn`` is, taking the same parameters; without one, ``F`` is found by bisection on ``fn``."""
         if not isinstance(name, str) or not name:
             raise SettingError(f"{self.key} name {describe(name)} must be a non-empty string")
+        if cdf is not None and not callable(cdf):
+            raise TypeError(f"{self.key} {name!r}: cdf={describe(cdf)} is not a function")
 
         def wrap(fn: Fn) -> Fn:
             if name in self._functions:
@@ -215,6 +221,8 @@ class FunctionRegistry:
             self._params[name] = {k: replace(v, group=self.group, not_on_2=v.not_on_2 or self.not_on_2)
                                   for k, v in declared.items()}
             self._functions[name] = fn
+            if cdf is not None:
+                self._cdfs[name] = cdf
             return fn
 
         return wrap
@@ -231,6 +239,11 @@ class FunctionRegistry:
         """The declared keyword parameters of ``name``'s function."""
         self.get(name)
         return self._params[name]
+
+    def cdf_of(self, name: str) -> Optional[Fn]:
+        """The closed-form CDF registered with ``name``'s inverse, or None."""
+        self.get(name)
+        return self._cdfs.get(name)
 
     def defaults(self, name: str) -> Dict[str, Any]:
         return {k: s.default for k, s in self.params(name).items()}
@@ -251,6 +264,7 @@ class FunctionRegistry:
     def unregister(self, name: str) -> None:
         del self._functions[name]
         del self._params[name]
+        self._cdfs.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._functions))
