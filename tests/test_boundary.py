@@ -199,3 +199,17 @@ def test_noise_range_in_the_telemetrys_expected_quantiles():
     top = stats.norm.cdf(math.log((0.9 / (a - (a - 1) * 0.9)) / (1 - 0.9 / (a - (a - 1) * 0.9))))
     t = 1 / (1 + math.exp(-stats.norm.ppf(top / 2)))
     assert float(q2[499:501].mean()) == pytest.approx(a * t / (1 + (a - 1) * t), abs=2e-3)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.9, 1.0), (0.0, 0.9)])
+def test_noise_range_on_the_exponential_family(lo, hi):
+    # Flux's curve e^mu / (e^mu + (1/t - 1)^sigma) with a constant mu = 1 (a = e) and sigma = 2, no temporal factor.
+    scheduler = ots.RFlowTimeShift(noise_range=(lo, hi), sample_method="logit-normal", shift_family="exponential",
+                                   shift_sigma=2.0, resolution_shift="constant", shift=1.0, shift_mode="spatial",
+                                   timestep_rng="per_sample")
+    x, meta = _images(4000, (512, 512))
+    ours = scheduler.sample_timesteps(x, meta, step=5).double().numpy() / N
+    t = _base("logit-normal", 200_000, np.random.default_rng(1))
+    full = math.e / (math.e + (1 / t - 1) ** 2)
+    assert ours.min() >= lo and ours.max() <= hi
+    assert stats.ks_2samp(ours, full[(full >= lo) & (full <= hi)]).pvalue > 1e-3
