@@ -213,3 +213,15 @@ def test_noise_range_on_the_exponential_family(lo, hi):
     full = math.e / (math.e + (1 / t - 1) ** 2)
     assert ours.min() >= lo and ours.max() <= hi
     assert stats.ks_2samp(ours, full[(full >= lo) & (full <= hi)]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("argv", [
+    ["--set", "noise_range=(0.875, 1.0)"],
+    ["--opensora-version", "2.0", "--set", "noise_range=(0.0, 0.9)"],
+    ["--set", "bucket_settings=[{'frames': 16, 'noise_range': (0.875, 1.0)}]"],
+])
+def test_inspect_refuses_noise_range_rather_than_show_the_unconfined_draw(argv, capsys):
+    from test_cli import run_any
+    code, stdout, err = run_any(capsys, "inspect", "--frames", "16", "--resolution", "256x256", *argv)
+    assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
+    assert "noise_range: not for inspect and plot on Open-Sora" in err and "Traceback" not in err
