@@ -117,6 +117,7 @@ class Recipe:
         self.noise_range: Optional[Tuple[float, float]] = values["noise_range"]
         if self.noise_range is not None:
             _check_noise_range(self.noise_range, values, self.distribution)
+            self.shift.band = self._noise_band  # the guard judges the draw as confined
 
         self.rules: Tuple[BucketRule, ...] = ()
         self.children: Tuple[Recipe, ...] = ()
@@ -221,7 +222,7 @@ class Recipe:
 
     def _noise_band(self, u: Tensor, factor: Any) -> Tensor:
         assert self.noise_range is not None
-        a = torch.as_tensor(factor, dtype=torch.float64, device=u.device).expand(u.shape)
+        a = torch.as_tensor(factor, dtype=torch.float64, device=u.device)  # broadcasts against u
         family, sigma = self.shift.shift_family, self.shift.shift_sigma
         low, high = (self.distribution.cdf(inverse_shift(torch.full_like(a, y), a, family, sigma))
                      for y in self.noise_range)

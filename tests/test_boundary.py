@@ -225,3 +225,19 @@ def test_inspect_refuses_noise_range_rather_than_show_the_unconfined_draw(argv, 
     code, stdout, err = run_any(capsys, "inspect", "--frames", "16", "--resolution", "256x256", *argv)
     assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
     assert "noise_range: not for inspect and plot on Open-Sora" in err and "Traceback" not in err
+
+
+def test_the_guard_judges_the_confined_draw():
+    # t = 1 - (1 - u)^4: P(1 - t < x) = x^(1/4). Unconfined, 0.001^(1/4) = 18% lies within 1/1000 of t = 1 (a = 1):
+    # trained as usual. Confined to (0.995, 1], (0.001 / 0.005)^(1/4) = 67% does: over the 1/2 that piles up.
+    from opensora_timeshift_patch.sampling import DISTRIBUTIONS, register_distribution
+    from opensora_timeshift_patch.shift import MetaError
+    register_distribution("test-top-heavy")(lambda u: 1 - (1 - u) ** 4)
+    try:
+        x, meta = _images(8, (512, 512))
+        ots.RFlowTimeShift(sample_method="test-top-heavy").sample_timesteps(x, meta)
+        ots.RFlowTimeShift(sample_method="test-top-heavy", noise_range=(0.9, 1.0)).sample_timesteps(x, meta)
+        with pytest.raises(MetaError, match=r"pile up.*66\.9%"):
+            ots.RFlowTimeShift(sample_method="test-top-heavy", noise_range=(0.995, 1.0)).sample_timesteps(x, meta)
+    finally:
+        DISTRIBUTIONS.unregister("test-top-heavy")
