@@ -245,9 +245,9 @@ def end_shares(quantile: Callable[[torch.Tensor], torch.Tensor], curve: Callable
     :class:`~.sampling.TimestepDistribution` is one); ``curve`` the shift family's (``TimestepShift.curve``).
     Computed once per bucket's factor, never per step: callers cache the verdict with the meta."""
     a = torch.as_tensor(np.asarray(factors, dtype=np.float64).reshape(-1), dtype=torch.float64)[:, None]
-    u = midpoint_uniforms(points)[None, :]
+    u = midpoint_uniforms(points)
     # With a band (noise_range), the uniforms are first mapped into each factor's own part of (0, 1).
-    base = quantile(u if band is None else band(u, a))
+    base = quantile(u)[None, :] if band is None else quantile(band(u[None, :], a))
     with np.errstate(all="ignore"):
         shifted = curve(base, a)
     low = (shifted < eps).double().mean(1).numpy()
