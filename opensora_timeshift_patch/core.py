@@ -18,6 +18,7 @@ never decide again.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -29,7 +30,7 @@ from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
 from .sampling import TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, stream_uniform
 from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
                        applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
-from .shift import SHIFT_SETTINGS, TimestepShift, read_meta
+from .shift import SHIFT_SETTINGS, TimestepShift, inverse_shift, read_meta
 from .weighting import LossWeighting
 
 RELEASES = tuple(RELEASE_DEFAULTS)
@@ -126,6 +127,11 @@ class Recipe:
                                f"{self.distribution!r} leaves fewer than two integer timesteps: every draw would be "
                                "the same. Widen t_range or raise num_timesteps")
 
+        self.noise_range: Optional[Tuple[float, float]] = values["noise_range"]
+        if self.noise_range is not None:
+            _check_noise_range(self.noise_range, values, self.distribution)
+            self.shift.band = self._noise_band  # the guard judges the draw as confined
+
         self.rules: Tuple[BucketRule, ...] = ()
         self.children: Tuple[Recipe, ...] = ()
         if values["bucket_settings"] is not None:
@@ -211,13 +217,50 @@ class Recipe:
             redraw = counter_uniform(self.stream.seed, step, index, lane=2)
         return u, redraw
 
-    def timesteps(self, u: Tensor) -> Tensor:
-        """Unshifted timesteps in [0, N] from uniforms (integers with ``use_discrete_timesteps``)."""
+    def timesteps(self, u: Tensor, factor: Any = None) -> Tensor:
+        """Unshifted timesteps in [0, N] from uniforms (integers with ``use_discrete_timesteps``). With
+        ``noise_range``, ``factor`` is each sample's shift factor (a tensor of u's shape, or one number): u is mapped
+        into ``[F(s^-1(lo)), F(s^-1(hi))]`` for that factor, F the base CDF, so that the inverse CDF draws from the
+        base distribution conditioned on the shifted t landing in the range (per sample, the stream's stratification
+        kept)."""
+        if self.noise_range is not None:
+            if factor is None:
+                raise TypeError("noise_range converts through each sample's shift factor: pass factor=")
+            u = self._noise_band(u, factor)
         t = self.distribution(u)
         n = self.num_timesteps
         if self.values["use_discrete_timesteps"]:
             return (t * n).floor().clamp(max=n - 1).long()
         return (t * n).float() if n != 1 else t
+
+    def _noise_band(self, u: Tensor, factor: Any) -> Tensor:
+        assert self.noise_range is not None
+        a = torch.as_tensor(factor, dtype=torch.float64, device=u.device)  # broadcasts against u
+        family, sigma = self.shift.shift_family, self.shift.shift_sigma
+        low, high = (self.distribution.cdf(inverse_shift(torch.full_like(a, y), a, family, sigma))
+                     for y in self.noise_range)
+        return low + (high - low) * u.to(torch.float64)
+
+    def in_noise_range(self, shifted: Tensor) -> Tensor:
+        """Shifted timesteps in [0, N] kept within ``noise_range`` x N: the band of :meth:`timesteps` puts them there
+        up to the shift's float rounding, which this takes back (each end rounded inwards in ``shifted``'s dtype)."""
+        if self.noise_range is None:
+            return shifted
+        n = self.num_timesteps
+        low, high = (_inward(y * n, shifted.dtype, shifted.device, up) for y, up in zip(self.noise_range, (True, False)))
+        return shifted.clamp(low, high)
+
+    def training_timesteps(self, u: Tensor, meta: Any, latent_frames: Optional[int] = None,
+                           latent_hw: Optional[Tuple[int, int]] = None) -> Tensor:
+        """1.x's shifted training timesteps in [0, N] from uniforms: the base draw (within ``noise_range``'s band
+        for each sample's own factor, from ``meta``), then the shift."""
+        factor = None
+        if self.noise_range is not None:
+            factor = self.shift.shift_factor(meta, latent_frames, torch.float32, u.device, latent_hw,
+                                             u.shape[0] if u.dim() == 1 else None)
+        t = self.shift(self.timesteps(u, factor), meta, self.num_timesteps, latent_frames=latent_frames,
+                       latent_hw=latent_hw)
+        return self.in_noise_range(t)
 
     def by_rule(self, meta: Any, batch: int, device: Any,
                 shifted: Callable[["Recipe", Dict[str, Tensor]], Tensor]) -> Tensor:
@@ -246,6 +289,39 @@ class Recipe:
             out = value if out is None else torch.where(mask, value.to(out.dtype), out)
         assert out is not None  # every sample is someone's
         return out
+
+
+def _check_noise_range(noise_range: Tuple[float, float], values: Mapping[str, Any],
+                       distribution: TimestepDistribution) -> None:
+    """Refuse what noise_range cannot be combined with (the draw it confines is the base draw, shifted as usual)."""
+    given = f"noise_range={noise_range!r}"
+    if not values["use_timestep_transform"]:
+        raise SettingError(f"{given} is a range of the shifted noise level, and use_timestep_transform=False shifts "
+                           f"nothing: there it is the unshifted range, so use t_range={noise_range!r}")
+    if values["t_range"] is not None:
+        raise SettingError(f"{given} with t_range={values['t_range']!r}: both confine the draw (one after the shift, "
+                           "one before); give one")
+    if values["uniform_over_threshold"] is not None:
+        raise SettingError(f"{given} with uniform_over_threshold={values['uniform_over_threshold']!r}: Open-Sora "
+                           "1.3's redraw replaces shifted timesteps above the threshold, which would leave the range; "
+                           "remove one")
+    if values["use_discrete_timesteps"]:
+        raise SettingError(f"{given} with use_discrete_timesteps=True: the integer timestep is floored before the "
+                           "shift, which moves draws below the range's lower end; remove one")
+    if distribution.sample_method == "fixed":
+        raise SettingError(f"{given} with sample_method='fixed': a list of timesteps (fixed_order 'random' or "
+                           "'cycle') has no draw to confine; list the timesteps inside the range instead")
+    if noise_range[1] - noise_range[0] < 5e-3:
+        raise SettingError(f"{given} collapses: every timestep would fall within {noise_range[1] - noise_range[0]:.2g}"
+                           " (x N), under the 5/1000 a distribution must spread over. Widen the range")
+
+
+def _inward(value: float, dtype: torch.dtype, device: Any, up: bool) -> Tensor:
+    """``value`` in ``dtype``, rounded up (``up``) or down where the dtype cannot hold it."""
+    out = torch.tensor(value, dtype=torch.float64, device=device).to(dtype)
+    if (float(out) < value) if up else (float(out) > value):
+        out = torch.nextafter(out, torch.tensor(math.inf if up else -math.inf, dtype=dtype, device=device))
+    return out
 
 
 def _registry_param(key: str) -> bool:

@@ -236,14 +236,18 @@ def judge(shift: "TimestepShift", height: float, width: float, num_frames: float
 
 
 def end_shares(quantile: Callable[[torch.Tensor], torch.Tensor], curve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               factors: Any, eps: float = PILE_EPS, points: int = PILE_POINTS) -> Tuple[np.ndarray, np.ndarray]:
+               factors: Any, eps: float = PILE_EPS, points: int = PILE_POINTS,
+               band: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
     """``(share within eps of 0, share within eps of 1)`` of ``curve(quantile(u), a)`` for u uniform, per factor
     ``a`` in ``factors``: counted over ``points`` midpoint uniforms, so exact to ``1 / (2 points)`` (the shift and
     the quantile function are increasing). ``quantile`` is the base distribution (a
     :class:`~.sampling.TimestepDistribution` is one); ``curve`` the shift family's (``TimestepShift.curve``).
     Computed once per bucket's factor, never per step: callers cache the verdict with the meta."""
-    base = quantile(midpoint_uniforms(points))[None, :]
     a = torch.as_tensor(np.asarray(factors, dtype=np.float64).reshape(-1), dtype=torch.float64)[:, None]
+    u = midpoint_uniforms(points)
+    # With a band (noise_range), the uniforms are first mapped into each factor's own part of (0, 1).
+    base = quantile(u)[None, :] if band is None else quantile(band(u[None, :], a))
     with np.errstate(all="ignore"):
         shifted = curve(base, a)
     low = (shifted < eps).double().mean(1).numpy()
@@ -278,7 +282,7 @@ def pile_check(shift: "TimestepShift", factor: np.ndarray, subject: str) -> str:
     if new:
         if len(cache) >= 4096:  # factors that never repeat: keep the memory bounded
             cache.clear()
-        for a, low, high in zip(new, *end_shares(base, shift.curve, new)):
+        for a, low, high in zip(new, *end_shares(base, shift.curve, new, band=getattr(shift, "band", None))):
             cache[a] = (float(low), float(high))
     for a in values.tolist():
         low, high = cache[a]

@@ -78,7 +78,7 @@ class Opensora2Timesteps:
         self.patch_size: Optional[int] = values["patch_size"] if "patch_size" in settings else None
         # Stock's own draw, sigmoid(randn), is used as it is where the settings ask for that distribution.
         self.stock_draw = (self.timestep_rng == "global" and values["sample_method"] == "logit-normal"
-                           and values["t_range"] is None
+                           and values["t_range"] is None and values["noise_range"] is None
                            and all(self.distribution.params.get(k, v) == v
                                    for k, v in DISTRIBUTIONS.defaults("logit-normal").items()))
         # The pixel meta (clip size) matter only to the 'sqrt' rule and to policies of the pixel frame count.
@@ -137,8 +137,9 @@ class Opensora2Timesteps:
             raise MetaError(verdict.message)
         return verdict.factor
 
-    def base_timesteps(self, t_stock: Tensor, step: Optional[int]) -> Tensor:
-        """Unshifted training timesteps in [0, 1], one per sample, on ``t_stock``'s device (float32 or wider)."""
+    def base_timesteps(self, t_stock: Tensor, step: Optional[int], alpha: Optional[float] = None) -> Tensor:
+        """Unshifted training timesteps in [0, 1], one per sample, on ``t_stock``'s device (float32 or wider);
+        ``alpha`` is the batch's shift factor, which ``noise_range`` converts through."""
         if self.stock_draw:
             return t_stock
         n, device = t_stock.shape[0], t_stock.device
@@ -149,7 +150,7 @@ class Opensora2Timesteps:
             u, _ = self.recipe.stream_uniforms(n, device, SETTINGS["timestep_start_step"].check(step))
         else:
             u = torch.rand(n, device=device, dtype=torch.float64)
-        return self.distribution(u).to(torch.promote_types(t_stock.dtype, torch.float32))
+        return self.recipe.timesteps(u, alpha).to(torch.promote_types(t_stock.dtype, torch.float32))
 
     def training_timesteps(self, t_stock: Tensor, latent_thw: Tuple[int, int, int],
                            pixel_thw: Optional[Tuple[int, int, int]] = None, step: Optional[int] = None) -> Tensor:
@@ -160,9 +161,8 @@ class Opensora2Timesteps:
         if not (isinstance(latent_thw, (tuple, list)) and len(latent_thw) == 3):
             raise SettingError(f"latent_thw={describe(latent_thw)} is not allowed: the latent's (T, H, W)")
         _check_unit_interval(t_stock, self.shift.on_degenerate)
-        t = self.base_timesteps(t_stock, step)
         if not self.use_timestep_transform:
-            return t
+            return self.base_timesteps(t_stock, step)
         # Stock counts (H W) // 4 whatever the model's patch size; patch_size, when set, counts as inference does.
         h, w = (Setting(name, "int", None, "", low=1, high=1_000_000).check(v)
                 for name, v in zip(("latent height", "latent width"), latent_thw[1:]))
@@ -170,7 +170,8 @@ class Opensora2Timesteps:
         if tokens < 1:
             raise MetaError(f"a latent of {h}x{w} holds no token of patch size {patch}: nothing to shift (2.0's model "
                             "cannot pack it either)")
-        return _shifted(self.shift, t, self.factor(latent_thw[0], tokens, pixel_thw))
+        alpha = self.factor(latent_thw[0], tokens, pixel_thw)
+        return self.recipe.in_noise_range(_shifted(self.shift, self.base_timesteps(t_stock, step, alpha), alpha))
 
     def observe(self, t: Tensor, latent_thw: Tuple[int, int, int], pixel_thw: Optional[Tuple[int, int, int]]) -> None:
         """Count one batch's training timesteps in the telemetry (rank 0 only), keyed by the clip's pixel size and
@@ -191,10 +192,11 @@ class Opensora2Timesteps:
         latent, pixel = tuple(shape[:3]), (tuple(shape[3:]) or None)
 
         def quantile(u: Tensor) -> Tensor:
-            t = self.distribution(u).to(torch.float32)
             if not self.use_timestep_transform:
-                return t
-            return _shifted(self.shift, t, self.factor(latent[0], self.training_tokens(latent[1:]), pixel))
+                return self.distribution(u).to(torch.float32)
+            alpha = self.factor(latent[0], self.training_tokens(latent[1:]), pixel)
+            t = self.recipe.timesteps(u, alpha).to(torch.float32)
+            return self.recipe.in_noise_range(_shifted(self.shift, t, alpha))
 
         return None, quantile, None
 

@@ -390,6 +390,10 @@ _SETTINGS = (
     Setting("max_loss_weight", "float", 1000.0,
             "loss weights are clipped to this (sigma_sqrt and debiased grow without bound at an end of [0, 1])",
             low=1, high=1e6, group="loss", applies_with=('loss_weighting', ()), not_on_2=_OWN_LOSS),
+    Setting("noise_range", "range", None,
+            "(lo, hi), shifted noise level t'/N: each sample's draw is confined to it through its own shift factor "
+            "(one expert of a boundary, Wan 2.2's 0.875 or 0.9): inverse CDF within [F(s^-1(lo)), F(s^-1(hi))]",
+            optional=True, group="distribution"),
     Setting("t_range_mode", "choice", "truncate",
             "'truncate' conditions the distribution on t_range, 'rescale' squeezes it into t_range",
             choices=("truncate", "rescale"), group="distribution", applies_with=('t_range', ())),

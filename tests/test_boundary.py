@@ -27,3 +27,217 @@ def test_inverse_shift_undoes_the_shift(family, sigma):
         t = inverse_shift(y, a_t, family, sigma)
         back = exponential_shift(t, a_t, sigma) if family == "exponential" else rational_shift(t, a_t)
         assert torch.allclose(back, y, rtol=1e-12, atol=1e-12)
+
+
+# --- noise_range: the draw confined to one side of a boundary in shifted noise level ----------------------------
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import opensora_timeshift_patch as ots  # noqa: E402
+from opensora_timeshift_patch.core import Recipe  # noqa: E402
+from opensora_timeshift_patch.opensora2 import Opensora2Timesteps  # noqa: E402
+from opensora_timeshift_patch.settings import SettingError  # noqa: E402
+from standin.stubs import StubModel, batch_meta  # noqa: E402
+
+N = 1000
+# Images (one latent frame): a = sqrt(H W / 512^2), Open-Sora 1.x's rule, so 512x512 is a = 1 and 1024x2304 a = 3.
+BUCKETS = [((512, 512), 1.0), ((1024, 2304), 3.0)]
+
+
+def _base(sample_method, size, rng):
+    # The base draws by their own definitions: logit-normal(0, 1) is sigmoid of a standard normal.
+    if sample_method == "uniform":
+        return rng.random(size)
+    return 1 / (1 + np.exp(-rng.standard_normal(size)))
+
+
+def _rejection(sample_method, a, lo, hi, size=200_000, seed=0):
+    """The full shifted distribution (a t / (1 + (a - 1) t), by hand), keeping the draws inside [lo, hi]."""
+    t = _base(sample_method, size, np.random.default_rng(seed))
+    shifted = a * t / (1 + (a - 1) * t)
+    return shifted[(shifted >= lo) & (shifted <= hi)]
+
+
+def _images(batch, hw):
+    return torch.zeros(batch, 4, 1, 4, 4), batch_meta(batch, hw[0], hw[1], 1)
+
+
+@pytest.mark.parametrize("sample_method", ["uniform", "logit-normal"])
+@pytest.mark.parametrize("hw, a", BUCKETS)
+@pytest.mark.parametrize("lo, hi", [(0.875, 1.0), (0.0, 0.875)])
+def test_noise_range_draws_the_shifted_distribution_conditioned_on_the_range(sample_method, hw, a, lo, hi):
+    scheduler = ots.RFlowTimeShift(noise_range=(lo, hi), sample_method=sample_method, timestep_rng="per_sample",
+                                   stratified=True)
+    x, meta = _images(4000, hw)
+    ours = scheduler.sample_timesteps(x, meta, step=11).double()
+    assert ours.min() >= lo * N and ours.max() <= hi * N  # every sample on its side
+    assert stats.ks_2samp(ours.numpy() / N, _rejection(sample_method, a, lo, hi)).pvalue > 1e-3
+
+
+def test_noise_range_converts_through_each_samples_own_factor_in_a_mixed_batch():
+    # Half the batch at a = 1, half at a = 3, in one call with the global RNG: each half is its own conditioned law.
+    scheduler = ots.RFlowTimeShift(noise_range=(0.875, 1.0), sample_method="logit-normal")
+    meta = {k: torch.cat([batch_meta(3000, *hw, 1)[k] for hw, _ in BUCKETS]) for k in ("height", "width", "num_frames")}
+    torch.manual_seed(0)
+    ours = scheduler.sample_timesteps(torch.zeros(6000, 4, 1, 4, 4), meta).double().numpy() / N
+    for half, (_, a) in zip((ours[:3000], ours[3000:]), BUCKETS):
+        assert half.min() >= 0.875 and half.max() <= 1
+        assert stats.ks_2samp(half, _rejection("logit-normal", a, 0.875, 1.0)).pvalue > 1e-3
+
+
+def test_noise_range_unshifted_boundary_at_shift_5_is_seven_twelfths():
+    # Uniform base: F is the identity, so u = 0 draws the unshifted boundary s^-1(0.875) = 0.875 / (5 - 4 0.875) =
+    # 7/12, and u = 1 the top; the shift then takes 7/12 back to 0.875.
+    recipe = Recipe(dict(noise_range=(0.875, 1.0)))
+    u = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    t = recipe.timesteps(u, torch.tensor([5.0, 5.0, 5.0]))
+    assert t[0].item() == pytest.approx(7 / 12 * N, rel=1e-6) and t[2].item() == pytest.approx(N)
+    assert t[1].item() == pytest.approx((7 / 12 + 5 / 12 / 2) * N, rel=1e-6)
+    with pytest.raises(TypeError, match="factor"):
+        recipe.timesteps(u)
+
+
+def test_noise_range_keeps_the_extreme_uniforms_of_the_stream_inside():
+    # The ends of the band are where the inverse CDF and the float32 shift round: every sample still lands inside.
+    from opensora_timeshift_patch.sampling import STREAM_EXTREMES
+    u = torch.tensor(STREAM_EXTREMES, dtype=torch.float64)
+    for sample_method in ("uniform", "logit-normal", "cosmap"):
+        for lo, hi in ((0.875, 1.0), (0.0, 0.875), (0.3, 0.7), (0.123456789, 0.987654321)):
+            recipe = Recipe(dict(noise_range=(lo, hi), sample_method=sample_method))
+            for hw, _ in BUCKETS + [((720, 1280), None), ((144, 256), None)]:
+                t = recipe.training_timesteps(u, batch_meta(len(u), *hw, 1), 1, None).double()
+                assert t.min() >= lo * N and t.max() <= hi * N, (sample_method, lo, hi, hw, t)
+
+
+def test_noise_range_through_training_losses():
+    scheduler = ots.RFlowTimeShift(noise_range=(0.9, 1.0), timestep_rng="per_sample", sample_method="logit-normal")
+    model = StubModel()
+    x, meta = _images(64, (1024, 2304))
+    scheduler.training_losses(model, x, meta)
+    seen = model.seen[0].double()
+    assert seen.min() >= 900 and seen.max() <= 1000
+    torch.testing.assert_close(seen, scheduler.sample_timesteps(x, meta, step=0).double())
+
+
+def test_noise_range_per_bucket_rule():
+    # Only the rule's bucket (images) trains one side; videos keep the whole shifted distribution.
+    scheduler = ots.RFlowTimeShift(bucket_settings=[dict(frames=1, noise_range=(0.875, 1.0))], timestep_rng="per_sample")
+    images = scheduler.sample_timesteps(*_images(2000, (512, 512)), step=1)
+    assert images.min() >= 875
+    videos = scheduler.sample_timesteps(torch.zeros(2000, 4, 4, 4, 4), batch_meta(2000, 512, 512, 16), step=1)
+    assert videos.min() < 875
+
+
+@pytest.mark.parametrize("latent, alpha", [((5, 32, 32), math.sqrt(5)), ((5, 128, 128), 3 * math.sqrt(5))])
+@pytest.mark.parametrize("lo, hi", [(0.0, 0.9), (0.9, 1.0)])
+def test_noise_range_on_the_opensora2_drop_in(latent, alpha, lo, hi):
+    # 2.0: alpha = lin(tokens; 256 -> 1, 4096 -> 3) sqrt(T); tokens = H W / 4; logit-normal base, as stock.
+    timesteps = Opensora2Timesteps(noise_range=(lo, hi))
+    assert timesteps.factor(latent[0], latent[1] * latent[2] // 4) == pytest.approx(alpha)
+    torch.manual_seed(0)
+    ours = timesteps.training_timesteps(torch.rand(4000), latent).double()
+    assert ours.min() >= lo and ours.max() <= hi
+    assert stats.ks_2samp(ours.numpy(), _rejection("logit-normal", alpha, lo, hi)).pvalue > 1e-3
+    stream = Opensora2Timesteps(noise_range=(lo, hi), timestep_rng="per_sample", stratified=True)
+    drawn = stream.training_timesteps(torch.rand(4000), latent, step=3).double()
+    assert drawn.min() >= lo and drawn.max() <= hi
+    assert stats.ks_2samp(drawn.numpy(), _rejection("logit-normal", alpha, lo, hi)).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("value", [0.875, (0.875,), (0.5, 0.7, 0.9), (0.9, 0.875), (float("nan"), 1.0),
+                                   (0.875, float("nan")), (True, 1.0), ("0.875", 1.0), "0.875,1", (0.9, 0.9),
+                                   (-0.1, 0.5), (0.5, 1.5), (0.0, float("inf")), {}, torch.tensor([0.8, 0.9])])
+def test_noise_range_hostile_values(value):
+    with pytest.raises(SettingError, match="noise_range=.*not allowed"):
+        Recipe(dict(noise_range=value))
+
+
+@pytest.mark.parametrize("extra, says", [
+    (dict(use_timestep_transform=False), r"use t_range=\(0.875, 1.0\)"),
+    (dict(t_range=(0.1, 0.9)), "both confine the draw"),
+    (dict(uniform_over_threshold=0.9), "redraw"),
+    (dict(use_discrete_timesteps=True), "floored before the shift"),
+    (dict(sample_method="fixed", fixed_order="cycle", timestep_rng="per_sample"), "cycle"),
+    (dict(sample_method="fixed"), "sample_method='fixed'"),
+])
+def test_noise_range_refused_combinations(extra, says):
+    with pytest.raises(SettingError, match=says):
+        Recipe(dict(noise_range=(0.875, 1.0), **extra))
+
+
+def test_noise_range_refused_narrow_and_in_a_rule_with_t_range():
+    with pytest.raises(SettingError, match="collapses"):
+        Recipe(dict(noise_range=(0.5, 0.504)))
+    Recipe(dict(noise_range=(0.5, 0.505)))
+    with pytest.raises(SettingError, match=r"bucket_settings\[0\].*both confine"):
+        Recipe(dict(t_range=(0.1, 0.9), bucket_settings=[dict(frames=1, noise_range=(0.875, 1.0))]))
+
+
+def test_no_noise_range_keeps_the_draw():
+    # Off by default: the same stream gives the same timesteps as a scheduler that never heard of it.
+    x, meta = _images(16, (1024, 2304))
+    plain = ots.RFlowTimeShift(timestep_rng="per_sample").sample_timesteps(x, meta, step=2)
+    full = ots.RFlowTimeShift(timestep_rng="per_sample", noise_range=(0.0, 1.0)).sample_timesteps(x, meta, step=2)
+    assert plain.min() < 875
+    torch.testing.assert_close(full, plain, rtol=1e-5, atol=1e-3)
+
+
+def test_noise_range_in_the_telemetrys_expected_quantiles():
+    # The telemetry compares what trains with the quantile function of each bucket's draw: the band included.
+    u = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000
+    scheduler = ots.RFlowTimeShift(noise_range=(0.875, 1.0))
+    q = scheduler._telemetry_bucket(2304.0, 1024.0, 1.0, (1, 4, 4))[1](u).double()
+    assert q.min() >= 875 and q.max() <= 1000
+    timesteps = Opensora2Timesteps(noise_range=(0.0, 0.9))
+    q2 = timesteps._telemetry_bucket(128.0, 128.0, 5.0, (5, 32, 32))[1](u).double()
+    assert q2.min() >= 0 and q2.max() <= 0.9
+    # Its median is the conditioned law's: F_shifted^-1 of the middle of [F(s^-1(0)), F(s^-1(0.9))], by hand.
+    a = math.sqrt(5)
+    top = stats.norm.cdf(math.log((0.9 / (a - (a - 1) * 0.9)) / (1 - 0.9 / (a - (a - 1) * 0.9))))
+    t = 1 / (1 + math.exp(-stats.norm.ppf(top / 2)))
+    assert float(q2[499:501].mean()) == pytest.approx(a * t / (1 + (a - 1) * t), abs=2e-3)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.9, 1.0), (0.0, 0.9)])
+def test_noise_range_on_the_exponential_family(lo, hi):
+    # Flux's curve e^mu / (e^mu + (1/t - 1)^sigma) with a constant mu = 1 (a = e) and sigma = 2, no temporal factor.
+    scheduler = ots.RFlowTimeShift(noise_range=(lo, hi), sample_method="logit-normal", shift_family="exponential",
+                                   shift_sigma=2.0, resolution_shift="constant", shift=1.0, shift_mode="spatial",
+                                   timestep_rng="per_sample")
+    x, meta = _images(4000, (512, 512))
+    ours = scheduler.sample_timesteps(x, meta, step=5).double().numpy() / N
+    t = _base("logit-normal", 200_000, np.random.default_rng(1))
+    full = math.e / (math.e + (1 / t - 1) ** 2)
+    assert ours.min() >= lo and ours.max() <= hi
+    assert stats.ks_2samp(ours, full[(full >= lo) & (full <= hi)]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("argv", [
+    ["--set", "noise_range=(0.875, 1.0)"],
+    ["--opensora-version", "2.0", "--set", "noise_range=(0.0, 0.9)"],
+    ["--set", "bucket_settings=[{'frames': 16, 'noise_range': (0.875, 1.0)}]"],
+])
+def test_inspect_refuses_noise_range_rather_than_show_the_unconfined_draw(argv, capsys):
+    from test_cli import run_any
+    code, stdout, err = run_any(capsys, "inspect", "--frames", "16", "--resolution", "256x256", *argv)
+    assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
+    assert "noise_range: not for inspect and plot on Open-Sora" in err and "Traceback" not in err
+
+
+def test_the_guard_judges_the_confined_draw():
+    # t = 1 - (1 - u)^4: P(1 - t < x) = x^(1/4). Unconfined, 0.001^(1/4) = 18% lies within 1/1000 of t = 1 (a = 1):
+    # trained as usual. Confined to (0.995, 1], (0.001 / 0.005)^(1/4) = 67% does: over the 1/2 that piles up.
+    from opensora_timeshift_patch.sampling import DISTRIBUTIONS, register_distribution
+    from opensora_timeshift_patch.shift import MetaError
+    register_distribution("test-top-heavy")(lambda u: 1 - (1 - u) ** 4)
+    try:
+        x, meta = _images(8, (512, 512))
+        ots.RFlowTimeShift(sample_method="test-top-heavy").sample_timesteps(x, meta)
+        ots.RFlowTimeShift(sample_method="test-top-heavy", noise_range=(0.9, 1.0)).sample_timesteps(x, meta)
+        with pytest.raises(MetaError, match=r"pile up.*66\.9%"):
+            ots.RFlowTimeShift(sample_method="test-top-heavy", noise_range=(0.995, 1.0)).sample_timesteps(x, meta)
+    finally:
+        DISTRIBUTIONS.unregister("test-top-heavy")

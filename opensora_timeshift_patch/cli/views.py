@@ -44,7 +44,18 @@ NOT_SHOWN_ON_1X = {
     "shift_mode": "use --mode (every mode given is shown)",
     "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
     "use_timestep_transform": "inspect and plot show the shift",
+    "noise_range": "inspect and plot draw the unconfined distribution; noise_range's band (converted per bucket "
+                   "factor) is applied by training and its telemetry only",
 }
+
+
+def refuse_unshown_band(settings: Dict[str, Any], release: str) -> None:
+    """Refuse noise_range, top-level or in a bucket rule: the views' quantiles and curves would not be the draw."""
+    rules = settings.get("bucket_settings")
+    in_rule = isinstance(rules, (list, tuple)) and any(isinstance(r, dict) and "noise_range" in r for r in rules)
+    if "noise_range" in settings or in_rule:
+        raise UsageError(f"noise_range: not for inspect and plot on Open-Sora {release}: "
+                         f"{NOT_SHOWN_ON_1X['noise_range']}")
 
 
 class Bucket(NamedTuple):
@@ -149,6 +160,7 @@ def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, An
     it accepts and refuses what training would, and the chosen settings. A policy's parameter goes to the selected
     modes that take it."""
     settings = chosen_settings(args, v2=False)
+    refuse_unshown_band(settings, "1.x")
     for key, value in settings.items():
         if key in NOT_SHOWN_ON_1X or (key in SETTINGS and key not in SHOWN_ON_1X):
             why = NOT_SHOWN_ON_1X.get(key, "inspect and plot show the shift, the timestep distribution and the loss "
@@ -385,6 +397,7 @@ def opensora2_rules(args: argparse.Namespace) -> List[Rule]:
     """Stock 2.0's rule, then the user's settings (one rule per --mode when --mode is given)."""
     given = given_options(args)
     settings = chosen_settings(args, v2=True)
+    refuse_unshown_band(settings, "2.0")
     rules = [Rule("stock", stock_opensora2())]
     for mode in (args.mode if "mode" in given else [None]):
         chosen = dict(settings) if mode is None else {**settings, "shift_mode": mode}

@@ -97,7 +97,7 @@ class RFlowTimeShift:
         self._groups: Tuple[Any, Any] = (None, None)
         # Stock's draws, kept call for call where they apply, so the same RNG state gives the same timesteps.
         self._stock_draw = (self.timestep_rng == "global" and values["t_range"] is None and not self.rules
-                            and self.sample_method in ("uniform", "logit-normal"))
+                            and values["noise_range"] is None and self.sample_method in ("uniform", "logit-normal"))
         if self._stock_draw and self.sample_method == "logit-normal":
             loc, scale = self.distribution.params.get("loc", 0.0), self.distribution.params.get("scale", 1.0)
             self._logistic_normal = LogisticNormal(torch.tensor([loc]), torch.tensor([scale]))
@@ -152,13 +152,11 @@ class RFlowTimeShift:
         rule, recipe = self.recipe.for_clip(num_frames, height, width)
 
         def quantile(u: Tensor) -> Tensor:
-            t = recipe.timesteps(u)
             if not recipe.use_timestep_transform:
-                return t
+                return recipe.timesteps(u)
             meta = {k: torch.full(u.shape, float(v), dtype=torch.float64)
                     for k, v in (("height", height), ("width", width), ("num_frames", num_frames))}
-            return recipe.shift(t, meta, self.num_timesteps, latent_frames=latent_thw[0],
-                                latent_hw=tuple(latent_thw[1:]))
+            return recipe.training_timesteps(u, meta, latent_thw[0], tuple(latent_thw[1:]))
 
         redraw = self.uniform_over_threshold if (self.use_timestep_transform and self.shift.scale_temporal
                                                  and num_frames != 1) else None
@@ -185,14 +183,16 @@ class RFlowTimeShift:
             u, t = None, torch.rand((n,), device=device) * self.num_timesteps
         else:
             u, t = None, self._logistic_normal.sample((n,))[:, 0].to(device) * self.num_timesteps
-        if u is not None:
-            t = recipe.timesteps(u)
         if not self.use_timestep_transform:
-            return t
+            return t if u is None else recipe.timesteps(u)
         latent_frames, latent_hw = _latent_frames(x_start), _latent_hw(x_start)
         if self.rules:  # one uniform per sample, mapped by the recipe of the rule it falls under
-            return recipe.by_rule(model_kwargs, n, device, lambda rule, meta: rule.shift(
-                rule.timesteps(u), meta, self.num_timesteps, latent_frames=latent_frames, latent_hw=latent_hw))
+            return recipe.by_rule(model_kwargs, n, device, lambda rule, meta: rule.training_timesteps(
+                u, meta, latent_frames, latent_hw))
+        if recipe.noise_range is not None:  # the draw needs each sample's factor first
+            return recipe.training_timesteps(u, model_kwargs, latent_frames, latent_hw)
+        if u is not None:
+            t = recipe.timesteps(u)
         return self.shift(t, model_kwargs, self.num_timesteps, latent_frames=latent_frames,
                           uniform_over_threshold=self.uniform_over_threshold, latent_hw=latent_hw,
                           resample_u=redraw_u)
