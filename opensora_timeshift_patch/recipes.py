@@ -90,6 +90,23 @@ _WAN21 = "Wan-Video/Wan2.1 generate.py lines 76-81, wan/utils/fm_solvers.py get_
 _WAN22 = "Wan-Video/Wan2.2 wan/configs/{}, commit 42bf4cfa"
 _WAN_TRAIN = "training distribution and shift not published: the recipe trains at the sampling shift"
 
+_HV15 = "Tencent-Hunyuan/HunyuanVideo-1.5 train.py lines 139-142, 204-275, 751-752, {}, commit 60783e70"
+# train.py's default: t = sigmoid(N(0, 1)) squeezed into [1e-5, 1 - 1e-5] (TRAIN_EPS), then the rational shift 3.0
+# (train_timestep_shift), whatever the resolution; its sampling shifts are larger (validation_timestep_shift 5.0).
+_HV15_TRAIN = dict(sample_method="logit-normal", t_range=(1e-5, 1 - 1e-5), t_range_mode="rescale",
+                   resolution_shift="constant", shift=3.0, temporal_exponent=0.0)
+_HV15_NOTE = ("train.py's default snr_type 'lognorm': sigmoid(N(0, 1)) in [1e-5, 1 - 1e-5], shift 3.0 at every "
+              "resolution (sampling shifts differ on purpose); its other options: snr_type 'uniform', 'mix' "
+              "(recipe hunyuanvideo-1.5-480p-mix) and 'mode' (mode_scale 1.29)")
+_HV15_TASKS = (
+    ("480p", "480p T2V and I2V (and their distilled)", 5.0, "480p_t2v, 480p_i2v", "lines 49-58, 69-78"),
+    ("720p-t2v", "720p T2V (and distilled)", 9.0, "720p_t2v", "lines 59-62, 79-82"),
+    ("720p-i2v", "720p I2V (and distilled)", 7.0, "720p_i2v", "lines 64-67, 84-87"),
+    ("480p-i2v-step-distilled", "480p I2V step-distilled", 7.0, "480p_i2v_step_distilled", "lines 100-103"),
+    ("sr", "super-resolution 720p / 1080p (distilled)", 2.0, "720p_sr_distilled, 1080p_sr_distilled",
+     "lines 109-124"),
+)
+
 _RECIPES = (
     ModelRecipe("opensora-2.0", "Open-Sora 2.0",
                 dict(sample_method="logit-normal", resolution_shift="linear"),
@@ -117,6 +134,17 @@ _RECIPES = (
                 "Tencent-Hunyuan/HunyuanVideo hyvideo/config.py lines 187-190, "
                 "hyvideo/diffusion/schedulers/scheduling_flow_match_discrete.py set_timesteps, commit fa14b001",
                 "official code", {}),
+    *(ModelRecipe(f"hunyuanvideo-1.5-{task}", f"HunyuanVideo 1.5 {model}", _HV15_TRAIN, _HV15_NOTE,
+                  constant_shift(a), f"constant shift {a} (flow_shift of {configs})",
+                  _HV15.format(f"hyvideo/commons/__init__.py {lines}"), "official code", {})
+      for task, model, a, configs, lines in _HV15_TASKS),
+    ModelRecipe("hunyuanvideo-1.5-480p-mix", "HunyuanVideo 1.5 480p, trained with snr_type 'mix'",
+                {**_HV15_TRAIN, "sample_method": "mixture",
+                 "components": [dict(sample_method="logit-normal", loc=0.0, scale=1.0, weight=0.7),
+                                dict(sample_method="uniform", weight=0.3)]},
+                "train.py's snr_type 'mix': sigmoid(N(0, 1)) with probability 0.7 (rand > 0.3), else uniform, both "
+                "in [1e-5, 1 - 1e-5], shift 3.0", constant_shift(5.0), "constant shift 5.0 (flow_shift of 480p_t2v)",
+                _HV15.format("hyvideo/commons/__init__.py lines 49-58"), "official code", {}),
     ModelRecipe("step-video-t2v", "Step-Video-T2V", _constant_training(13.0),
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(13.0), "constant shift 13.0",

@@ -6,11 +6,12 @@ returns. The files' other imports (Flux's model and autoencoder, Open-Sora's mod
 functions and are not imported. What is read rather than run is said per section ("read"): the token count each
 model's inference derives from the pixel size (its get_noise / prepare), which is written here as a formula.
 
-    python scripts/record_model_schedules.py --flux PATH --opensora PATH --wan21 PATH --wan22 PATH \
-        --hunyuanvideo PATH --stepvideo PATH
+    python scripts/record_model_schedules.py --flux PATH --opensora2 PATH --wan21 PATH --wan22 PATH \
+        --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH
 
 Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
-Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo and stepfun-ai/Step-Video-T2V.
+Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V and Tencent-Hunyuan/HunyuanVideo-1.5.
+Sections not given keep what the file already records, so one model can be recorded alone.
 """
 
 from __future__ import annotations
@@ -197,18 +198,84 @@ def stepvideo(checkout: str) -> Dict[str, Any]:
                 read="set_timesteps: linspace(1, 0, steps + 1), shifted", recipes=recipes)
 
 
+def class_constants(path: str, cls: str) -> Dict[str, Any]:
+    """The literal class attributes (``NAME = 1e-5``, ``name: float = 3.0``) of class ``cls`` in the file at ``path``."""
+    for node in ast.parse(open(path, encoding="utf-8").read(), path).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            out = {}
+            for item in node.body:
+                target = item.targets[0] if isinstance(item, ast.Assign) else getattr(item, "target", None)
+                if isinstance(target, ast.Name) and getattr(item, "value", None) is not None:
+                    try:
+                        out[target.id] = ast.literal_eval(item.value)
+                    except ValueError:
+                        pass
+            return out
+    raise SystemExit(f"{path}: no class {cls}")
+
+
+def module_constant(path: str, name: str) -> Any:
+    for node in ast.parse(open(path, encoding="utf-8").read(), path).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name:
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"{path}: no {name}")
+
+
+def hunyuanvideo15(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "hyvideo", "schedulers", "scheduling_flow_match_discrete.py")
+    shift_fn = method(path, "FlowMatchDiscreteScheduler", "sd3_time_shift", {"torch": torch})
+    commons = os.path.join(checkout, "hyvideo", "commons", "__init__.py")
+    configs = {**module_constant(commons, "PIPELINE_CONFIGS"), **module_constant(commons, "SR_PIPELINE_CONFIGS")}
+    tasks = {"hunyuanvideo-1.5-480p": ("480p_t2v", "480p_i2v", "480p_t2v_distilled", "480p_i2v_distilled"),
+             "hunyuanvideo-1.5-480p-mix": ("480p_t2v",),
+             "hunyuanvideo-1.5-720p-t2v": ("720p_t2v", "720p_t2v_distilled", "720p_t2v_distilled_sparse"),
+             "hunyuanvideo-1.5-720p-i2v": ("720p_i2v", "720p_i2v_distilled", "720p_i2v_distilled_sparse"),
+             "hunyuanvideo-1.5-480p-i2v-step-distilled": ("480p_i2v_step_distilled",),
+             "hunyuanvideo-1.5-sr": ("720p_sr_distilled", "1080p_sr_distilled")}
+    recipes = {}
+    for name, keys in tasks.items():
+        shifts = {configs[k]["flow_shift"] for k in keys}
+        if len(shifts) != 1:
+            raise SystemExit(f"{commons}: {keys} do not share one flow_shift: {shifts}")
+        a = shifts.pop()
+        # _create_scheduler: shift=flow_shift, use_flux_shift left False, so set_timesteps shifts by sd3_time_shift
+        this = types.SimpleNamespace(config=types.SimpleNamespace(shift=a))
+        recipes[name] = [dict(steps=s, height=h, width=w, frames=f, flow_shift=a,
+                              sigmas=shifted_linspace(lambda t: shift_fn(this, t), s)) for s, h, w, f in CASES]
+    train = os.path.join(checkout, "train.py")
+    config, sampler = class_constants(train, "TrainingConfig"), class_constants(train, "TimestepSampler")
+    # read: TimestepSampler.sample's 'lognorm' branch is sigmoid(N(0, 1)) * (t1 - t0) + t0 with t0 = TRAIN_EPS,
+    # t1 = 1 - TRAIN_EPS; 'mix' takes it where rand > 0.3, else U(t0, t1); timestep_transform is rational.
+    training = dict(train_timestep_shift=config["train_timestep_shift"],
+                    validation_timestep_shift=config["validation_timestep_shift"], train_eps=sampler["TRAIN_EPS"])
+    return dict(file="hyvideo/schedulers/scheduling_flow_match_discrete.py, hyvideo/commons/__init__.py, train.py",
+                commit=commit(checkout), read="set_timesteps: linspace(1, 0, steps + 1), shifted; train.py "
+                "TimestepSampler: sigmoid(N(0, 1)) (or 0.7 / 0.3 with U) in [eps, 1 - eps], then the shift",
+                recipes=recipes, training=training)
+
+
+SECTIONS = {"flux": flux, "opensora2": opensora2, "wan21": wan21, "wan22": wan22, "hunyuanvideo": hunyuanvideo,
+            "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("flux", "opensora", "wan21", "wan22", "hunyuanvideo", "stepvideo"):
-        p.add_argument(f"--{name}", required=True, metavar="PATH")
+    for name in SECTIONS:
+        p.add_argument(f"--{name}", metavar="PATH", help="a checkout; sections not given keep their recorded goldens")
     args = p.parse_args()
-    doc = dict(torch=torch.__version__, numpy=np.__version__, flux=flux(args.flux), opensora2=opensora2(args.opensora),
-               wan21=wan21(args.wan21), wan22=wan22(args.wan22), hunyuanvideo=hunyuanvideo(args.hunyuanvideo),
-               stepvideo=stepvideo(args.stepvideo))
+    given = {name: path for name, path in vars(args).items() if path is not None}
+    if not given:
+        p.error("give at least one checkout")
+    doc = {}
+    if os.path.exists(OUT):
+        with open(OUT, encoding="utf-8") as f:
+            doc = json.load(f)
+    doc.update(torch=torch.__version__, numpy=np.__version__)
+    doc.update({name: SECTIONS[name](path) for name, path in given.items()})
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    print(f"wrote {os.path.normpath(OUT)}")
+    print(f"wrote {os.path.normpath(OUT)}: {', '.join(given)}")
 
 
 if __name__ == "__main__":

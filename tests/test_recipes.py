@@ -96,3 +96,35 @@ def test_the_recipe_is_declared_once():
 def test_the_readme_lists_every_recipe_as_declared():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert recipes_table() in readme
+
+
+def test_hunyuanvideo15_trains_as_its_train_py():
+    recorded = GOLDENS["hunyuanvideo15"]["training"]
+    eps = recorded["train_eps"]
+    for name in GOLDENS["hunyuanvideo15"]["recipes"]:
+        values = Recipe(dict(recipe=name)).values
+        # the training shift is train.py's, not the sampling shift (validation uses 5.0, inference 2 to 9)
+        assert (values["resolution_shift"], values["shift"]) == ("constant", recorded["train_timestep_shift"])
+        assert values["t_range"] == (eps, 1 - eps) and values["t_range_mode"] == "rescale"
+    assert Recipe(dict(recipe="hunyuanvideo-1.5-480p")).values["sample_method"] == "logit-normal"
+    mix = Recipe(dict(recipe="hunyuanvideo-1.5-480p-mix")).distribution
+    assert mix.sample_method == "mixture"
+    assert [(c.sample_method, c.weight, c.params) for c in mix.params["components"]] == [
+        ("logit-normal", 0.7, (("loc", 0.0), ("scale", 1.0))), ("uniform", 0.3, ())]
+
+
+def test_hunyuanvideo15_draws_as_its_train_py():
+    import torch
+
+    # train.py's 'lognorm' at the normal's quantile u: sigmoid(ndtri(u)) * (1 - 2 eps) + eps, before its shift;
+    # 'mix' at u < 0.7 follows the logit-normal share, the rest the uniform share (inverse CDF of the mixture)
+    u = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    expected = torch.sigmoid(torch.special.ndtri(u)) * (1 - 2e-5) + 1e-5
+    drawn = Recipe(dict(recipe="hunyuanvideo-1.5-720p-t2v")).distribution(u)
+    assert drawn.tolist() == pytest.approx(expected.tolist(), rel=1e-12)
+    mix = Recipe(dict(recipe="hunyuanvideo-1.5-480p-mix")).distribution
+    t = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    f = 0.7 * torch.special.ndtr(torch.logit((t - 1e-5) / (1 - 2e-5))) + 0.3 * (t - 1e-5) / (1 - 2e-5)
+    assert mix.cdf(t).tolist() == pytest.approx(f.tolist(), rel=1e-9)
+    # the sampling shift is the resolution's: 9 at 720p T2V, so 9/2 / (1 + 8/2) at the midpoint
+    assert sigmas("hunyuanvideo-1.5-720p-t2v", 2, 720, 1280, 121)[1] == pytest.approx(0.9)
