@@ -81,6 +81,17 @@ def flux_schedule(steps: int, height: int, width: int, frames: int) -> List[floa
     return [exponential(mu, t) for t in _grid(steps)]
 
 
+def diffusers_constant_shift(a: float, num_train_timesteps: int = 1000) -> Schedule:
+    """diffusers' FlowMatchEulerDiscreteScheduler with a constant ``shift``: its sigmas run from 1 to its smallest
+    training sigma, a(1/N) / (1 + (a - 1)/N), evenly spaced, and are then shifted again (so that smallest is shifted
+    twice); then the terminal 0."""
+    def schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+        low = rational(a, 1 / num_train_timesteps)
+        grid = [1.0] if steps == 1 else [1.0 + (low - 1.0) * i / (steps - 1) for i in range(steps)]
+        return [rational(a, t) for t in grid] + [0.0]
+    return schedule
+
+
 def _constant_training(a: float) -> Dict[str, Any]:
     # A constant factor with no temporal part: these models shift by a number, not by clip length.
     return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
@@ -154,6 +165,18 @@ _RECIPES = (
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(17.0), "constant shift 17.0, 10-15 steps",
                 "stepfun-ai/Step-Video-T2V README.md line 154, commit 675e08c0", "maintainer statement", {}),
+    ModelRecipe("sd3", "Stable Diffusion 3 (image)",
+                dict(sample_method="logit-normal", loc=0.0, scale=1.0, **_constant_training(3.0)),
+                "logit-normal(0, 1) then shift 3.0, continuous (SD3 paper; diffusers' train_dreambooth_sd3 default "
+                "weighting_scheme 'logit_normal'); not exact to diffusers' script, which rounds each draw to one "
+                "of the scheduler's 1000 training sigmas shift(k / 1000), k = 1..1000",
+                diffusers_constant_shift(3.0),
+                "diffusers FlowMatchEulerDiscreteScheduler, shift 3.0: linspace(1, shift(1/1000), steps), shifted",
+                "huggingface/diffusers src/diffusers/schedulers/scheduling_flow_match_euler_discrete.py __init__ "
+                "(lines 127-145) and set_timesteps (lines 283-383), src/diffusers/training_utils.py "
+                "compute_density_for_timestep_sampling (lines 365-390), commit 58eb52c0; shift 3.0 from "
+                "stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json",
+                "official code", {}),
     ModelRecipe("flux", "Flux.1 (image)",
                 dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
                 "sampling rule applied to training (Flux's training code is not public)",

@@ -7,10 +7,11 @@ functions and are not imported. What is read rather than run is said per section
 model's inference derives from the pixel size (its get_noise / prepare), which is written here as a formula.
 
     python scripts/record_model_schedules.py --flux PATH --opensora2 PATH --wan21 PATH --wan22 PATH \
-        --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH
+        --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH --sd3 PATH
 
 Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
-Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V and Tencent-Hunyuan/HunyuanVideo-1.5.
+Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V, Tencent-Hunyuan/HunyuanVideo-1.5 and
+huggingface/diffusers (SD3).
 Sections not given keep what the file already records, so one model can be recorded alone.
 """
 
@@ -254,8 +255,85 @@ def hunyuanvideo15(checkout: str) -> Dict[str, Any]:
                 recipes=recipes, training=training)
 
 
+def scheduler_class(path: str, cls: str, scope: Dict[str, Any]) -> Any:
+    """The class ``cls`` of the file at ``path``, compiled from its own source into ``scope`` (annotations dropped,
+    as in :func:`functions`); its bases and decorators must be in ``scope``."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+    if node is None:
+        raise SystemExit(f"{path}: no class {cls}")
+    for item in ast.walk(node):
+        if isinstance(item, ast.FunctionDef):
+            item.returns = None
+            for arg in item.args.args + item.args.kwonlyargs:
+                arg.annotation = None
+    exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), scope)
+    return scope[cls]
+
+
+def _register_to_config(init: Any) -> Any:
+    # diffusers' register_to_config, as far as the schedulers use it: every __init__ argument readable as
+    # self.config.<name> (ConfigMixin's FrozenDict) before the body runs
+    import inspect
+
+    signature = inspect.signature(init)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.config = types.SimpleNamespace(**{k: v for k, v in bound.arguments.items() if k != "self"})
+        init(self, *args, **kwargs)
+    return wrapper
+
+
+def diffusers_flow_match(checkout: str) -> Any:
+    import logging
+    from typing import Literal, Optional, Union
+
+    path = os.path.join(checkout, "src", "diffusers", "schedulers", "scheduling_flow_match_euler_discrete.py")
+    scope = {"np": np, "torch": torch, "math": math, "Optional": Optional, "Union": Union, "Literal": Literal,
+             "ConfigMixin": object, "SchedulerMixin": type("SchedulerMixin", (), {}),
+             "register_to_config": _register_to_config, "is_scipy_available": lambda: False,
+             "BaseOutput": object, "logger": logging.getLogger("diffusers"), "randn_tensor": None}
+    return scheduler_class(path, "FlowMatchEulerDiscreteScheduler", scope)
+
+
+SD3_SHIFT = 3.0  # read: "shift": 3.0 in stabilityai/stable-diffusion-3-medium-diffusers scheduler/scheduler_config.json
+SD3_QUANTILES = [0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999]
+
+
+def sd3(checkout: str) -> Dict[str, Any]:
+    scheduler = diffusers_flow_match(checkout)
+    cases = []
+    for s, h, w, f in CASES:
+        sched = scheduler(shift=SD3_SHIFT)
+        sched.set_timesteps(s)  # StableDiffusion3Pipeline: retrieve_timesteps(scheduler, steps, sigmas=None)
+        cases.append(dict(steps=s, height=h, width=w, frames=1, sigmas=sched.sigmas.tolist()))
+    train = os.path.join(checkout, "examples", "dreambooth", "train_dreambooth_sd3.py")
+    fn = functions(os.path.join(checkout, "src", "diffusers", "training_utils.py"),
+                   ["compute_density_for_timestep_sampling"], {"torch": torch, "math": math})
+    scheme, loc, scale = (argument_default(train, o) for o in ("--weighting_scheme", "--logit_mean", "--logit_std"))
+    # the script's step, at given normal quantiles instead of torch.normal: u = sigmoid(N(loc, scale)),
+    # indices = (u * N).long(), timesteps = scheduler.timesteps[indices], sigma = the scheduler's sigma there
+    density = fn["compute_density_for_timestep_sampling"]
+    gen = torch.Generator().manual_seed(0)
+    drawn = density(weighting_scheme=scheme, batch_size=4, logit_mean=loc, logit_std=scale, generator=gen)
+    assert ((drawn > 0) & (drawn < 1)).all()
+    sched = scheduler(shift=SD3_SHIFT)
+    normal = torch.distributions.Normal(loc, scale)
+    u = torch.sigmoid(normal.icdf(torch.tensor(SD3_QUANTILES, dtype=torch.float64))).float()
+    indices = (u * sched.config.num_train_timesteps).long()
+    train_sigmas = sched.sigmas[indices].tolist()  # sigmas[i] belongs to timesteps[i]
+    return dict(file="src/diffusers/schedulers/scheduling_flow_match_euler_discrete.py, src/diffusers/training_utils.py"
+                     ", examples/dreambooth/train_dreambooth_sd3.py", commit=commit(checkout),
+                read=f"shift {SD3_SHIFT} from SD3's scheduler_config.json; the pipeline calls set_timesteps(steps)",
+                recipes={"sd3": cases},
+                training=dict(weighting_scheme=scheme, logit_mean=loc, logit_std=scale, shift=SD3_SHIFT,
+                              quantiles=SD3_QUANTILES, sigmas=train_sigmas))
+
+
 SECTIONS = {"flux": flux, "opensora2": opensora2, "wan21": wan21, "wan22": wan22, "hunyuanvideo": hunyuanvideo,
-            "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15}
+            "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15, "sd3": sd3}
 
 
 def main() -> None:

@@ -128,3 +128,27 @@ def test_hunyuanvideo15_draws_as_its_train_py():
     assert mix.cdf(t).tolist() == pytest.approx(f.tolist(), rel=1e-9)
     # the sampling shift is the resolution's: 9 at 720p T2V, so 9/2 / (1 + 8/2) at the midpoint
     assert sigmas("hunyuanvideo-1.5-720p-t2v", 2, 720, 1280, 121)[1] == pytest.approx(0.9)
+
+
+def test_sd3_trains_near_diffusers_and_as_the_paper():
+    import torch
+
+    recorded = GOLDENS["sd3"]["training"]
+    values = Recipe(dict(recipe="sd3")).values
+    assert recorded["weighting_scheme"] == "logit_normal"
+    assert (values["sample_method"], values["resolution_shift"], values["shift"]) == (
+        "logit-normal", "constant", recorded["shift"])
+    # diffusers draws u = sigmoid(N(0, 1)) and trains at sigmas[floor(1000 u)] = shift(1 - floor(1000 u) / 1000):
+    # the logit-normal at the opposite quantile, shifted, rounded up to a multiple of 1/1000 before the shift
+    q = torch.tensor(recorded["quantiles"], dtype=torch.float64)
+    ours = Recipe(dict(recipe="sd3")).distribution(1 - q)
+    a = recorded["shift"]
+    shifted = (a * ours / (1 + (a - 1) * ours)).tolist()
+    assert shifted == pytest.approx(recorded["sigmas"], abs=a * 1e-3)
+    assert shifted != pytest.approx(recorded["sigmas"], abs=1e-7)  # the rounding the note names
+
+
+def test_sd3_smallest_sigma_is_shifted_twice():
+    # 2 steps: [1, shift(shift(1/1000)), 0] with shift(x) = 3x / (1 + 2x)
+    once = 3e-3 / (1 + 2e-3)
+    assert sigmas("sd3", 2, 1024, 1024, 1) == pytest.approx([1, 3 * once / (1 + 2 * once), 0])
