@@ -92,6 +92,34 @@ def diffusers_constant_shift(a: float, num_train_timesteps: int = 1000) -> Sched
     return schedule
 
 
+def ltxv_tokens(height: int, width: int, frames: int) -> int:
+    """LTX-Video's latent tokens: its VAE compresses 32x in space and 8x in time (causal, frames // 8 + 1 for a
+    video, 1 for an image), patch size 1; its scheduler counts them all."""
+    latent_frames = 1 if frames == 1 else frames // 8 + 1
+    return latent_frames * (height // 32) * (width // 32)
+
+
+def ltxv_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # rf.py's SD3 shifting: t = linspace(1, 1/steps, steps), mu = lin(1024 -> 0.95, 4096 -> 2.05)(tokens),
+    # exponential shift, then 1 - s stretched so that the last sigma is the terminal 0.1; the step to 0 follows.
+    if steps == 1:
+        from .settings import SettingError
+
+        # its stretch divides 1 - s[-1] = 0 by 0: LTX-Video's own schedule is NaN at one step
+        raise SettingError("steps=1 is not allowed for LTX-Video's schedule (its stretch to the terminal divides "
+                           "0 by 0 at one step): use 2 or more")
+    import torch
+
+    # in float32 as rf.py: the stretch divides by 1 - s[-1], which float32 holds to few digits at large mu, and the
+    # model runs on those rounded sigmas
+    mu = _linear(ltxv_tokens(height, width, frames), 1024, 0.95, 4096, 2.05)
+    t = torch.linspace(1, 1 / steps, steps)
+    shifted = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+    one_minus = 1 - shifted
+    stretched = 1 - one_minus / (one_minus[-1] / (1 - 0.1))
+    return stretched.tolist() + [0.0]
+
+
 def _constant_training(a: float) -> Dict[str, Any]:
     # A constant factor with no temporal part: these models shift by a number, not by clip length.
     return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
@@ -177,6 +205,21 @@ _RECIPES = (
                 "compute_density_for_timestep_sampling (lines 365-390), commit 58eb52c0; shift 3.0 from "
                 "stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json",
                 "official code", {}),
+    ModelRecipe("ltx-video-0.9", "LTX-Video 0.9",
+                dict(shift_family="exponential", resolution_shift="linear", token_count="video", base_seq_len=1024,
+                     max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
+                     shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True),
+                "LTX-Video's training code is not in its repository: the recipe trains on the uniform base with its "
+                "sampling shift (mu linear in all latent tokens, exponential); not expressed: the stretch to the "
+                "terminal 0.1 (a rule of the sampling grid), and the token count where the frame count is not 8k + 1 "
+                "(LTX: F // 8 + 1; the causal policy: 1 + (F - 1) // 8) or a side not a multiple of 32 (LTX floors "
+                "H / 32 and W / 32; the linear rule counts H W / 32^2); it counts pixels in 32x32 latent tokens, so "
+                "1.x and standalone only (2.0 counts its own latent and refuses spatial_compression)",
+                ltxv_schedule, "mu = lin(1024 -> 0.95, 4096 -> 2.05)((F // 8 + 1)(H // 32)(W // 32)), exponential, "
+                "stretched to the terminal 0.1",
+                "Lightricks/LTX-Video ltx_video/schedulers/rf.py (lines 69-149, 176-262), "
+                "ltx_video/utils/diffusers_config_mapping.py OURS_SCHEDULER_CONFIG (lines 65-72), "
+                "ltx_video/pipelines/pipeline_ltx_video.py (lines 914-931), commit 5260738e", "official code", {}),
     ModelRecipe("flux", "Flux.1 (image)",
                 dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
                 "sampling rule applied to training (Flux's training code is not public)",

@@ -7,11 +7,12 @@ functions and are not imported. What is read rather than run is said per section
 model's inference derives from the pixel size (its get_noise / prepare), which is written here as a formula.
 
     python scripts/record_model_schedules.py --flux PATH --opensora2 PATH --wan21 PATH --wan22 PATH \
-        --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH --sd3 PATH
+        --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH --sd3 PATH \
+        --ltxvideo PATH
 
 Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
-Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V, Tencent-Hunyuan/HunyuanVideo-1.5 and
-huggingface/diffusers (SD3).
+Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V, Tencent-Hunyuan/HunyuanVideo-1.5,
+huggingface/diffusers (SD3) and Lightricks/LTX-Video.
 Sections not given keep what the file already records, so one model can be recorded alone.
 """
 
@@ -332,8 +333,41 @@ def sd3(checkout: str) -> Dict[str, Any]:
                               quantiles=SD3_QUANTILES, sigmas=train_sigmas))
 
 
+def ltxvideo(checkout: str) -> Dict[str, Any]:
+    from abc import ABC, abstractmethod
+    from typing import Callable, Optional, Tuple, Union
+
+    path = os.path.join(checkout, "ltx_video", "schedulers", "rf.py")
+    scope = {"math": math, "torch": torch, "Tensor": torch.Tensor, "Optional": Optional, "Union": Union,
+             "Callable": Callable, "Tuple": Tuple, "ABC": ABC, "abstractmethod": abstractmethod,
+             "ConfigMixin": type("ConfigMixin", (), {}), "SchedulerMixin": type("SchedulerMixin", (), {}),
+             "register_to_config": _register_to_config}
+    functions(path, ["linear_quadratic_schedule", "simple_diffusion_resolution_dependent_timestep_shift",
+                     "time_shift", "get_normal_shift", "strech_shifts_to_terminal",
+                     "sd3_resolution_dependent_timestep_shift"], scope)
+    scheduler_class(path, "TimestepShifter", scope)
+    scheduler = scheduler_class(path, "RectifiedFlowScheduler", scope)
+    mapping = os.path.join(checkout, "ltx_video", "utils", "diffusers_config_mapping.py")
+    config = {k: v for k, v in module_constant(mapping, "OURS_SCHEDULER_CONFIG").items() if not k.startswith("_")}
+    cases = []
+    for s, h, w, f in CASES:
+        if s == 1:
+            continue  # its stretch divides 0 by 0 at one step (NaN): the recipe refuses it
+        # read: the pipeline's latent_shape (b, c, F // 8 + 1, H // 32, W // 32) for a video (vae_scale_factor 32,
+        # video_scale_factor 8, causal: + 1), (b, c, 1, H // 32, W // 32) for an image
+        latent_frames = 1 if f == 1 else f // 8 + 1
+        sched = scheduler(**config)
+        sched.set_timesteps(s, samples_shape=(1, 128, latent_frames, h // 32, w // 32))
+        # step(): the last step goes from the last timestep to 0 (timesteps padded with 0)
+        cases.append(dict(steps=s, height=h, width=w, frames=f, sigmas=sched.timesteps.tolist() + [0.0]))
+    return dict(file="ltx_video/schedulers/rf.py, ltx_video/utils/diffusers_config_mapping.py", commit=commit(checkout),
+                read="latent shape (b, c, F // 8 + 1, H // 32, W // 32); the terminal 0 after the last timestep",
+                config=config, recipes={"ltx-video-0.9": cases})
+
+
 SECTIONS = {"flux": flux, "opensora2": opensora2, "wan21": wan21, "wan22": wan22, "hunyuanvideo": hunyuanvideo,
-            "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15, "sd3": sd3}
+            "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15, "sd3": sd3,
+            "ltxvideo": ltxvideo}
 
 
 def main() -> None:

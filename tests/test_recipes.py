@@ -12,6 +12,7 @@ from opensora_timeshift_patch.recipes import CONFIDENCE, RECIPES, expand, recipe
 from opensora_timeshift_patch.settings import SETTINGS, SettingError
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
+COUNTS_PIXELS = {"ltx-video-0.9"}
 SECTIONS = tuple(k for k, v in GOLDENS.items() if isinstance(v, dict) and "recipes" in v)
 
 
@@ -61,8 +62,13 @@ def test_hand_derived_points():
 def test_declarations_are_complete():
     for r in RECIPES.values():
         assert r.confidence in CONFIDENCE and r.source and r.schedule_text and r.training_note
-        assert Recipe(dict(recipe=r.name)).recipe is r  # every recipe builds on 1.x and on 2.0
-        assert Recipe(dict(recipe=r.name), release="2.0").recipe is r
+        assert Recipe(dict(recipe=r.name)).recipe is r  # every recipe builds on 1.x, and on 2.0 but for
+        if r.name in COUNTS_PIXELS:  # a recipe counting LTX's 32x latent tokens from the pixel size
+            with pytest.raises(SettingError, match="spatial_compression=32 has no meaning on Open-Sora 2.0"):
+                Recipe(dict(recipe=r.name), release="2.0")
+            assert "2.0" in r.training_note
+        else:
+            assert Recipe(dict(recipe=r.name), release="2.0").recipe is r
 
 
 def test_the_recipe_expands_and_what_is_beside_it_wins():
@@ -152,3 +158,25 @@ def test_sd3_smallest_sigma_is_shifted_twice():
     # 2 steps: [1, shift(shift(1/1000)), 0] with shift(x) = 3x / (1 + 2x)
     once = 3e-3 / (1 + 2e-3)
     assert sigmas("sd3", 2, 1024, 1024, 1) == pytest.approx([1, 3 * once / (1 + 2 * once), 0])
+
+
+def test_ltxvideo_hand_derived_and_undefined_at_one_step():
+    # 1024x1024 image: 32 * 32 = 1024 tokens, mu = 0.95; 3 steps: t = 1, 2/3, 1/3, s = e^mu / (e^mu + 1/t - 1),
+    # then 1 - s stretched so that the last is 0.1
+    s = [math.exp(0.95) / (math.exp(0.95) + 1 / t - 1) for t in (1, 2 / 3, 1 / 3)]
+    k = (1 - s[-1]) / 0.9
+    assert sigmas("ltx-video-0.9", 3, 1024, 1024, 1) == pytest.approx([1, 1 - (1 - s[1]) / k, 0.1, 0])
+    with pytest.raises(SettingError, match="steps=1 is not allowed for LTX-Video"):
+        sigmas("ltx-video-0.9", 1, 1024, 1024, 1)
+
+
+@pytest.mark.parametrize("h, w, f, tokens", [(480, 832, 81, 11 * 15 * 26), (1024, 1024, 1, 1024),
+                                             (512, 768, 121, 16 * 16 * 24)])
+def test_ltxvideo_trains_at_its_sampling_mu_where_expressible(h, w, f, tokens):
+    import torch
+
+    # frames 8k + 1, sides multiples of 32: the exponential factor is e^mu with LTX's mu of all latent tokens
+    r = Recipe(dict(recipe="ltx-video-0.9"))
+    meta = dict(height=torch.tensor([float(h)]), width=torch.tensor([float(w)]), num_frames=torch.tensor([float(f)]))
+    mu = 0.95 + (2.05 - 0.95) * (tokens - 1024) / 3072
+    assert math.log(r.shift.shift_factor(meta).item()) == pytest.approx(mu, rel=1e-6)
