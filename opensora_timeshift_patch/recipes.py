@@ -120,6 +120,23 @@ def ltxv_schedule(steps: int, height: int, width: int, frames: int) -> List[floa
     return stretched.tolist() + [0.0]
 
 
+def ltx2_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # ltx-core's LTX2Scheduler.execute(steps) as LTX-2's pipelines call it (no latent): 4096 tokens at every size,
+    # so mu = 2.05; linspace(1, 0, steps + 1), exponential shift but 0 kept, the nonzero stretched to end at 0.1.
+    # In float32 as it is computed there; at one step its stretch is 0 / 0.
+    import torch
+
+    if steps == 1:
+        from .settings import SettingError
+
+        raise SettingError("steps=1 is not allowed for LTX-2's schedule (its stretch to the terminal divides 0 by 0 "
+                           "at one step): use 2 or more")
+    mu = _linear(4096, 1024, 0.95, 4096, 2.05)
+    grid = torch.linspace(1.0, 0.0, steps + 1)[:-1]
+    one_minus = 1 - math.exp(mu) / (math.exp(mu) + (1 / grid - 1))
+    return (1 - one_minus / (one_minus[-1] / (1 - 0.1))).tolist() + [0.0]
+
+
 def _constant_training(a: float) -> Dict[str, Any]:
     # A constant factor with no temporal part: these models shift by a number, not by clip length.
     return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
@@ -145,6 +162,12 @@ _HV15_TASKS = (
     ("sr", "super-resolution 720p / 1080p (distilled)", 2.0, "720p_sr_distilled, 1080p_sr_distilled",
      "lines 109-124"),
 )
+
+# LTX's mu: linear from 0.95 at 1024 to 2.05 at 4096 latent tokens, all of the clip's (32x in space, causal 8x in
+# time, patch 1), exponential
+_LTX_TOKENS = dict(shift_family="exponential", resolution_shift="linear", token_count="video", base_seq_len=1024,
+                   max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
+                   shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True)
 
 _RECIPES = (
     ModelRecipe("opensora-2.0", "Open-Sora 2.0",
@@ -206,9 +229,7 @@ _RECIPES = (
                 "stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json",
                 "official code", {}),
     ModelRecipe("ltx-video-0.9", "LTX-Video 0.9",
-                dict(shift_family="exponential", resolution_shift="linear", token_count="video", base_seq_len=1024,
-                     max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
-                     shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True),
+                dict(_LTX_TOKENS),
                 "LTX-Video's training code is not in its repository: the recipe trains on the uniform base with its "
                 "sampling shift (mu linear in all latent tokens, exponential); not expressed: the stretch to the "
                 "terminal 0.1 (a rule of the sampling grid), and the token count where the frame count is not 8k + 1 "
@@ -220,6 +241,20 @@ _RECIPES = (
                 "Lightricks/LTX-Video ltx_video/schedulers/rf.py (lines 69-149, 176-262), "
                 "ltx_video/utils/diffusers_config_mapping.py OURS_SCHEDULER_CONFIG (lines 65-72), "
                 "ltx_video/pipelines/pipeline_ltx_video.py (lines 914-931), commit 5260738e", "official code", {}),
+    ModelRecipe("ltx-2", "LTX-2 (video; its default pipelines)",
+                dict(sample_method="logit-normal", loc=0.0, scale=1.0, **_LTX_TOKENS),
+                "NOT EXACT: the closest expressible to ltx-trainer's ShiftedLogitNormalTimestepSampler, sigmoid(N(mu, "
+                "1)) with mu = lin(1024 -> 0.95, 4096 -> 2.05) of all latent tokens, unclamped (here: logit-normal "
+                "then the exponential shift, the same draw). Not expressed: (1) its affine stretch of the shifted "
+                "draw between its 0.5% and 99.9% quantiles (mu - 2.5758, mu + 3.0902) onto [0, 1], (2) its "
+                "reflection of values below eps = 0.001 (to 2 eps - t), (3) its 10% of unshifted uniform draws on "
+                "[eps, 1); 1.x and standalone only (2.0 refuses spatial_compression)",
+                ltx2_schedule, "mu = 2.05 at every size (execute(steps) without a latent counts 4096 tokens), "
+                "exponential, stretched to the terminal 0.1",
+                "Lightricks/LTX-2 packages/ltx-core/src/ltx_core/components/schedulers.py LTX2Scheduler (lines "
+                "14-58), packages/ltx-pipelines/src/ltx_pipelines/ti2vid_two_stages.py line 244, "
+                "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py ShiftedLogitNormalTimestepSampler "
+                "(lines 48-134), commit 400fd310", "official code", {}),
     ModelRecipe("flux", "Flux.1 (image)",
                 dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
                 "sampling rule applied to training (Flux's training code is not public)",

@@ -8,11 +8,11 @@ model's inference derives from the pixel size (its get_noise / prepare), which i
 
     python scripts/record_model_schedules.py --flux PATH --opensora2 PATH --wan21 PATH --wan22 PATH \
         --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH --sd3 PATH \
-        --ltxvideo PATH
+        --ltxvideo PATH --ltx2 PATH
 
 Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
 Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V, Tencent-Hunyuan/HunyuanVideo-1.5,
-huggingface/diffusers (SD3) and Lightricks/LTX-Video.
+huggingface/diffusers (SD3), Lightricks/LTX-Video and Lightricks/LTX-2.
 Sections not given keep what the file already records, so one model can be recorded alone.
 """
 
@@ -365,9 +365,33 @@ def ltxvideo(checkout: str) -> Dict[str, Any]:
                 config=config, recipes={"ltx-video-0.9": cases})
 
 
+def ltx2(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "packages", "ltx-core", "src", "ltx_core", "components", "schedulers.py")
+    scope = {"math": math, "torch": torch, "SchedulerProtocol": object,
+             "BASE_SHIFT_ANCHOR": module_constant(path, "BASE_SHIFT_ANCHOR"),
+             "MAX_SHIFT_ANCHOR": module_constant(path, "MAX_SHIFT_ANCHOR")}
+    scheduler = scheduler_class(path, "LTX2Scheduler", scope)()
+    # read: LTX-2's pipelines call execute(steps=N) without a latent (ti2vid_two_stages.py line 244 and the others;
+    # only the HQ pipeline passes one), so the token count is default_number_of_tokens at every size
+    cases = [dict(steps=s, height=h, width=w, frames=f, sigmas=scheduler.execute(steps=s).tolist())
+             for s, h, w, f in CASES if s > 1]  # at one step its stretch divides 0 by 0 (NaN): the recipe refuses it
+    train = os.path.join(checkout, "packages", "ltx-trainer", "src", "ltx_trainer", "timestep_samplers.py")
+    tscope = {"torch": torch, "TimestepSampler": object}
+    sampler = scheduler_class(train, "ShiftedLogitNormalTimestepSampler", tscope)
+    shift = sampler._get_shift_for_sequence_length
+    training = dict(std=parameter_default(sampler.__init__, "std"), eps=parameter_default(sampler.__init__, "eps"),
+                    uniform_prob=parameter_default(sampler.__init__, "uniform_prob"),
+                    **{k: parameter_default(shift, k) for k in ("min_tokens", "max_tokens", "min_shift", "max_shift")},
+                    lower_quantile_z=sampler().normal_005_percentile, upper_quantile_z=sampler().normal_999_percentile)
+    return dict(file="packages/ltx-core/src/ltx_core/components/schedulers.py, "
+                     "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py", commit=commit(checkout),
+                read="the pipelines call execute(steps=N) without a latent", recipes={"ltx-2": cases},
+                training=training)
+
+
 SECTIONS = {"flux": flux, "opensora2": opensora2, "wan21": wan21, "wan22": wan22, "hunyuanvideo": hunyuanvideo,
             "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15, "sd3": sd3,
-            "ltxvideo": ltxvideo}
+            "ltxvideo": ltxvideo, "ltx2": ltx2}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from opensora_timeshift_patch.recipes import CONFIDENCE, RECIPES, expand, recipe
 from opensora_timeshift_patch.settings import SETTINGS, SettingError
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
-COUNTS_PIXELS = {"ltx-video-0.9"}
+COUNTS_PIXELS = {"ltx-video-0.9", "ltx-2"}
 SECTIONS = tuple(k for k, v in GOLDENS.items() if isinstance(v, dict) and "recipes" in v)
 
 
@@ -35,7 +35,7 @@ def test_the_schedule_is_the_models_own(name, case):
     assert len(ours) == case["steps"] + 1 == len(case["sigmas"])
     # the models compute in float32 (torch.linspace) or float64 (numpy): equal to float32's precision
     assert ours == pytest.approx(case["sigmas"], rel=2e-6, abs=1e-7)
-    assert ours[0] == 1.0 and ours[-1] == 0.0
+    assert ours[0] == pytest.approx(1.0, abs=1e-6) and ours[-1] == 0.0  # LTX-2's own first sigma is 1 - 2^-22
 
 
 @pytest.mark.parametrize("name, case", [p.values for p in golden_cases() if "shift" in p.values[1]])
@@ -180,3 +180,39 @@ def test_ltxvideo_trains_at_its_sampling_mu_where_expressible(h, w, f, tokens):
     meta = dict(height=torch.tensor([float(h)]), width=torch.tensor([float(w)]), num_frames=torch.tensor([float(f)]))
     mu = 0.95 + (2.05 - 0.95) * (tokens - 1024) / 3072
     assert math.log(r.shift.shift_factor(meta).item()) == pytest.approx(mu, rel=1e-6)
+
+
+def test_ltx2_training_is_the_shifted_logit_normal_but_not_exact():
+    import torch
+
+    from opensora_timeshift_patch.shift import exponential_shift
+
+    recorded = GOLDENS["ltx2"]["training"]
+    r = Recipe(dict(recipe="ltx-2"))
+    v = r.values
+    assert (v["base_seq_len"], v["max_seq_len"], v["base_shift"], v["max_shift"]) == (
+        recorded["min_tokens"], recorded["max_tokens"], recorded["min_shift"], recorded["max_shift"])
+    assert r.distribution.params == {"loc": 0.0, "scale": recorded["std"]}
+    # its draw before the stretch: sigmoid(N(mu, 1)), mu of all latent tokens; 480x832x81: 11 * 15 * 26 tokens
+    mu = 0.95 + 1.1 * (11 * 15 * 26 - 1024) / 3072
+    meta = dict(height=torch.tensor([480.0]), width=torch.tensor([832.0]), num_frames=torch.tensor([81.0]))
+    u = torch.tensor([0.05, 0.5, 0.95])
+    drawn = exponential_shift(r.distribution(u), r.shift.shift_factor(meta))
+    assert drawn.tolist() == pytest.approx(torch.sigmoid(torch.special.ndtri(u) + mu).tolist(), rel=1e-5)
+    # the three parts it does not express, named with its numbers, in the note and so in the README table
+    note = RECIPES["ltx-2"].training_note
+    assert note.startswith("NOT EXACT")
+    assert "0.5%" in note and "99.9%" in note and f"eps = {recorded['eps']}" in note
+    assert f"mu {recorded['lower_quantile_z']}".replace("mu -", "mu - ") in note
+    assert f"mu + {recorded['upper_quantile_z']}" in note
+    assert f"{recorded['uniform_prob']:.0%} of unshifted uniform" in note
+    with pytest.raises(SettingError, match="steps=1 is not allowed for LTX-2"):
+        sigmas("ltx-2", 1, 480, 832, 81)
+
+
+def test_ltx2_schedule_is_one_at_every_size():
+    # its pipelines count 4096 tokens whatever the size: mu = 2.05; 2 steps: [1, terminal 0.1, 0]
+    assert sigmas("ltx-2", 3, 480, 832, 81) == sigmas("ltx-2", 3, 1024, 1024, 1)
+    s = math.exp(2.05) / (math.exp(2.05) + 1 / (2 / 3) - 1)
+    low = math.exp(2.05) / (math.exp(2.05) + 1 / (1 / 3) - 1)
+    assert sigmas("ltx-2", 3, 720, 1280, 121) == pytest.approx([1, 1 - (1 - s) * 0.9 / (1 - low), 0.1, 0], rel=1e-6)
