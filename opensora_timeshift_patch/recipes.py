@@ -81,6 +81,62 @@ def flux_schedule(steps: int, height: int, width: int, frames: int) -> List[floa
     return [exponential(mu, t) for t in _grid(steps)]
 
 
+def diffusers_constant_shift(a: float, num_train_timesteps: int = 1000) -> Schedule:
+    """diffusers' FlowMatchEulerDiscreteScheduler with a constant ``shift``: its sigmas run from 1 to its smallest
+    training sigma, a(1/N) / (1 + (a - 1)/N), evenly spaced, and are then shifted again (so that smallest is shifted
+    twice); then the terminal 0."""
+    def schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+        low = rational(a, 1 / num_train_timesteps)
+        grid = [1.0] if steps == 1 else [1.0 + (low - 1.0) * i / (steps - 1) for i in range(steps)]
+        return [rational(a, t) for t in grid] + [0.0]
+    return schedule
+
+
+def ltxv_tokens(height: int, width: int, frames: int) -> int:
+    """LTX-Video's latent tokens: its VAE compresses 32x in space and 8x in time (causal, frames // 8 + 1 for a
+    video, 1 for an image), patch size 1; its scheduler counts them all."""
+    latent_frames = 1 if frames == 1 else frames // 8 + 1
+    return latent_frames * (height // 32) * (width // 32)
+
+
+def ltxv_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # rf.py's SD3 shifting: t = linspace(1, 1/steps, steps), mu = lin(1024 -> 0.95, 4096 -> 2.05)(tokens),
+    # exponential shift, then 1 - s stretched so that the last sigma is the terminal 0.1; the step to 0 follows.
+    if steps == 1:
+        from .settings import SettingError
+
+        # its stretch divides 1 - s[-1] = 0 by 0: LTX-Video's own schedule is NaN at one step
+        raise SettingError("steps=1 is not allowed for LTX-Video's schedule (its stretch to the terminal divides "
+                           "0 by 0 at one step): use 2 or more")
+    import torch
+
+    # in float32 as rf.py: the stretch divides by 1 - s[-1], which float32 holds to few digits at large mu, and the
+    # model runs on those rounded sigmas
+    mu = _linear(ltxv_tokens(height, width, frames), 1024, 0.95, 4096, 2.05)
+    t = torch.linspace(1, 1 / steps, steps)
+    shifted = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+    one_minus = 1 - shifted
+    stretched = 1 - one_minus / (one_minus[-1] / (1 - 0.1))
+    return stretched.tolist() + [0.0]
+
+
+def ltx2_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # ltx-core's LTX2Scheduler.execute(steps) as LTX-2's pipelines call it (no latent): 4096 tokens at every size,
+    # so mu = 2.05; linspace(1, 0, steps + 1), exponential shift but 0 kept, the nonzero stretched to end at 0.1.
+    # In float32 as it is computed there; at one step its stretch is 0 / 0.
+    import torch
+
+    if steps == 1:
+        from .settings import SettingError
+
+        raise SettingError("steps=1 is not allowed for LTX-2's schedule (its stretch to the terminal divides 0 by 0 "
+                           "at one step): use 2 or more")
+    mu = _linear(4096, 1024, 0.95, 4096, 2.05)
+    grid = torch.linspace(1.0, 0.0, steps + 1)[:-1]
+    one_minus = 1 - math.exp(mu) / (math.exp(mu) + (1 / grid - 1))
+    return (1 - one_minus / (one_minus[-1] / (1 - 0.1))).tolist() + [0.0]
+
+
 def _constant_training(a: float) -> Dict[str, Any]:
     # A constant factor with no temporal part: these models shift by a number, not by clip length.
     return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
@@ -89,6 +145,29 @@ def _constant_training(a: float) -> Dict[str, Any]:
 _WAN21 = "Wan-Video/Wan2.1 generate.py lines 76-81, wan/utils/fm_solvers.py get_sampling_sigmas, commit 9737cba9"
 _WAN22 = "Wan-Video/Wan2.2 wan/configs/{}, commit 42bf4cfa"
 _WAN_TRAIN = "training distribution and shift not published: the recipe trains at the sampling shift"
+
+_HV15 = "Tencent-Hunyuan/HunyuanVideo-1.5 train.py lines 139-142, 204-275, 751-752, {}, commit 60783e70"
+# train.py's default: t = sigmoid(N(0, 1)) squeezed into [1e-5, 1 - 1e-5] (TRAIN_EPS), then the rational shift 3.0
+# (train_timestep_shift), whatever the resolution; its sampling shifts are larger (validation_timestep_shift 5.0).
+_HV15_TRAIN = dict(sample_method="logit-normal", t_range=(1e-5, 1 - 1e-5), t_range_mode="rescale",
+                   resolution_shift="constant", shift=3.0, temporal_exponent=0.0)
+_HV15_NOTE = ("train.py's default snr_type 'lognorm': sigmoid(N(0, 1)) in [1e-5, 1 - 1e-5], shift 3.0 at every "
+              "resolution (sampling shifts differ on purpose); its other options: snr_type 'uniform', 'mix' "
+              "(recipe hunyuanvideo-1.5-480p-mix) and 'mode' (mode_scale 1.29)")
+_HV15_TASKS = (
+    ("480p", "480p T2V and I2V (and their distilled)", 5.0, "480p_t2v, 480p_i2v", "lines 49-58, 69-78"),
+    ("720p-t2v", "720p T2V (and distilled)", 9.0, "720p_t2v", "lines 59-62, 79-82"),
+    ("720p-i2v", "720p I2V (and distilled)", 7.0, "720p_i2v", "lines 64-67, 84-87"),
+    ("480p-i2v-step-distilled", "480p I2V step-distilled", 7.0, "480p_i2v_step_distilled", "lines 100-103"),
+    ("sr", "super-resolution 720p / 1080p (distilled)", 2.0, "720p_sr_distilled, 1080p_sr_distilled",
+     "lines 109-124"),
+)
+
+# LTX's mu: linear from 0.95 at 1024 to 2.05 at 4096 latent tokens, all of the clip's (32x in space, causal 8x in
+# time, patch 1), exponential
+_LTX_TOKENS = dict(shift_family="exponential", resolution_shift="linear", token_count="video", base_seq_len=1024,
+                   max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
+                   shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True)
 
 _RECIPES = (
     ModelRecipe("opensora-2.0", "Open-Sora 2.0",
@@ -117,6 +196,17 @@ _RECIPES = (
                 "Tencent-Hunyuan/HunyuanVideo hyvideo/config.py lines 187-190, "
                 "hyvideo/diffusion/schedulers/scheduling_flow_match_discrete.py set_timesteps, commit fa14b001",
                 "official code", {}),
+    *(ModelRecipe(f"hunyuanvideo-1.5-{task}", f"HunyuanVideo 1.5 {model}", _HV15_TRAIN, _HV15_NOTE,
+                  constant_shift(a), f"constant shift {a} (flow_shift of {configs})",
+                  _HV15.format(f"hyvideo/commons/__init__.py {lines}"), "official code", {})
+      for task, model, a, configs, lines in _HV15_TASKS),
+    ModelRecipe("hunyuanvideo-1.5-480p-mix", "HunyuanVideo 1.5 480p, trained with snr_type 'mix'",
+                {**_HV15_TRAIN, "sample_method": "mixture",
+                 "components": [dict(sample_method="logit-normal", loc=0.0, scale=1.0, weight=0.7),
+                                dict(sample_method="uniform", weight=0.3)]},
+                "train.py's snr_type 'mix': sigmoid(N(0, 1)) with probability 0.7 (rand > 0.3), else uniform, both "
+                "in [1e-5, 1 - 1e-5], shift 3.0", constant_shift(5.0), "constant shift 5.0 (flow_shift of 480p_t2v)",
+                _HV15.format("hyvideo/commons/__init__.py lines 49-58"), "official code", {}),
     ModelRecipe("step-video-t2v", "Step-Video-T2V", _constant_training(13.0),
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(13.0), "constant shift 13.0",
@@ -126,6 +216,45 @@ _RECIPES = (
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(17.0), "constant shift 17.0, 10-15 steps",
                 "stepfun-ai/Step-Video-T2V README.md line 154, commit 675e08c0", "maintainer statement", {}),
+    ModelRecipe("sd3", "Stable Diffusion 3 (image)",
+                dict(sample_method="logit-normal", loc=0.0, scale=1.0, **_constant_training(3.0)),
+                "logit-normal(0, 1) then shift 3.0, continuous (SD3 paper; diffusers' train_dreambooth_sd3 default "
+                "weighting_scheme 'logit_normal'); not exact to diffusers' script, which rounds each draw to one "
+                "of the scheduler's 1000 training sigmas shift(k / 1000), k = 1..1000",
+                diffusers_constant_shift(3.0),
+                "diffusers FlowMatchEulerDiscreteScheduler, shift 3.0: linspace(1, shift(1/1000), steps), shifted",
+                "huggingface/diffusers src/diffusers/schedulers/scheduling_flow_match_euler_discrete.py __init__ "
+                "(lines 127-145) and set_timesteps (lines 283-383), src/diffusers/training_utils.py "
+                "compute_density_for_timestep_sampling (lines 365-390), commit 58eb52c0; shift 3.0 from "
+                "stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json",
+                "official code", {}),
+    ModelRecipe("ltx-video-0.9", "LTX-Video 0.9",
+                dict(_LTX_TOKENS),
+                "LTX-Video's training code is not in its repository: the recipe trains on the uniform base with its "
+                "sampling shift (mu linear in all latent tokens, exponential); not expressed: the stretch to the "
+                "terminal 0.1 (a rule of the sampling grid), and the token count where the frame count is not 8k + 1 "
+                "(LTX: F // 8 + 1; the causal policy: 1 + (F - 1) // 8) or a side not a multiple of 32 (LTX floors "
+                "H / 32 and W / 32; the linear rule counts H W / 32^2); it counts pixels in 32x32 latent tokens, so "
+                "1.x and standalone only (2.0 counts its own latent and refuses spatial_compression)",
+                ltxv_schedule, "mu = lin(1024 -> 0.95, 4096 -> 2.05)((F // 8 + 1)(H // 32)(W // 32)), exponential, "
+                "stretched to the terminal 0.1",
+                "Lightricks/LTX-Video ltx_video/schedulers/rf.py (lines 69-149, 176-262), "
+                "ltx_video/utils/diffusers_config_mapping.py OURS_SCHEDULER_CONFIG (lines 65-72), "
+                "ltx_video/pipelines/pipeline_ltx_video.py (lines 914-931), commit 5260738e", "official code", {}),
+    ModelRecipe("ltx-2", "LTX-2 (video; its default pipelines)",
+                dict(sample_method="logit-normal", loc=0.0, scale=1.0, **_LTX_TOKENS),
+                "NOT EXACT: the closest expressible to ltx-trainer's ShiftedLogitNormalTimestepSampler, sigmoid(N(mu, "
+                "1)) with mu = lin(1024 -> 0.95, 4096 -> 2.05) of all latent tokens, unclamped (here: logit-normal "
+                "then the exponential shift, the same draw). Not expressed: (1) its affine stretch of the shifted "
+                "draw between its 0.5% and 99.9% quantiles (mu - 2.5758, mu + 3.0902) onto [0, 1], (2) its "
+                "reflection of values below eps = 0.001 (to 2 eps - t), (3) its 10% of unshifted uniform draws on "
+                "[eps, 1); 1.x and standalone only (2.0 refuses spatial_compression)",
+                ltx2_schedule, "mu = 2.05 at every size (execute(steps) without a latent counts 4096 tokens), "
+                "exponential, stretched to the terminal 0.1",
+                "Lightricks/LTX-2 packages/ltx-core/src/ltx_core/components/schedulers.py LTX2Scheduler (lines "
+                "14-58), packages/ltx-pipelines/src/ltx_pipelines/ti2vid_two_stages.py line 244, "
+                "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py ShiftedLogitNormalTimestepSampler "
+                "(lines 48-134), commit 400fd310", "official code", {}),
     ModelRecipe("flux", "Flux.1 (image)",
                 dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
                 "sampling rule applied to training (Flux's training code is not public)",

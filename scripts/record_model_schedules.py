@@ -6,11 +6,14 @@ returns. The files' other imports (Flux's model and autoencoder, Open-Sora's mod
 functions and are not imported. What is read rather than run is said per section ("read"): the token count each
 model's inference derives from the pixel size (its get_noise / prepare), which is written here as a formula.
 
-    python scripts/record_model_schedules.py --flux PATH --opensora PATH --wan21 PATH --wan22 PATH \
-        --hunyuanvideo PATH --stepvideo PATH
+    python scripts/record_model_schedules.py --flux PATH --opensora2 PATH --wan21 PATH --wan22 PATH \
+        --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH --sd3 PATH \
+        --ltxvideo PATH --ltx2 PATH
 
 Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
-Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo and stepfun-ai/Step-Video-T2V.
+Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V, Tencent-Hunyuan/HunyuanVideo-1.5,
+huggingface/diffusers (SD3), Lightricks/LTX-Video and Lightricks/LTX-2.
+Sections not given keep what the file already records, so one model can be recorded alone.
 """
 
 from __future__ import annotations
@@ -197,18 +200,218 @@ def stepvideo(checkout: str) -> Dict[str, Any]:
                 read="set_timesteps: linspace(1, 0, steps + 1), shifted", recipes=recipes)
 
 
+def class_constants(path: str, cls: str) -> Dict[str, Any]:
+    """The literal class attributes (``NAME = 1e-5``, ``name: float = 3.0``) of class ``cls`` in the file at ``path``."""
+    for node in ast.parse(open(path, encoding="utf-8").read(), path).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            out = {}
+            for item in node.body:
+                target = item.targets[0] if isinstance(item, ast.Assign) else getattr(item, "target", None)
+                if isinstance(target, ast.Name) and getattr(item, "value", None) is not None:
+                    try:
+                        out[target.id] = ast.literal_eval(item.value)
+                    except ValueError:
+                        pass
+            return out
+    raise SystemExit(f"{path}: no class {cls}")
+
+
+def module_constant(path: str, name: str) -> Any:
+    for node in ast.parse(open(path, encoding="utf-8").read(), path).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name:
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"{path}: no {name}")
+
+
+def hunyuanvideo15(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "hyvideo", "schedulers", "scheduling_flow_match_discrete.py")
+    shift_fn = method(path, "FlowMatchDiscreteScheduler", "sd3_time_shift", {"torch": torch})
+    commons = os.path.join(checkout, "hyvideo", "commons", "__init__.py")
+    configs = {**module_constant(commons, "PIPELINE_CONFIGS"), **module_constant(commons, "SR_PIPELINE_CONFIGS")}
+    tasks = {"hunyuanvideo-1.5-480p": ("480p_t2v", "480p_i2v", "480p_t2v_distilled", "480p_i2v_distilled"),
+             "hunyuanvideo-1.5-480p-mix": ("480p_t2v",),
+             "hunyuanvideo-1.5-720p-t2v": ("720p_t2v", "720p_t2v_distilled", "720p_t2v_distilled_sparse"),
+             "hunyuanvideo-1.5-720p-i2v": ("720p_i2v", "720p_i2v_distilled", "720p_i2v_distilled_sparse"),
+             "hunyuanvideo-1.5-480p-i2v-step-distilled": ("480p_i2v_step_distilled",),
+             "hunyuanvideo-1.5-sr": ("720p_sr_distilled", "1080p_sr_distilled")}
+    recipes = {}
+    for name, keys in tasks.items():
+        shifts = {configs[k]["flow_shift"] for k in keys}
+        if len(shifts) != 1:
+            raise SystemExit(f"{commons}: {keys} do not share one flow_shift: {shifts}")
+        a = shifts.pop()
+        # _create_scheduler: shift=flow_shift, use_flux_shift left False, so set_timesteps shifts by sd3_time_shift
+        this = types.SimpleNamespace(config=types.SimpleNamespace(shift=a))
+        recipes[name] = [dict(steps=s, height=h, width=w, frames=f, flow_shift=a,
+                              sigmas=shifted_linspace(lambda t: shift_fn(this, t), s)) for s, h, w, f in CASES]
+    train = os.path.join(checkout, "train.py")
+    config, sampler = class_constants(train, "TrainingConfig"), class_constants(train, "TimestepSampler")
+    # read: TimestepSampler.sample's 'lognorm' branch is sigmoid(N(0, 1)) * (t1 - t0) + t0 with t0 = TRAIN_EPS,
+    # t1 = 1 - TRAIN_EPS; 'mix' takes it where rand > 0.3, else U(t0, t1); timestep_transform is rational.
+    training = dict(train_timestep_shift=config["train_timestep_shift"],
+                    validation_timestep_shift=config["validation_timestep_shift"], train_eps=sampler["TRAIN_EPS"])
+    return dict(file="hyvideo/schedulers/scheduling_flow_match_discrete.py, hyvideo/commons/__init__.py, train.py",
+                commit=commit(checkout), read="set_timesteps: linspace(1, 0, steps + 1), shifted; train.py "
+                "TimestepSampler: sigmoid(N(0, 1)) (or 0.7 / 0.3 with U) in [eps, 1 - eps], then the shift",
+                recipes=recipes, training=training)
+
+
+def scheduler_class(path: str, cls: str, scope: Dict[str, Any]) -> Any:
+    """The class ``cls`` of the file at ``path``, compiled from its own source into ``scope`` (annotations dropped,
+    as in :func:`functions`); its bases and decorators must be in ``scope``."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+    if node is None:
+        raise SystemExit(f"{path}: no class {cls}")
+    for item in ast.walk(node):
+        if isinstance(item, ast.FunctionDef):
+            item.returns = None
+            for arg in item.args.args + item.args.kwonlyargs:
+                arg.annotation = None
+    exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), scope)
+    return scope[cls]
+
+
+def _register_to_config(init: Any) -> Any:
+    # diffusers' register_to_config, as far as the schedulers use it: every __init__ argument readable as
+    # self.config.<name> (ConfigMixin's FrozenDict) before the body runs
+    import inspect
+
+    signature = inspect.signature(init)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.config = types.SimpleNamespace(**{k: v for k, v in bound.arguments.items() if k != "self"})
+        init(self, *args, **kwargs)
+    return wrapper
+
+
+def diffusers_flow_match(checkout: str) -> Any:
+    import logging
+    from typing import Literal, Optional, Union
+
+    path = os.path.join(checkout, "src", "diffusers", "schedulers", "scheduling_flow_match_euler_discrete.py")
+    scope = {"np": np, "torch": torch, "math": math, "Optional": Optional, "Union": Union, "Literal": Literal,
+             "ConfigMixin": object, "SchedulerMixin": type("SchedulerMixin", (), {}),
+             "register_to_config": _register_to_config, "is_scipy_available": lambda: False,
+             "BaseOutput": object, "logger": logging.getLogger("diffusers"), "randn_tensor": None}
+    return scheduler_class(path, "FlowMatchEulerDiscreteScheduler", scope)
+
+
+SD3_SHIFT = 3.0  # read: "shift": 3.0 in stabilityai/stable-diffusion-3-medium-diffusers scheduler/scheduler_config.json
+SD3_QUANTILES = [0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999]
+
+
+def sd3(checkout: str) -> Dict[str, Any]:
+    scheduler = diffusers_flow_match(checkout)
+    cases = []
+    for s, h, w, f in CASES:
+        sched = scheduler(shift=SD3_SHIFT)
+        sched.set_timesteps(s)  # StableDiffusion3Pipeline: retrieve_timesteps(scheduler, steps, sigmas=None)
+        cases.append(dict(steps=s, height=h, width=w, frames=1, sigmas=sched.sigmas.tolist()))
+    train = os.path.join(checkout, "examples", "dreambooth", "train_dreambooth_sd3.py")
+    fn = functions(os.path.join(checkout, "src", "diffusers", "training_utils.py"),
+                   ["compute_density_for_timestep_sampling"], {"torch": torch, "math": math})
+    scheme, loc, scale = (argument_default(train, o) for o in ("--weighting_scheme", "--logit_mean", "--logit_std"))
+    # the script's step, at given normal quantiles instead of torch.normal: u = sigmoid(N(loc, scale)),
+    # indices = (u * N).long(), timesteps = scheduler.timesteps[indices], sigma = the scheduler's sigma there
+    density = fn["compute_density_for_timestep_sampling"]
+    gen = torch.Generator().manual_seed(0)
+    drawn = density(weighting_scheme=scheme, batch_size=4, logit_mean=loc, logit_std=scale, generator=gen)
+    assert ((drawn > 0) & (drawn < 1)).all()
+    sched = scheduler(shift=SD3_SHIFT)
+    normal = torch.distributions.Normal(loc, scale)
+    u = torch.sigmoid(normal.icdf(torch.tensor(SD3_QUANTILES, dtype=torch.float64))).float()
+    indices = (u * sched.config.num_train_timesteps).long()
+    train_sigmas = sched.sigmas[indices].tolist()  # sigmas[i] belongs to timesteps[i]
+    return dict(file="src/diffusers/schedulers/scheduling_flow_match_euler_discrete.py, src/diffusers/training_utils.py"
+                     ", examples/dreambooth/train_dreambooth_sd3.py", commit=commit(checkout),
+                read=f"shift {SD3_SHIFT} from SD3's scheduler_config.json; the pipeline calls set_timesteps(steps)",
+                recipes={"sd3": cases},
+                training=dict(weighting_scheme=scheme, logit_mean=loc, logit_std=scale, shift=SD3_SHIFT,
+                              quantiles=SD3_QUANTILES, sigmas=train_sigmas))
+
+
+def ltxvideo(checkout: str) -> Dict[str, Any]:
+    from abc import ABC, abstractmethod
+    from typing import Callable, Optional, Tuple, Union
+
+    path = os.path.join(checkout, "ltx_video", "schedulers", "rf.py")
+    scope = {"math": math, "torch": torch, "Tensor": torch.Tensor, "Optional": Optional, "Union": Union,
+             "Callable": Callable, "Tuple": Tuple, "ABC": ABC, "abstractmethod": abstractmethod,
+             "ConfigMixin": type("ConfigMixin", (), {}), "SchedulerMixin": type("SchedulerMixin", (), {}),
+             "register_to_config": _register_to_config}
+    functions(path, ["linear_quadratic_schedule", "simple_diffusion_resolution_dependent_timestep_shift",
+                     "time_shift", "get_normal_shift", "strech_shifts_to_terminal",
+                     "sd3_resolution_dependent_timestep_shift"], scope)
+    scheduler_class(path, "TimestepShifter", scope)
+    scheduler = scheduler_class(path, "RectifiedFlowScheduler", scope)
+    mapping = os.path.join(checkout, "ltx_video", "utils", "diffusers_config_mapping.py")
+    config = {k: v for k, v in module_constant(mapping, "OURS_SCHEDULER_CONFIG").items() if not k.startswith("_")}
+    cases = []
+    for s, h, w, f in CASES:
+        if s == 1:
+            continue  # its stretch divides 0 by 0 at one step (NaN): the recipe refuses it
+        # read: the pipeline's latent_shape (b, c, F // 8 + 1, H // 32, W // 32) for a video (vae_scale_factor 32,
+        # video_scale_factor 8, causal: + 1), (b, c, 1, H // 32, W // 32) for an image
+        latent_frames = 1 if f == 1 else f // 8 + 1
+        sched = scheduler(**config)
+        sched.set_timesteps(s, samples_shape=(1, 128, latent_frames, h // 32, w // 32))
+        # step(): the last step goes from the last timestep to 0 (timesteps padded with 0)
+        cases.append(dict(steps=s, height=h, width=w, frames=f, sigmas=sched.timesteps.tolist() + [0.0]))
+    return dict(file="ltx_video/schedulers/rf.py, ltx_video/utils/diffusers_config_mapping.py", commit=commit(checkout),
+                read="latent shape (b, c, F // 8 + 1, H // 32, W // 32); the terminal 0 after the last timestep",
+                config=config, recipes={"ltx-video-0.9": cases})
+
+
+def ltx2(checkout: str) -> Dict[str, Any]:
+    path = os.path.join(checkout, "packages", "ltx-core", "src", "ltx_core", "components", "schedulers.py")
+    scope = {"math": math, "torch": torch, "SchedulerProtocol": object,
+             "BASE_SHIFT_ANCHOR": module_constant(path, "BASE_SHIFT_ANCHOR"),
+             "MAX_SHIFT_ANCHOR": module_constant(path, "MAX_SHIFT_ANCHOR")}
+    scheduler = scheduler_class(path, "LTX2Scheduler", scope)()
+    # read: LTX-2's pipelines call execute(steps=N) without a latent (ti2vid_two_stages.py line 244 and the others;
+    # only the HQ pipeline passes one), so the token count is default_number_of_tokens at every size
+    cases = [dict(steps=s, height=h, width=w, frames=f, sigmas=scheduler.execute(steps=s).tolist())
+             for s, h, w, f in CASES if s > 1]  # at one step its stretch divides 0 by 0 (NaN): the recipe refuses it
+    train = os.path.join(checkout, "packages", "ltx-trainer", "src", "ltx_trainer", "timestep_samplers.py")
+    tscope = {"torch": torch, "TimestepSampler": object}
+    sampler = scheduler_class(train, "ShiftedLogitNormalTimestepSampler", tscope)
+    shift = sampler._get_shift_for_sequence_length
+    training = dict(std=parameter_default(sampler.__init__, "std"), eps=parameter_default(sampler.__init__, "eps"),
+                    uniform_prob=parameter_default(sampler.__init__, "uniform_prob"),
+                    **{k: parameter_default(shift, k) for k in ("min_tokens", "max_tokens", "min_shift", "max_shift")},
+                    lower_quantile_z=sampler().normal_005_percentile, upper_quantile_z=sampler().normal_999_percentile)
+    return dict(file="packages/ltx-core/src/ltx_core/components/schedulers.py, "
+                     "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py", commit=commit(checkout),
+                read="the pipelines call execute(steps=N) without a latent", recipes={"ltx-2": cases},
+                training=training)
+
+
+SECTIONS = {"flux": flux, "opensora2": opensora2, "wan21": wan21, "wan22": wan22, "hunyuanvideo": hunyuanvideo,
+            "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15, "sd3": sd3,
+            "ltxvideo": ltxvideo, "ltx2": ltx2}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("flux", "opensora", "wan21", "wan22", "hunyuanvideo", "stepvideo"):
-        p.add_argument(f"--{name}", required=True, metavar="PATH")
+    for name in SECTIONS:
+        p.add_argument(f"--{name}", metavar="PATH", help="a checkout; sections not given keep their recorded goldens")
     args = p.parse_args()
-    doc = dict(torch=torch.__version__, numpy=np.__version__, flux=flux(args.flux), opensora2=opensora2(args.opensora),
-               wan21=wan21(args.wan21), wan22=wan22(args.wan22), hunyuanvideo=hunyuanvideo(args.hunyuanvideo),
-               stepvideo=stepvideo(args.stepvideo))
+    given = {name: path for name, path in vars(args).items() if path is not None}
+    if not given:
+        p.error("give at least one checkout")
+    doc = {}
+    if os.path.exists(OUT):
+        with open(OUT, encoding="utf-8") as f:
+            doc = json.load(f)
+    doc.update(torch=torch.__version__, numpy=np.__version__)
+    doc.update({name: SECTIONS[name](path) for name, path in given.items()})
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    print(f"wrote {os.path.normpath(OUT)}")
+    print(f"wrote {os.path.normpath(OUT)}: {', '.join(given)}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def test_the_size_reaches_the_schedule(capsys):
     ["--recipe", "flux", "--resolution", "0x10"], ["--recipe", "flux", "--resolution", "720p"],
     ["--recipe", "flux", "--resolution", ""], ["--recipe", "flux", "--frames", "0"],
     ["--recipe", "flux", "--recipe", "flux"], ["--recipe", "flux", "--steps", "2", "--steps", "3"],
+    ["--recipe", "ltx-video-0.9", "--steps", "1"],  # its own schedule is 0 / 0 there
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     code, out, err = run_any(capsys, "sigmas", *argv)

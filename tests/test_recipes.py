@@ -12,6 +12,7 @@ from opensora_timeshift_patch.recipes import CONFIDENCE, RECIPES, expand, recipe
 from opensora_timeshift_patch.settings import SETTINGS, SettingError
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
+COUNTS_PIXELS = {"ltx-video-0.9", "ltx-2"}
 SECTIONS = tuple(k for k, v in GOLDENS.items() if isinstance(v, dict) and "recipes" in v)
 
 
@@ -34,7 +35,7 @@ def test_the_schedule_is_the_models_own(name, case):
     assert len(ours) == case["steps"] + 1 == len(case["sigmas"])
     # the models compute in float32 (torch.linspace) or float64 (numpy): equal to float32's precision
     assert ours == pytest.approx(case["sigmas"], rel=2e-6, abs=1e-7)
-    assert ours[0] == 1.0 and ours[-1] == 0.0
+    assert ours[0] == pytest.approx(1.0, abs=1e-6) and ours[-1] == 0.0  # LTX-2's own first sigma is 1 - 2^-22
 
 
 @pytest.mark.parametrize("name, case", [p.values for p in golden_cases() if "shift" in p.values[1]])
@@ -61,8 +62,13 @@ def test_hand_derived_points():
 def test_declarations_are_complete():
     for r in RECIPES.values():
         assert r.confidence in CONFIDENCE and r.source and r.schedule_text and r.training_note
-        assert Recipe(dict(recipe=r.name)).recipe is r  # every recipe builds on 1.x and on 2.0
-        assert Recipe(dict(recipe=r.name), release="2.0").recipe is r
+        assert Recipe(dict(recipe=r.name)).recipe is r  # every recipe builds on 1.x, and on 2.0 but for
+        if r.name in COUNTS_PIXELS:  # a recipe counting LTX's 32x latent tokens from the pixel size
+            with pytest.raises(SettingError, match="spatial_compression=32 has no meaning on Open-Sora 2.0"):
+                Recipe(dict(recipe=r.name), release="2.0")
+            assert "2.0" in r.training_note
+        else:
+            assert Recipe(dict(recipe=r.name), release="2.0").recipe is r
 
 
 def test_the_recipe_expands_and_what_is_beside_it_wins():
@@ -96,3 +102,117 @@ def test_the_recipe_is_declared_once():
 def test_the_readme_lists_every_recipe_as_declared():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert recipes_table() in readme
+
+
+def test_hunyuanvideo15_trains_as_its_train_py():
+    recorded = GOLDENS["hunyuanvideo15"]["training"]
+    eps = recorded["train_eps"]
+    for name in GOLDENS["hunyuanvideo15"]["recipes"]:
+        values = Recipe(dict(recipe=name)).values
+        # the training shift is train.py's, not the sampling shift (validation uses 5.0, inference 2 to 9)
+        assert (values["resolution_shift"], values["shift"]) == ("constant", recorded["train_timestep_shift"])
+        assert values["t_range"] == (eps, 1 - eps) and values["t_range_mode"] == "rescale"
+    assert Recipe(dict(recipe="hunyuanvideo-1.5-480p")).values["sample_method"] == "logit-normal"
+    mix = Recipe(dict(recipe="hunyuanvideo-1.5-480p-mix")).distribution
+    assert mix.sample_method == "mixture"
+    assert [(c.sample_method, c.weight, c.params) for c in mix.params["components"]] == [
+        ("logit-normal", 0.7, (("loc", 0.0), ("scale", 1.0))), ("uniform", 0.3, ())]
+
+
+def test_hunyuanvideo15_draws_as_its_train_py():
+    import torch
+
+    # train.py's 'lognorm' at the normal's quantile u: sigmoid(ndtri(u)) * (1 - 2 eps) + eps, before its shift;
+    # 'mix' at u < 0.7 follows the logit-normal share, the rest the uniform share (inverse CDF of the mixture)
+    u = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    expected = torch.sigmoid(torch.special.ndtri(u)) * (1 - 2e-5) + 1e-5
+    drawn = Recipe(dict(recipe="hunyuanvideo-1.5-720p-t2v")).distribution(u)
+    assert drawn.tolist() == pytest.approx(expected.tolist(), rel=1e-12)
+    mix = Recipe(dict(recipe="hunyuanvideo-1.5-480p-mix")).distribution
+    t = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    f = 0.7 * torch.special.ndtr(torch.logit((t - 1e-5) / (1 - 2e-5))) + 0.3 * (t - 1e-5) / (1 - 2e-5)
+    assert mix.cdf(t).tolist() == pytest.approx(f.tolist(), rel=1e-9)
+    # the sampling shift is the resolution's: 9 at 720p T2V, so 9/2 / (1 + 8/2) at the midpoint
+    assert sigmas("hunyuanvideo-1.5-720p-t2v", 2, 720, 1280, 121)[1] == pytest.approx(0.9)
+
+
+def test_sd3_trains_near_diffusers_and_as_the_paper():
+    import torch
+
+    recorded = GOLDENS["sd3"]["training"]
+    values = Recipe(dict(recipe="sd3")).values
+    assert recorded["weighting_scheme"] == "logit_normal"
+    assert (values["sample_method"], values["resolution_shift"], values["shift"]) == (
+        "logit-normal", "constant", recorded["shift"])
+    # diffusers draws u = sigmoid(N(0, 1)) and trains at sigmas[floor(1000 u)] = shift(1 - floor(1000 u) / 1000):
+    # the logit-normal at the opposite quantile, shifted, rounded up to a multiple of 1/1000 before the shift
+    q = torch.tensor(recorded["quantiles"], dtype=torch.float64)
+    ours = Recipe(dict(recipe="sd3")).distribution(1 - q)
+    a = recorded["shift"]
+    shifted = (a * ours / (1 + (a - 1) * ours)).tolist()
+    assert shifted == pytest.approx(recorded["sigmas"], abs=a * 1e-3)
+    assert shifted != pytest.approx(recorded["sigmas"], abs=1e-7)  # the rounding the note names
+
+
+def test_sd3_smallest_sigma_is_shifted_twice():
+    # 2 steps: [1, shift(shift(1/1000)), 0] with shift(x) = 3x / (1 + 2x)
+    once = 3e-3 / (1 + 2e-3)
+    assert sigmas("sd3", 2, 1024, 1024, 1) == pytest.approx([1, 3 * once / (1 + 2 * once), 0])
+
+
+def test_ltxvideo_hand_derived_and_undefined_at_one_step():
+    # 1024x1024 image: 32 * 32 = 1024 tokens, mu = 0.95; 3 steps: t = 1, 2/3, 1/3, s = e^mu / (e^mu + 1/t - 1),
+    # then 1 - s stretched so that the last is 0.1
+    s = [math.exp(0.95) / (math.exp(0.95) + 1 / t - 1) for t in (1, 2 / 3, 1 / 3)]
+    k = (1 - s[-1]) / 0.9
+    assert sigmas("ltx-video-0.9", 3, 1024, 1024, 1) == pytest.approx([1, 1 - (1 - s[1]) / k, 0.1, 0])
+    with pytest.raises(SettingError, match="steps=1 is not allowed for LTX-Video"):
+        sigmas("ltx-video-0.9", 1, 1024, 1024, 1)
+
+
+@pytest.mark.parametrize("h, w, f, tokens", [(480, 832, 81, 11 * 15 * 26), (1024, 1024, 1, 1024),
+                                             (512, 768, 121, 16 * 16 * 24)])
+def test_ltxvideo_trains_at_its_sampling_mu_where_expressible(h, w, f, tokens):
+    import torch
+
+    # frames 8k + 1, sides multiples of 32: the exponential factor is e^mu with LTX's mu of all latent tokens
+    r = Recipe(dict(recipe="ltx-video-0.9"))
+    meta = dict(height=torch.tensor([float(h)]), width=torch.tensor([float(w)]), num_frames=torch.tensor([float(f)]))
+    mu = 0.95 + (2.05 - 0.95) * (tokens - 1024) / 3072
+    assert math.log(r.shift.shift_factor(meta).item()) == pytest.approx(mu, rel=1e-6)
+
+
+def test_ltx2_training_is_the_shifted_logit_normal_but_not_exact():
+    import torch
+
+    from opensora_timeshift_patch.shift import exponential_shift
+
+    recorded = GOLDENS["ltx2"]["training"]
+    r = Recipe(dict(recipe="ltx-2"))
+    v = r.values
+    assert (v["base_seq_len"], v["max_seq_len"], v["base_shift"], v["max_shift"]) == (
+        recorded["min_tokens"], recorded["max_tokens"], recorded["min_shift"], recorded["max_shift"])
+    assert r.distribution.params == {"loc": 0.0, "scale": recorded["std"]}
+    # its draw before the stretch: sigmoid(N(mu, 1)), mu of all latent tokens; 480x832x81: 11 * 15 * 26 tokens
+    mu = 0.95 + 1.1 * (11 * 15 * 26 - 1024) / 3072
+    meta = dict(height=torch.tensor([480.0]), width=torch.tensor([832.0]), num_frames=torch.tensor([81.0]))
+    u = torch.tensor([0.05, 0.5, 0.95])
+    drawn = exponential_shift(r.distribution(u), r.shift.shift_factor(meta))
+    assert drawn.tolist() == pytest.approx(torch.sigmoid(torch.special.ndtri(u) + mu).tolist(), rel=1e-5)
+    # the three parts it does not express, named with its numbers, in the note and so in the README table
+    note = RECIPES["ltx-2"].training_note
+    assert note.startswith("NOT EXACT")
+    assert "0.5%" in note and "99.9%" in note and f"eps = {recorded['eps']}" in note
+    assert f"mu {recorded['lower_quantile_z']}".replace("mu -", "mu - ") in note
+    assert f"mu + {recorded['upper_quantile_z']}" in note
+    assert f"{recorded['uniform_prob']:.0%} of unshifted uniform" in note
+    with pytest.raises(SettingError, match="steps=1 is not allowed for LTX-2"):
+        sigmas("ltx-2", 1, 480, 832, 81)
+
+
+def test_ltx2_schedule_is_one_at_every_size():
+    # its pipelines count 4096 tokens whatever the size: mu = 2.05; 2 steps: [1, terminal 0.1, 0]
+    assert sigmas("ltx-2", 3, 480, 832, 81) == sigmas("ltx-2", 3, 1024, 1024, 1)
+    s = math.exp(2.05) / (math.exp(2.05) + 1 / (2 / 3) - 1)
+    low = math.exp(2.05) / (math.exp(2.05) + 1 / (1 / 3) - 1)
+    assert sigmas("ltx-2", 3, 720, 1280, 121) == pytest.approx([1, 1 - (1 - s) * 0.9 / (1 - low), 0.1, 0], rel=1e-6)

@@ -46,6 +46,8 @@ class Current(NamedTuple):
     description: str
     rules: Tuple[BucketRule, ...] = ()  # rflow-timeshift's bucket_settings
     per_rule: Tuple[TimestepShift, ...] = ()  # the shift of each rule's samples: its child scheduler's
+    recipe: Optional[str] = None  # the config's recipe=, when it names one
+    recipe_shift: Optional[TimestepShift] = None  # that recipe's own training shift, nothing beside it
 
     def shift_for(self, height: int, width: int, frames: int) -> Tuple[Optional[TimestepShift], Optional[int]]:
         """The shift a clip of this size trains under, and the index of the rule that gives it (None: the
@@ -88,10 +90,14 @@ def current_scheduler(cfg: Optional[Any], version: str) -> Current:
             return Current(None, "rflow-timeshift with use_timestep_transform=False: no shift")
         shift = built.shift
         rules = built.rules
+        recipe = sched.get("recipe")  # valid: it built
+        # the recipe's own training shift, to tell the settings beside it that move the training away from the
+        # sampling shift the recipe pairs it with (where the model trains at another shift, the recipe says so)
+        own = None if recipe is None else build_timeshift(dict(type=kind, recipe=recipe)).shift
         return Current(shift, f"rflow-timeshift, shift_mode {shift.shift_mode!r}, on_degenerate "
                               f"{shift.on_degenerate!r}"
                               + (f", {len(rules)} bucket_settings rule{'s' * (len(rules) > 1)}" if rules else ""),
-                       rules, tuple(child.shift for child in bucket_children(built)))
+                       rules, tuple(child.shift for child in bucket_children(built)), recipe, own)
     raise UsageError(f"scheduler type {short(kind)} is not audited: only 'rflow' and 'rflow-timeshift' shift timesteps")
 
 
@@ -521,6 +527,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     extreme: List[Tuple[int, int, int, Optional[str]]] = []  # not refused, but timesteps pile up at one end
     notes: List[str] = []  # the guard's note on each of them
     messages: List[str] = []
+    moved: List[Tuple[Key, float, float]] = []  # (bucket, the config's factor, the recipe's own training factor)
     rule_of: Dict[Tuple[int, int, int, Optional[str]], Optional[int]] = {}  # the bucket_settings rule of a bucket
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
         h, w, n, name = key
@@ -537,6 +544,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             notes.append(verdict.message)
         if verdict.kind == "refused" and verdict.message not in messages:
             messages.append(verdict.message)
+        if current.recipe_shift is not None and applies is None and not math.isnan(verdict.factor):
+            own = guard.judge(current.recipe_shift, h, w, n).factor
+            if not math.isclose(verdict.factor, own, rel_tol=1e-6):
+                moved.append((key, verdict.factor, own))
         n_t = torch.tensor([float(n)])
         cells = []
         for m in SHIFT_MODES:
@@ -568,6 +579,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         first = notes[0][len("note: "):] if notes[0].startswith("note: ") else notes[0]
         print(f"\nnote: timesteps pile up at one end for {buckets_text(extreme)} (on_degenerate='error' would refuse "
               f"such batches); the guard says, for the first: {first}")
+
+    if moved:
+        from ..recipes import RECIPES
+
+        r = RECIPES[current.recipe]
+        _, f, g = moved[0]
+        print(f"\nnote: the settings beside recipe={r.name!r} change its training shift for "
+              f"{buckets_text([k for k, _, _ in moved])} (the first: factor {f:.3f}, the recipe's own {g:.3f}), so "
+              f"training no longer meets the sampling schedule as the recipe pairs them (sampling: {r.schedule_text})")
 
     def frames_of(items: List[Tuple[Tuple[int, int, int, Optional[str]], int]]) -> List[int]:
         return sorted({k[2] for k, _ in items})

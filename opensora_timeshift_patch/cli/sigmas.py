@@ -9,6 +9,7 @@ import re
 from typing import Any, Tuple
 
 from ..recipes import RECIPES
+from ..settings import SettingError
 from .common import UsageError, format_table
 from .options import MAX_FRAMES, MAX_SIDE, Once, int_in
 
@@ -29,7 +30,10 @@ def cmd_sigmas(args: argparse.Namespace) -> int:
         raise UsageError(f"--recipe {args.recipe!r} is not one of {', '.join(RECIPES)}")
     recipe = RECIPES[args.recipe]
     (height, width), frames, steps = args.resolution, args.frames, args.steps
-    values = recipe.schedule(steps, height, width, frames)
+    try:
+        values = recipe.schedule(steps, height, width, frames)
+    except SettingError as err:  # a size or step count the model's own schedule is undefined at
+        raise UsageError(str(err)) from None
     if args.json:
         print(json.dumps(dict(recipe=recipe.name, model=recipe.model, steps=steps, height=height, width=width,
                               frames=frames, schedule=recipe.schedule_text, source=recipe.source,
