@@ -168,3 +168,30 @@ def test_patch_refuses_what_the_scheduler_refuses(kwargs, message):
         ots.RFlowTimeShift(**kwargs)
     with pytest.raises(ots.SettingError, match=message):  # before it looks for Open-Sora: the settings are wrong
         ots.patch(**kwargs)
+
+
+def test_telemetry_on_the_opensora_backend_counts_stock_rflow_s_per_sample_losses(fake_opensora, tmp_path):
+    """Open-Sora's own RFLOW computes the loss (backend='opensora'); telemetry counts each sample's loss in its
+    bucket: per bucket, the count is the samples seen and the sum the losses training_losses returned."""
+    import json
+
+    from opensora_timeshift_patch.telemetry import FILE_NAME
+    from standin.stubs import StubModel, batch_meta
+
+    run = tmp_path / "telemetry"
+    s = ots.build_module(dict(type="rflow-timeshift", backend="opensora", shift_mode="latent",
+                              telemetry=dict(dir=str(run), bins=10, every=4)), ots.SCHEDULERS)
+    assert s.backend == "opensora"
+    fed = {9: [0, 0.0], 17: [0, 0.0]}
+    for step in range(4):
+        frames, latent = (17, 5) if step % 2 else (9, 3)
+        x = torch.randn(3, 4, latent, 4, 4)
+        out = s.training_losses(StubModel(), x, model_args=batch_meta(3, 256, 256, frames), mask_index=[])
+        fed[frames][0] += 3
+        fed[frames][1] += float(out["loss"].double().sum())
+    records = {r["num_frames"]: r for r in map(json.loads, (run / FILE_NAME).read_text().splitlines())}
+    assert sorted(records) == [9, 17]
+    for frames, (count, total) in fed.items():
+        assert sum(records[frames]["count"]) == count == records[frames]["samples"]
+        assert sum(records[frames]["sum"]) == pytest.approx(total, rel=1e-6)
+        assert not records[frames]["check"]["alarm"]
