@@ -114,6 +114,16 @@ def test_a_wrong_draw_fires_per_bucket(tmp_path, wrong):
     assert len(alarms) == 2 and any("256x256, 17 frames" in a for a in alarms) and any("512x512, 9" in a for a in alarms)
 
 
+def test_a_shift_that_did_not_take_effect_fires_where_it_would_have_moved_the_draws(tmp_path):
+    """Draws left unshifted while the recipe shifts: the 512x512, 9-frame bucket (factor sqrt(3) under latent) fires;
+    the 256x256, 17-frame one (factor sqrt(1/4 * 5) = 1.118) is too close to unshifted for 1600 draws to tell, and
+    the test says nothing there rather than guess."""
+    records, alarms = run_draws(tmp_path, dict(use_timestep_transform=False))
+    by_size = {r["height"]: r for r in records}
+    assert by_size[512]["check"]["alarm"] and not by_size[256]["check"]["alarm"]
+    assert len(alarms) == 1 and "512x512, 9 frames" in alarms[0]
+
+
 def test_g_test_draws_where_nothing_can_fall_is_an_alarm():
     assert g_test([0, 5, 5], [0.0, 0.5, 0.5], 1e-6)["alarm"] is False
     assert g_test([1, 5, 5], [0.0, 0.5, 0.5], 1e-6)["alarm"] is True
