@@ -137,6 +137,23 @@ def ltx2_schedule(steps: int, height: int, width: int, frames: int) -> List[floa
     return (1 - one_minus / (one_minus[-1] / (1 - 0.1))).tolist() + [0.0]
 
 
+def _opensora1_schedule(release: str, temporal: Callable[[int], int], rule: str, smallest: int) -> Schedule:
+    """Open-Sora 1.x's sample(): t = (1 - i/steps) N through its timestep_transform (sqrt(H W / 512^2) times
+    sqrt of the temporal size, rational), sigma = t / N, then the terminal 0."""
+    def schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+        size = 1 if frames == 1 else temporal(frames)  # stock looks at num_frames == 1 for an image
+        if size <= 0:
+            from .settings import SettingError
+
+            # stock's factor is 0 there: its first step is 0 / 0 (NaN), every later one 0
+            raise SettingError(f"frames={frames!r} is not allowed for Open-Sora {release}'s schedule (its temporal "
+                               f"size {rule} is 0 there, so stock samples NaN at its first step): use 1 or "
+                               f"{smallest} or more")
+        ratio = math.sqrt(height * width / (512 * 512)) * math.sqrt(size)
+        return [rational(ratio, t) for t in _grid(steps)]
+    return schedule
+
+
 def _constant_training(a: float) -> Dict[str, Any]:
     # A constant factor with no temporal part: these models shift by a number, not by clip length.
     return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
@@ -169,6 +186,13 @@ _LTX_TOKENS = dict(shift_family="exponential", resolution_shift="linear", token_
                    max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
                    shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True)
 
+_OS1 = ("hpcaitech/Open-Sora configs/opensora-v1-{v}/train/stage1.py (scheduler), "
+        "configs/opensora-v1-{v}/inference/{inf} (num_sampling_steps=30), opensora/schedulers/rf/__init__.py "
+        "RFLOW.sample, opensora/schedulers/rf/{fn} timestep_transform, commit {c}")
+_OS1_NOTE = ("its own rule, as its train config sets it: t = sigmoid(N(0, 1)) (logit-normal), then the rational "
+             "shift by sqrt(H W / 512^2) sqrt({rule}) (1 for an image); not expressed: stock's bf16 meta, which round "
+             "the factor")
+
 _RECIPES = (
     ModelRecipe("opensora-2.0", "Open-Sora 2.0",
                 dict(sample_method="logit-normal", resolution_shift="linear"),
@@ -176,6 +200,18 @@ _RECIPES = (
                 opensora2_schedule, "alpha = lin(256 -> 1, 4096 -> 3)(ceil(H/16) ceil(W/16)) x sqrt(latent frames)",
                 "hpcaitech/Open-Sora opensora/utils/sampling.py get_schedule (lines 307-332), "
                 "scripts/diffusion/train.py, commit 7ad6a96a", "official code", {}),
+    ModelRecipe("opensora-1.2", "Open-Sora 1.2",
+                dict(sample_method="logit-normal", shift_mode="legacy"),
+                _OS1_NOTE.format(rule="num_frames // 17 * 5"),
+                _opensora1_schedule("1.2", lambda f: f // 17 * 5, "num_frames // 17 * 5", 17),
+                "sqrt(H W / 512^2) sqrt(F // 17 * 5) (1 for an image), rational; 30 steps in its sample.py",
+                _OS1.format(v=2, inf="sample.py", fn="rectified_flow.py", c="bde3c420"), "official code", {}),
+    ModelRecipe("opensora-1.3", "Open-Sora 1.3",
+                dict(sample_method="logit-normal", shift_mode="v13"),
+                _OS1_NOTE.format(rule="(num_frames - 1) // 4"),
+                _opensora1_schedule("1.3", lambda f: (f - 1) // 4, "(num_frames - 1) // 4", 5),
+                "sqrt(H W / 512^2) sqrt((F - 1) // 4) (1 for an image), rational; 30 steps in its t2v.py",
+                _OS1.format(v=3, inf="t2v.py", fn="time_sampler.py", c="2ca632a2"), "official code", {}),
     ModelRecipe("wan2.1-t2v", "Wan 2.1 T2V (and 720p I2V)", _constant_training(5.0), _WAN_TRAIN,
                 _wan_dpm(5.0), "constant shift 5.0", _WAN21, "official code", {}),
     ModelRecipe("wan2.1-i2v-480p", "Wan 2.1 I2V at 832x480", _constant_training(3.0), _WAN_TRAIN,

@@ -8,11 +8,12 @@ model's inference derives from the pixel size (its get_noise / prepare), which i
 
     python scripts/record_model_schedules.py --flux PATH --opensora2 PATH --wan21 PATH --wan22 PATH \
         --hunyuanvideo PATH --stepvideo PATH --hunyuanvideo15 PATH --sd3 PATH \
-        --ltxvideo PATH --ltx2 PATH
+        --ltxvideo PATH --ltx2 PATH --opensora12 PATH --opensora13 PATH
 
 Each path is a checkout (a work tree) of black-forest-labs/flux, hpcaitech/Open-Sora (main, 2.0), Wan-Video/Wan2.1,
 Wan-Video/Wan2.2, Tencent-Hunyuan/HunyuanVideo, stepfun-ai/Step-Video-T2V, Tencent-Hunyuan/HunyuanVideo-1.5,
-huggingface/diffusers (SD3), Lightricks/LTX-Video and Lightricks/LTX-2.
+huggingface/diffusers (SD3), Lightricks/LTX-Video, Lightricks/LTX-2 and hpcaitech/Open-Sora at its branches
+opensora/v1.2 and opensora/v1.3.
 Sections not given keep what the file already records, so one model can be recorded alone.
 """
 
@@ -389,9 +390,63 @@ def ltx2(checkout: str) -> Dict[str, Any]:
                 training=training)
 
 
+OPENSORA1_CASES = [(30, 720, 1280, 51), (30, 256, 256, 17), (10, 480, 854, 102), (30, 720, 1280, 1),
+                   (1, 720, 1280, 51), (4, 480, 854, 113)]
+
+
+def config_call(path: str, name: str) -> Dict[str, Any]:
+    """The literal keywords of ``name = dict(...)`` in an mmengine config file."""
+    for node in ast.parse(open(path, encoding="utf-8").read(), path).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name:
+            return {k.arg: ast.literal_eval(k.value) for k in node.value.keywords}
+    raise SystemExit(f"{path}: no {name}")
+
+
+def opensora1(checkout: str, release: str, file: str, names: List[str], inference: str,
+              degenerate: List[int]) -> Dict[str, Any]:
+    v = release.replace(".", "-")
+    fn = functions(os.path.join(checkout, *file.split("/")), names, {"torch": torch})["timestep_transform"]
+    train = config_call(os.path.join(checkout, "configs", f"opensora-v{v}", "train", "stage1.py"), "scheduler")
+    infer = config_call(os.path.join(checkout, "configs", f"opensora-v{v}", "inference", inference), "scheduler")
+    N = 1000  # RFLOW's num_timesteps default; neither config sets it
+    # RFLOW.sample passes scale=self.transform_scale (1.3 only; 1.2 none) and, in 1.3, scale_temporal
+    kwargs = dict(scale=infer.get("transform_scale", 1.0), scale_temporal=infer.get("scale_temporal", True)) \
+        if release == "1.3" else {}
+
+    def run(s: int, h: int, w: int, f: int) -> List[float]:
+        # read: prepare_multi_resolution_info makes height, width, num_frames tensors of the batch (fp32 here;
+        # stock's bf16 would round them) and sample() shifts (1 - i/s) N, one tensor per step
+        meta = {k: torch.tensor([float(x)]) for k, x in (("height", h), ("width", w), ("num_frames", f))}
+        ts = [fn(torch.tensor([(1.0 - i / s) * N]), meta, num_timesteps=N, **kwargs) for i in range(s)]
+        return [float(t[0]) / N for t in ts] + [0.0]  # dt = gap / N, the last step to 0
+
+    cases = [dict(steps=s, height=h, width=w, frames=f, sigmas=run(s, h, w, f)) for s, h, w, f in OPENSORA1_CASES]
+    refused = []
+    for f in degenerate:
+        first = run(30, 720, 1280, f)[0]
+        if not math.isnan(first):
+            raise SystemExit(f"{release}: expected NaN at {f} frames, got {first}")
+        refused.append(dict(steps=30, height=720, width=1280, frames=f))
+    return dict(file=f"{file}, configs/opensora-v{v}/train/stage1.py, configs/opensora-v{v}/inference/{inference}",
+                commit=commit(checkout), read="sample(): t = (1 - i/steps) N, each through timestep_transform with "
+                "the clip's height, width, num_frames; sigma = t / N, then 0",
+                recipes={f"opensora-{release}": cases}, nan_at_first_step=refused,
+                training=train, inference=infer)
+
+
+def opensora12(checkout: str) -> Dict[str, Any]:
+    return opensora1(checkout, "1.2", "opensora/schedulers/rf/rectified_flow.py", ["timestep_transform"],
+                     "sample.py", [16, 2])
+
+
+def opensora13(checkout: str) -> Dict[str, Any]:
+    return opensora1(checkout, "1.3", "opensora/schedulers/rf/time_sampler.py", ["extract_hwt", "timestep_transform"],
+                     "t2v.py", [2, 4])
+
+
 SECTIONS = {"flux": flux, "opensora2": opensora2, "wan21": wan21, "wan22": wan22, "hunyuanvideo": hunyuanvideo,
             "stepvideo": stepvideo, "hunyuanvideo15": hunyuanvideo15, "sd3": sd3,
-            "ltxvideo": ltxvideo, "ltx2": ltx2}
+            "ltxvideo": ltxvideo, "ltx2": ltx2, "opensora12": opensora12, "opensora13": opensora13}
 
 
 def main() -> None:

@@ -53,6 +53,8 @@ def test_the_size_reaches_the_schedule(capsys):
     ["--recipe", "flux", "--resolution", ""], ["--recipe", "flux", "--frames", "0"],
     ["--recipe", "flux", "--recipe", "flux"], ["--recipe", "flux", "--steps", "2", "--steps", "3"],
     ["--recipe", "ltx-video-0.9", "--steps", "1"],  # its own schedule is 0 / 0 there
+    ["--recipe", "opensora-1.2", "--frames", "16"],  # T_eff = 16 // 17 * 5 = 0: stock's first step is NaN
+    ["--recipe", "opensora-1.3", "--frames", "3"],  # T_eff = (3 - 1) // 4 = 0
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     code, out, err = run_any(capsys, "sigmas", *argv)

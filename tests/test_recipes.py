@@ -3,6 +3,7 @@ scripts/record_model_schedules.py), the expansion into settings, and the README 
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,12 @@ def test_hand_derived_points():
     assert sigmas("opensora-2.0", 2, 768, 768, 1)[1] == pytest.approx(alpha * 0.5 / (1 + (alpha - 1) * 0.5))
     # Flux at 1024x1024: 4096 tokens, mu = 1.15, sigma at t = 1/2 is e^mu / (e^mu + 1)
     assert sigmas("flux", 2, 1024, 1024, 1)[1] == pytest.approx(1 / (1 + math.exp(-1.15)))
+    # Open-Sora 1.2 at 512x512 x 34 frames: T = 34 // 17 * 5 = 10, factor sqrt(10); 1.3 at 17 frames: T = 16 // 4
+    # = 4, factor 2; an image: factor 1 in both
+    a = math.sqrt(10)
+    assert sigmas("opensora-1.2", 2, 512, 512, 34)[1] == pytest.approx(a * 0.5 / (1 + (a - 1) * 0.5))
+    assert sigmas("opensora-1.3", 2, 512, 512, 17)[1] == pytest.approx(2 / 3)
+    assert sigmas("opensora-1.3", 4, 512, 512, 1) == pytest.approx([1, 0.75, 0.5, 0.25, 0])
 
 
 def test_declarations_are_complete():
@@ -216,3 +223,44 @@ def test_ltx2_schedule_is_one_at_every_size():
     s = math.exp(2.05) / (math.exp(2.05) + 1 / (2 / 3) - 1)
     low = math.exp(2.05) / (math.exp(2.05) + 1 / (1 / 3) - 1)
     assert sigmas("ltx-2", 3, 720, 1280, 121) == pytest.approx([1, 1 - (1 - s) * 0.9 / (1 - low), 0.1, 0], rel=1e-6)
+
+
+OPENSORA1 = {"opensora12": ("opensora-1.2", "legacy"), "opensora13": ("opensora-1.3", "v13")}
+
+
+@pytest.mark.parametrize("section", OPENSORA1)
+def test_opensora1_recipes_train_as_their_train_config(section):
+    name, mode = OPENSORA1[section]
+    recorded = GOLDENS[section]
+    r = Recipe(dict(recipe=name))
+    assert r.values["sample_method"] == recorded["training"]["sample_method"] == "logit-normal"
+    assert r.values["use_timestep_transform"] is recorded["training"]["use_timestep_transform"] is True
+    assert r.values["shift_mode"] == mode and r.values["resolution_shift"] == "sqrt"
+    assert f"{recorded['inference']['num_sampling_steps']} steps" in RECIPES[name].schedule_text
+    # the training shift (the 1.x path the recipe configures) meets stock's own transform at every recorded t
+    import torch
+
+    for case in recorded["recipes"][name]:
+        meta = {k: torch.tensor([float(case[k])]) for k in ("height", "width")}
+        meta["num_frames"] = torch.tensor([float(case["frames"])])
+        for i, sigma in enumerate(case["sigmas"][:-1]):
+            t = torch.tensor([(1.0 - i / case["steps"]) * 1000])
+            assert float(r.shift(t, meta, 1000)[0]) / 1000 == pytest.approx(sigma, rel=2e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("section", OPENSORA1)
+def test_opensora1_recipes_refuse_where_stock_samples_nan(section):
+    import torch
+
+    name, _ = OPENSORA1[section]
+    release = name.split("-")[1]
+    cases = GOLDENS[section]["nan_at_first_step"]
+    assert cases  # the recorder saw stock's NaN there
+    for case in cases:
+        with pytest.raises(SettingError, match=rf"frames={case['frames']} is not allowed for Open-Sora "
+                                               rf"{re.escape(release)}'s schedule .*NaN at its first step"):
+            sigmas(name, case["steps"], case["height"], case["width"], case["frames"])
+        meta = {"height": torch.tensor([720.0]), "width": torch.tensor([1280.0]),
+                "num_frames": torch.tensor([float(case["frames"])])}
+        with pytest.raises(ValueError, match="T_eff = 0"):  # training: the guard, as for any settings
+            Recipe(dict(recipe=name)).shift(torch.tensor([500.0]), meta, 1000)
