@@ -65,10 +65,12 @@ def main(argv: list | None = None) -> int:
     edges = np.linspace(0, 1, BINS + 1)
     cmap = plt.get_cmap("tab20")
     for i, name in enumerate(names):
-        color = cmap(i % 20)
-        left.stairs(training_density(name, height, width, args.frames), edges, color=color, lw=1.5, label=name)
+        # past tab20's 20 colours, dashed, so that no two recipes share a line
+        color, style = cmap(i % 20), ("-", "--", ":")[i // 20 % 3]
+        left.stairs(training_density(name, height, width, args.frames), edges, color=color, lw=1.5, ls=style,
+                    label=name)
         s = sigmas(name, args.steps, height, width, args.frames)
-        right.plot(range(len(s)), s, color=color, lw=1.5, label=f"{name} ({RECIPES[name].confidence})")
+        right.plot(range(len(s)), s, color=color, lw=1.5, ls=style, label=f"{name} ({RECIPES[name].confidence})")
     left.set(xlabel="shifted training t / N (1 = pure noise)", ylabel="density",
              title=f"training timesteps at {height}x{width}, {args.frames} frames")
     right.set(xlabel="sampling step", ylabel="sigma", title=f"sampling schedule, {args.steps} steps")
