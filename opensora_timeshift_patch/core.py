@@ -233,6 +233,12 @@ class Recipe:
             return (t * n).floor().clamp(max=n - 1).long()
         return (t * n).float() if n != 1 else t
 
+    def band_uniforms(self, u: Tensor, factor: Any) -> Tensor:
+        """``u`` mapped into ``noise_range``'s band of the base uniforms for shift factor ``factor`` (``u`` itself
+        without ``noise_range``): what :meth:`timesteps` draws through. The band's width is the share of the
+        unconfined shifted draw that falls within ``noise_range`` (what inspect shows per bucket)."""
+        return u if self.noise_range is None else self._noise_band(u, factor)
+
     def _noise_band(self, u: Tensor, factor: Any) -> Tensor:
         assert self.noise_range is not None
         a = torch.as_tensor(factor, dtype=torch.float64, device=u.device)  # broadcasts against u

@@ -31,6 +31,7 @@ def test_inverse_shift_undoes_the_shift(family, sigma):
 
 # --- noise_range: the draw confined to one side of a boundary in shifted noise level ----------------------------
 
+import json  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -215,16 +216,98 @@ def test_noise_range_on_the_exponential_family(lo, hi):
     assert stats.ks_2samp(ours, full[(full >= lo) & (full <= hi)]).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("argv", [
-    ["--set", "noise_range=(0.875, 1.0)"],
-    ["--opensora-version", "2.0", "--set", "noise_range=(0.0, 0.9)"],
-    ["--set", "bucket_settings=[{'frames': 16, 'noise_range': (0.875, 1.0)}]"],
-])
-def test_inspect_refuses_noise_range_rather_than_show_the_unconfined_draw(argv, capsys):
+# --- inspect and plot show the confined draw ------------------------------------------------------------------
+# Uniform base, rational shift a = 5 (resolution_shift='constant', shift=5): the shifted s is the unshifted
+# s / (a - (a - 1) s), so the band (0.875, 1] is t in [7/12, 1], a share 5/12 of the uniform draw. The q-quantile
+# of the confined shifted draw is s_5(7/12 + q 5/12), s_5(t) = 5 t / (1 + 4 t): by hand, p5 = s_5(29/48) = 145/164,
+# median = s_5(19/24) = 95/100, p95 = s_5(47/48) = 235/236.
+AT_SHIFT_5 = ["--set", "resolution_shift='constant'", "--set", "shift=5", "--set", "noise_range=(0.875, 1.0)"]
+CONFINED_AT_5 = (145 / 164, 0.95, 235 / 236)
+
+
+def _inspect(capsys, *argv):
     from test_cli import run_any
-    code, stdout, err = run_any(capsys, "inspect", "--frames", "16", "--resolution", "256x256", *argv)
-    assert code == 2 and stdout == "" and len(err.splitlines()) == 1, err
-    assert "noise_range: not for inspect and plot on Open-Sora" in err and "Traceback" not in err
+    code, stdout, err = run_any(capsys, "inspect", "--frames", "1", "--resolution", "512x512", *map(str, argv))
+    assert code == 0 and err == "", err
+    return stdout
+
+
+def _row(stdout, label):
+    (line,) = [line for line in stdout.splitlines() if line.startswith("512x512") and f" {label} " in line]
+    return line.split()
+
+
+def test_inspect_shows_the_confined_draw_and_its_share_on_1x(capsys):
+    argv = ("--sample-method", "uniform", "--mode", "spatial", *AT_SHIFT_5)
+    table = _inspect(capsys, *argv)
+    assert "noise_range: the quantiles" in table
+    row = _row(table, "spatial")  # resolution frames mode T_eff shift p5 median p95 share status
+    assert row[4] == "5.000"
+    assert [float(x) for x in row[5:8]] == pytest.approx([1000 * q for q in CONFINED_AT_5], abs=0.051)
+    assert row[8] == "0.417"
+    (doc,) = [json.loads(_inspect(capsys, *argv, "--json"))["rows"]]
+    (r,) = doc
+    assert (r["p5"], r["median"], r["p95"]) == pytest.approx(tuple(1000 * q for q in CONFINED_AT_5), rel=1e-9)
+    assert r["noise_range_share"] == pytest.approx(5 / 12, rel=1e-12)
+
+
+def test_inspect_shows_the_confined_draw_and_its_share_on_2x(capsys):
+    argv = ("--opensora-version", "2.0", "--set", "sample_method='uniform'", *AT_SHIFT_5)
+    row = _row(_inspect(capsys, *argv), "settings")  # ... rule tokens alpha p5 median p95 share status
+    assert row[5] == "5.000"
+    assert [float(x) for x in row[6:9]] == pytest.approx(CONFINED_AT_5, abs=5e-4) and row[9] == "0.417"
+    stock, settings = json.loads(_inspect(capsys, *argv, "--json"))["rows"]
+    assert stock["noise_range_share"] is None  # stock 2.0's rule has no band
+    assert (settings["p5"], settings["median"], settings["p95"]) == pytest.approx(CONFINED_AT_5, rel=1e-9)
+    assert settings["noise_range_share"] == pytest.approx(5 / 12, rel=1e-12)
+
+
+def test_inspect_confines_only_the_buckets_of_a_rule_with_noise_range(capsys):
+    # The 16-frame rule's bucket at shift a = 5 (T_eff does not enter under resolution_shift='constant' and
+    # shift_mode='spatial') is confined to (0, 0.5]: t in [0, 0.5 / (5 - 4 * 0.5)] = [0, 1/6], share 1/6, median
+    # s_5(1/12) = (5/12) / (1 + 4/12) = 5/16. The 1-frame bucket keeps the unconfined median s_5(1/2) = 5/6.
+    doc = json.loads(_inspect(capsys, "--frames", "16", "--sample-method", "uniform", "--mode", "spatial",
+                              "--set", "resolution_shift='constant'", "--set", "shift=5",
+                              "--set", "bucket_settings=[{'frames': 16, 'noise_range': (0.0, 0.5)}]", "--json"))
+    one, sixteen = sorted(doc["rows"], key=lambda r: r["frames"])
+    assert sixteen["rule"] == 0 and sixteen["median"] == pytest.approx(1000 * 5 / 16, rel=1e-9)
+    assert sixteen["noise_range_share"] == pytest.approx(1 / 6, rel=1e-12)
+    assert one["rule"] is None and one["median"] == pytest.approx(1000 * 5 / 6, rel=1e-9)
+    assert one["noise_range_share"] is None
+
+
+def _plot_view(*argv):
+    from opensora_timeshift_patch.cli import build_parser
+    from opensora_timeshift_patch.cli.views import view_of
+    return view_of(build_parser().parse_args(["plot", "--out", "unused", *map(str, argv)]))
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_plot_draws_the_confined_shifted_draw(v2):
+    from opensora_timeshift_patch.cli.plot import bucket_curves, uniforms_of
+    argv = (["--opensora-version", "2.0", "--set", "sample_method='uniform'"] if v2
+            else ["--sample-method", "uniform", "--mode", "spatial"])
+    view = _plot_view("--frames", "1", "--resolution", "512x512", *argv, *AT_SHIFT_5)
+    curve = bucket_curves(view, (512, 512), 1, uniforms_of(20_000))[-1]
+    draws = curve.draws.double().numpy()  # shifted t in [0, 1] on both
+    # The confined law's CDF by hand: P(t' <= x) = (s_5^-1(x) - 7/12) / (5/12) on [0.875, 1].
+    assert draws.min() >= 0.875 - 1e-9 and draws.max() <= 1 + 1e-9
+    cdf = lambda x: (np.clip(x / (5 - 4 * x), 7 / 12, 1) - 7 / 12) / (5 / 12)  # noqa: E731
+    assert stats.kstest(draws, cdf).pvalue > 1e-3
+
+
+def test_plot_emphasis_density_is_the_confined_one():
+    # With a loss weighting, the sampling density drawn per bucket: bin [x0, x1) holds (s_5^-1(x1) - s_5^-1(x0))
+    # / (5/12) of the confined draw, none below 0.875.
+    from opensora_timeshift_patch.cli.plot import PLOT_EDGES, emphasis_curves
+    view = _plot_view("--frames", "1", "--resolution", "512x512", "--sample-method", "uniform", "--mode", "spatial",
+                      "--loss-weighting", "sigma_sqrt", *AT_SHIFT_5)
+    (curve,) = emphasis_curves(view, (512, 512), 1)
+    mass = curve.density * np.diff(PLOT_EDGES)
+    back = PLOT_EDGES / (5 - 4 * PLOT_EDGES)
+    expected = np.clip(np.diff(np.clip(back, 7 / 12, 1)) / (5 / 12), 0, None)
+    assert mass[:87].sum() == 0
+    assert mass == pytest.approx(expected, abs=2e-4)
 
 
 def test_the_guard_judges_the_confined_draw():

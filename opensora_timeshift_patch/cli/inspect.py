@@ -17,7 +17,8 @@ def columns(view: Any) -> List[str]:
     return (["resolution", "frames"] + (["latent"] if view.latent else []) + [view.label_header]
             + (["rule"] if view.generation == "1.x" and view.rules else [])
             + (["T_eff"] if not view.tokens else ["tokens"])
-            + [view.factor_header, "p5", "median", "p95"] + (["w_median"] if view.weighted else []) + ["status"])
+            + [view.factor_header, "p5", "median", "p95"] + (["w_median"] if view.weighted else [])
+            + (["share"] if view.banded else []) + ["status"])
 
 
 def cells(view: Any, b: Bucket) -> List[Any]:
@@ -27,7 +28,8 @@ def cells(view: Any, b: Bucket) -> List[Any]:
             + ([rule_cell(b.rule)] if view.generation == "1.x" and view.rules else [])
             + ([fmt(b.t_eff, 2)] if not view.tokens else [b.tokens])
             + [fmt(b.factor, 3), *(fmt(q, digits) if q is not None else "nan" for q in quantiles)]
-            + ([fmt(b.emphasis_median)] if view.weighted else []) + [STATUS_TEXT[b.kind].row])
+            + ([fmt(b.emphasis_median)] if view.weighted else []) + ([fmt(b.share, 3)] if view.banded else [])
+            + [STATUS_TEXT[b.kind].row])
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -58,7 +60,9 @@ def add_parser(sub: Any, formatter: Any, epilog: str) -> None:
                                    "temporal_exponent, token_count, ...) before a run, validated as training\n"
                                    "validates them. --opensora-version 2.0: per resolution x frame count, the latent, the\n"
                                    "tokens, alpha and the shifted-t quantiles under stock 2.0's rule and under your\n"
-                                   "settings, built as rflow-timeshift builds them on 2.0.")
+                                   "settings, built as rflow-timeshift builds them on 2.0. With noise_range, the\n"
+                                   "quantiles are of the draw confined to it (converted through each bucket's\n"
+                                   "factor) and share is the part of the unconfined shifted draw within it.")
     add_selection(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)

@@ -223,7 +223,8 @@ def add_parser(sub: Any, formatter: Any, epilog: str) -> None:
                                    "replaced. With --loss-weighting, also one emphasis_*.png per resolution x frame\n"
                                    "count: per mode, the density of the shifted training timestep and the effective\n"
                                    "emphasis (that density times the loss weight w(t), normalised), with w(t); both\n"
-                                   "computed at 100000 equally likely points, not sampled.")
+                                   "computed at 100000 equally likely points, not sampled. With noise_range, the\n"
+                                   "draws are confined to it through each bucket's own factor, as training draws.")
     p.add_argument("--out", required=True, action=Once, help="directory for the PNG files (not an existing file)")
     add_selection(p)
     p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=20000, action=Once,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import guard
+from ..core import Recipe
 from ..buckets import (OPENSORA2_ASPECT_RATIOS, Opensora2Geometry, opensora2_base_size, opensora2_pixels,
                        opensora2_sizes)
 from ..density import density_quantile, midpoint_uniforms, shifted_quantiles
@@ -44,18 +45,34 @@ NOT_SHOWN_ON_1X = {
     "shift_mode": "use --mode (every mode given is shown)",
     "on_degenerate": "inspect and plot show stock's numbers and mark what on_degenerate='error' refuses",
     "use_timestep_transform": "inspect and plot show the shift",
-    "noise_range": "inspect and plot draw the unconfined distribution; noise_range's band (converted per bucket "
-                   "factor) is applied by training and its telemetry only",
 }
+BAND_LINE = ("noise_range: the quantiles and curves are of the draw confined to it, converted through each bucket's "
+             "own factor as training converts it; share: the part of the unconfined shifted draw within it")
 
 
-def refuse_unshown_band(settings: Dict[str, Any], release: str) -> None:
-    """Refuse noise_range, top-level or in a bucket rule: the views' quantiles and curves would not be the draw."""
-    rules = settings.get("bucket_settings")
-    in_rule = isinstance(rules, (list, tuple)) and any(isinstance(r, dict) and "noise_range" in r for r in rules)
-    if "noise_range" in settings or in_rule:
-        raise UsageError(f"noise_range: not for inspect and plot on Open-Sora {release}: "
-                         f"{NOT_SHOWN_ON_1X['noise_range']}")
+def recipe_of(scheduler: Any) -> Recipe:
+    """The Recipe of a scheduler, a 2.0 drop-in or a rule's own Recipe."""
+    return scheduler if isinstance(scheduler, Recipe) else scheduler.recipe
+
+
+def drawn(scheduler: Any, u: torch.Tensor, factor: Optional[float]) -> torch.Tensor:
+    """The base timesteps in [0, 1] that uniforms ``u`` draw for a bucket of shift factor ``factor``: within
+    noise_range's band for that factor (the Recipe's own conversion), as training draws them. A factor of 0 (every
+    shifted t at 0) or none (no shift) has no band to convert through: drawn unconfined."""
+    recipe = recipe_of(scheduler)
+    if factor is not None and factor > 0:
+        u = recipe.band_uniforms(u, factor)
+    return recipe.distribution(u)
+
+
+def band_share(scheduler: Any, factor: Optional[float]) -> Optional[float]:
+    """The share of a bucket's unconfined shifted draw that falls within noise_range (None without noise_range, or
+    without a factor to convert through)."""
+    recipe = recipe_of(scheduler)
+    if recipe.noise_range is None or factor is None or not factor > 0:
+        return None
+    low, high = recipe.band_uniforms(torch.tensor([0.0, 1.0], dtype=torch.float64), factor).tolist()
+    return high - low
 
 
 class Bucket(NamedTuple):
@@ -78,6 +95,7 @@ class Bucket(NamedTuple):
     inference_factor: Optional[float] = None  # 2.0: the inference alpha
     emphasis_median: Optional[float] = None  # 1.x with a loss weighting: the effective emphasis's median
     inference_size: Optional[Tuple[int, int]] = None  # 2.0: the (H, W) inference samples the bucket at
+    share: Optional[float] = None  # with noise_range: the part of the unconfined shifted draw within it
 
 
 class Curve(NamedTuple):
@@ -160,7 +178,6 @@ def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, An
     it accepts and refuses what training would, and the chosen settings. A policy's parameter goes to the selected
     modes that take it."""
     settings = chosen_settings(args, v2=False)
-    refuse_unshown_band(settings, "1.x")
     for key, value in settings.items():
         if key in NOT_SHOWN_ON_1X or (key in SETTINGS and key not in SHOWN_ON_1X):
             why = NOT_SHOWN_ON_1X.get(key, "inspect and plot show the shift, the timestep distribution and the loss "
@@ -262,7 +279,7 @@ class Opensora1View:
             return Bucket(mode.mode, mode.rule, hw[0], hw[1], frames, stock.t_eff, None, kind, message, None)
         batch = _meta(hw, frames, len(QUANTILES))
         factor = self.factor(mode, hw, frames)
-        shifted = shifted_quantiles(mode.scheduler.distribution,
+        shifted = shifted_quantiles(lambda q: drawn(mode.scheduler, q, factor),
                                     lambda t: mode.stock(t * 1000, batch, num_timesteps=1000), QUANTILES)
         median = None
         if self.weighted:
@@ -272,7 +289,7 @@ class Opensora1View:
             except ValueError:  # every weight 0 (a collapse to t = 0 under min_snr): no budget to share out
                 median = None
         return Bucket(mode.mode, mode.rule, hw[0], hw[1], frames, stock.t_eff, factor, kind, message,
-                      tuple(shifted.tolist()), emphasis_median=median)
+                      tuple(shifted.tolist()), emphasis_median=median, share=band_share(mode.scheduler, factor))
 
     @staticmethod
     def verdict(shift: TimestepShift, hw: Tuple[int, int], frames: int) -> guard.Verdict:
@@ -300,7 +317,10 @@ class Opensora1View:
         stock ``factor`` (0 for a collapse), then :func:`~opensora_timeshift_patch.weighting.effective_emphasis` with
         the mode's weighting (or ``weighting``: 'none' gives the sampling density). Raises ValueError when every
         weight is 0."""
-        base_t = self.base_points(mode.scheduler.distribution)
+        if recipe_of(mode.scheduler).noise_range is None:
+            base_t = self.base_points(mode.scheduler.distribution)
+        else:  # the band depends on the factor: nothing to share between buckets
+            base_t = drawn(mode.scheduler, midpoint_uniforms(), factor)
         shifted = mode.stock.curve(base_t, torch.as_tensor(factor, dtype=torch.float64)).clamp(0, 1)
         return effective_emphasis(shifted, mode.scheduler.weighting if weighting is None else weighting, edges)
 
@@ -311,14 +331,11 @@ class Opensora1View:
                ) -> Iterator[Curve]:
         """Per mode (under the bucket's rule, if any), shifted as stock does: the transform on ``t_grid`` and
         ``uniforms`` through the mode's distribution (the chosen one, or the rule's), shifted."""
-        drawn: Dict[Optional[int], torch.Tensor] = {}  # every mode draws alike under the same rule (or none)
         for mode in self.bucket_modes(hw, frames):
-            if mode.rule not in drawn:
-                drawn[mode.rule] = mode.scheduler.distribution(uniforms)
-            draws = drawn[mode.rule]
             if self.refused(mode, hw, frames):
                 yield Curve(f"{mode.label}: refused by the guard", None, None, False)
                 continue
+            draws = drawn(mode.scheduler, uniforms, self.factor(mode, hw, frames))
             t_eff = mode.t_eff(frames)
             label = f"{mode.label} (T_eff {t_eff:.3g})" + (": t = 0, degenerate" if t_eff <= 0 else "")
             yield Curve(label, mode.stock(t_grid, _meta(hw, frames, len(t_grid))),
@@ -342,6 +359,8 @@ class Opensora1View:
             for r, child in zip(self.rules, self.modes[0].children):
                 d = child.scheduler.distribution
                 lines.append(f"  {rule_text(r)}" + ("" if repr(d) == repr(self.distribution) else f"; t ~ {d!r}"))
+        if self.banded:
+            lines.append(BAND_LINE)
         if self.weighted:
             lines.append(f"loss weight {self.weighting!r}; w_median: the shifted t below which half the gradient "
                          "budget lies (the density of the shifted t times w(t), normalised)")
@@ -357,7 +376,15 @@ class Opensora1View:
                    message=b.message, status=b.kind)
         if self.weighted:
             row["emphasis_median"] = b.emphasis_median
+        if self.banded:
+            row["noise_range_share"] = b.share
         return row
+
+    @property
+    def banded(self) -> bool:
+        """Whether noise_range confines some bucket's draw (the scheduler's own settings or a rule's)."""
+        mode = self.modes[0]
+        return any(recipe_of(m.scheduler).noise_range is not None for m in (mode, *mode.children))
 
     def json_document(self, buckets: Sequence[Bucket]) -> Dict[str, Any]:
         return dict(sample_method=self.distribution.sample_method, distribution=repr(self.distribution),
@@ -397,7 +424,6 @@ def opensora2_rules(args: argparse.Namespace) -> List[Rule]:
     """Stock 2.0's rule, then the user's settings (one rule per --mode when --mode is given)."""
     given = given_options(args)
     settings = chosen_settings(args, v2=True)
-    refuse_unshown_band(settings, "2.0")
     rules = [Rule("stock", stock_opensora2())]
     for mode in (args.mode if "mode" in given else [None]):
         chosen = dict(settings) if mode is None else {**settings, "shift_mode": mode}
@@ -473,9 +499,9 @@ def opensora2_inference_size(name: str, token_pixels: int) -> Tuple[int, int]:
 
 def quantiles_of(ts: Opensora2Timesteps, alpha: Optional[float]) -> List[float]:
     """The 5th, 50th and 95th percentiles of a rule's training t in [0, 1], shifted by alpha (exact: the shift is
-    increasing, so it maps quantiles to quantiles)."""
+    increasing, so it maps quantiles to quantiles; with noise_range, of the draw confined to it for alpha)."""
     shift = (lambda t: t) if alpha is None else (lambda t: ts.shift.curve(t, alpha))
-    return shifted_quantiles(ts.distribution, shift, QUANTILES).tolist()
+    return shifted_quantiles(lambda q: drawn(ts, q, alpha), shift, QUANTILES).tolist()
 
 
 class Opensora2View:
@@ -519,7 +545,13 @@ class Opensora2View:
         a = opensora2_alpha(rule.timesteps, self.geometry, hw[0], hw[1], frames, self.inference_sizes[hw])
         quantiles = None if a.kind == "refused" else tuple(quantiles_of(rule.timesteps, a.alpha))
         return Bucket(rule.label, None, hw[0], hw[1], frames, a.t_eff, a.alpha, a.kind, a.message, quantiles,
-                      a.latent, a.tokens, a.infer_tokens, a.infer_alpha, inference_size=self.inference_sizes[hw])
+                      a.latent, a.tokens, a.infer_tokens, a.infer_alpha, inference_size=self.inference_sizes[hw],
+                      share=None if a.kind == "refused" else band_share(rule.timesteps, a.alpha))
+
+    @property
+    def banded(self) -> bool:
+        """Whether noise_range confines some rule's draw."""
+        return any(r.timesteps.recipe.noise_range is not None for r in self.rules)
 
     def curves(self, hw: Tuple[int, int], frames: int, t_grid: torch.Tensor, uniforms: torch.Tensor
                ) -> Iterator[Curve]:
@@ -531,7 +563,7 @@ class Opensora2View:
             if a.kind == "refused":
                 yield Curve(f"{rule.label}: refused by the guard", None, None, False)
                 continue
-            draws = ts.distribution(uniforms)
+            draws = drawn(ts, uniforms, a.alpha)
             if a.alpha is None:
                 yield Curve(f"{rule.label} (no shift)", t_grid, draws, False)
                 continue
@@ -554,6 +586,8 @@ class Opensora2View:
         for r in self.rules[1:]:
             lines += recipe_lines(r.timesteps.recipe.recipe)
         lines.append("shifted training t in [0, 1] (1 = pure noise), exact quantiles")
+        if self.banded:
+            lines.append(BAND_LINE)
         return lines
 
     def notes(self, buckets: Sequence[Bucket]) -> List[str]:
@@ -591,7 +625,8 @@ class Opensora2View:
         return dict(rule=b.label, height=b.height, width=b.width, frames=b.frames, latent_frames=b.latent[0],
                     latent_height=b.latent[1], latent_width=b.latent[2], tokens=b.tokens,
                     inference_tokens=b.inference_tokens, alpha=b.factor, inference_alpha=b.inference_factor,
-                    p5=p5, median=median, p95=p95, status=b.kind, message=b.message)
+                    p5=p5, median=median, p95=p95, status=b.kind, message=b.message,
+                    **(dict(noise_range_share=b.share) if self.banded else {}))
 
     def json_document(self, buckets: Sequence[Bucket]) -> Dict[str, Any]:
         return dict(opensora_version="2.0", vae=self.vae, geometry=self.geometry._asdict(),
