@@ -4,17 +4,8 @@ import json
 
 import pytest
 
-from opensora_timeshift_patch.cli import main
+from test_cli import run_any
 from test_recipes import GOLDENS
-
-
-def run_any(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_json_is_the_models_own_schedule(capsys):
