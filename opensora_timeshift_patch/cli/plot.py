@@ -166,12 +166,17 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def save(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+    """Written to a temporary name and renamed, so a reader never sees half a PNG."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
     except OSError as err:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
         plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 

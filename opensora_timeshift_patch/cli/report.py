@@ -21,7 +21,7 @@ import numpy as np
 from ..telemetry import FILE_NAME, FORMAT
 from .common import UsageError
 from .options import MAX_DPI, Once, int_in
-from .plot import quiet_matplotlib
+from .plot import quiet_matplotlib, save
 
 Bucket = Tuple[Any, Any, Any, Any]
 
@@ -181,21 +181,6 @@ def bucket_label(b: Bucket) -> str:
     return f"r{'base' if rule is None else num(rule)}_{num(h)}x{num(w)}x{num(f)}"
 
 
-def _save(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
-    """Written to a temporary name and renamed, so a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from err
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def draw(buckets: Dict[Bucket, List[Record]], out: Path, dpi: int) -> List[Path]:
     import matplotlib
 
@@ -221,11 +206,11 @@ def draw(buckets: Dict[Bucket, List[Record]], out: Path, dpi: int) -> List[Path]
             mids = 0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:]))
             ax_c.plot(mids, means[-1], marker="o", label=f"{bucket_label(b)} (to step {steps[-1]})")
         fig.tight_layout()
-        written.append(_save(plt, fig, out / "loss_heatmap.png", dpi))
+        written.append(save(plt, fig, out / "loss_heatmap.png", dpi))
         ax_c.set_xlabel("shifted timestep t")
         ax_c.set_ylabel("mean loss over the latest interval")
         ax_c.legend(fontsize="small")
-        written.append(_save(plt, fig_c, out / "loss_latest.png", dpi))
+        written.append(save(plt, fig_c, out / "loss_latest.png", dpi))
     n = len(buckets)
     fig, axes = plt.subplots(n, 1, figsize=(8, 2.6 * n), squeeze=False)
     for ax, (b, rs) in zip(axes[:, 0], buckets.items()):
@@ -244,7 +229,7 @@ def draw(buckets: Dict[Bucket, List[Record]], out: Path, dpi: int) -> List[Path]
         ax.legend(fontsize="small")
     axes[-1, 0].set_xlabel("shifted timestep t")
     fig.tight_layout()
-    written.append(_save(plt, fig, out / "drawn_vs_configured.png", dpi))
+    written.append(save(plt, fig, out / "drawn_vs_configured.png", dpi))
     return written
 
 
