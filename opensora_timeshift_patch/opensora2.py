@@ -48,7 +48,7 @@ from .guard import judge
 from .sampling import TimestepDistribution
 from .settings import DISTRIBUTIONS, POLICIES, SETTINGS, Setting, SettingError, describe
 from .shift import MetaError, TimestepShift
-from .telemetry import Telemetry
+from .telemetry import Telemetry, global_rank
 
 SCHEDULER_TYPE = "rflow-timeshift"
 logger = logging.getLogger("opensora_timeshift_patch")
@@ -177,7 +177,7 @@ class Opensora2Timesteps:
         """Count one batch's training timesteps in the telemetry (rank 0 only), keyed by the clip's pixel size and
         frames (the latent's where the caller holds no pixel ``x``); every ``every`` batches a report."""
         telemetry = self.telemetry
-        if telemetry is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+        if telemetry is None or global_rank() != 0:
             return
         frames, height, width = pixel_thw if pixel_thw is not None else latent_thw
         shape = tuple(latent_thw) + (tuple(pixel_thw) if pixel_thw is not None else ())
@@ -190,11 +190,11 @@ class Opensora2Timesteps:
         """For the telemetry: the quantile function of a bucket's training timestep (the draw's distribution, then
         this bucket's shift, as :meth:`training_timesteps` applies them); 2.0 has no bucket rules and no redraw."""
         latent, pixel = tuple(shape[:3]), (tuple(shape[3:]) or None)
+        if not self.use_timestep_transform:
+            return None, lambda u: self.distribution(u).to(torch.float32), None
+        alpha = self.factor(latent[0], self.training_tokens(latent[1:]), pixel)  # once, not per bisection step
 
         def quantile(u: Tensor) -> Tensor:
-            if not self.use_timestep_transform:
-                return self.distribution(u).to(torch.float32)
-            alpha = self.factor(latent[0], self.training_tokens(latent[1:]), pixel)
             t = self.recipe.timesteps(u, alpha).to(torch.float32)
             return self.recipe.in_noise_range(_shifted(self.shift, t, alpha))
 
@@ -279,7 +279,7 @@ def _say_once(hook: Any, key: str, text: str, level: int = logging.INFO) -> None
     if key in hook.said:
         return
     hook.said.add(key)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+    if global_rank() == 0:
         logger.log(level, text)
 
 

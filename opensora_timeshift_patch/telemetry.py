@@ -180,7 +180,7 @@ class Telemetry:
         assert self._codes is not None and self._pending is not None and self._spill is not None
         matches = code[:, None] == self._codes[None, :]
         slot = (matches.to(torch.int64) * torch.arange(_KEYED, self._codes.shape[0] + _KEYED, device=device)).sum(1)
-        bin_ = (t.detach().to(torch.float64) * (self.bins / self.num_timesteps)).floor().clamp(0, self.bins - 1)
+        bin_ = self._bin(t)
         ones = torch.ones_like(code)
         if loss is None:
             zeros = torch.zeros_like(code)
@@ -253,11 +253,15 @@ class Telemetry:
         self.seen_shapes.add(shape)
         return self._add_key(key, shape)
 
+    def _bin(self, t: Tensor) -> Tensor:
+        """Each timestep's bin on the fixed grid over [0, N] (float64, the last bin closed)."""
+        return (t.detach().to(torch.float64) * (self.bins / self.num_timesteps)).floor().clamp(0, self.bins - 1)
+
     def observe_drawn(self, t: Tensor, key: Key, shape: Tuple[int, ...]) -> None:
         """Add one batch of draws of a bucket known on the host (Open-Sora 2.0: one bucket per batch)."""
         slot = self.slot_of(key, shape, t.device)
         assert self._pending is not None
-        bin_ = (t.detach().to(torch.float64) * (self.bins / self.num_timesteps)).floor().clamp(0, self.bins - 1)
+        bin_ = self._bin(t)
         self._pending[3, slot].index_add_(0, bin_.to(torch.int64), torch.ones_like(bin_))
         self.steps += 1
 
@@ -295,7 +299,7 @@ class Telemetry:
             self.totals[key] = self.totals.get(key, np.zeros((_STATS, self.bins))) + stats
         self._pending.zero_()
         records = self._records(step)
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        if global_rank() == 0:
             self._write(records)
         return records
 
@@ -396,7 +400,7 @@ class Telemetry:
             _key_text(k): self._pending[:, i + _KEYED].cpu().tolist() for i, k in enumerate(self.keys)}
         if self._pending is not None:
             pending["unmatched"] = self._pending[:, 0].cpu().tolist()
-        return {"bins": self.bins, "steps": self.steps, "rank": _rank(), "read_every_step": self.read_every_step,
+        return {"bins": self.bins, "steps": self.steps, "rank": global_rank(), "read_every_step": self.read_every_step,
                 "keys": [list(k) for k in self.keys],
                 "info": [[list(k), rule, list(shape)] for k, (rule, shape) in self.info.items()],
                 "shapes": [list(s) for s in sorted(self.seen_shapes)],
@@ -428,9 +432,9 @@ class Telemetry:
         for key in keys:
             self._add_key(key, self.info[key][1])
         assert self._pending is not None
-        if saved_by != _rank():
+        if saved_by != global_rank():
             if any(any(any(row) for row in stats) for stats in pending.values()):
-                _loud(f"telemetry: rank {_rank()} loads the state rank {saved_by} saved: its samples since the last "
+                _loud(f"telemetry: rank {global_rank()} loads the state rank {saved_by} saved: its samples since the last "
                       "report are that rank's, not this one's, and are left out (this rank's are lost). Save each "
                       "rank's state_dict, or checkpoint at a multiple of telemetry every, to resume exactly")
             pending = {}
@@ -439,7 +443,8 @@ class Telemetry:
             self._pending[:, row] = torch.tensor(stats, dtype=torch.float64)
 
 
-def _rank() -> int:
+def global_rank() -> int:
+    """This process's rank in the default group; 0 without torch.distributed."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
