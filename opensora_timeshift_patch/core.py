@@ -18,6 +18,7 @@ never decide again.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
@@ -253,7 +254,7 @@ class Recipe:
         if self.noise_range is None:
             return shifted
         n = self.num_timesteps
-        low, high = (_inward(y * n, shifted.dtype, shifted.device, up) for y, up in zip(self.noise_range, (True, False)))
+        low, high = (_inward(y * n, shifted.dtype, up) for y, up in zip(self.noise_range, (True, False)))
         return shifted.clamp(low, high)
 
     def training_timesteps(self, u: Tensor, meta: Any, latent_frames: Optional[int] = None,
@@ -322,12 +323,14 @@ def _check_noise_range(noise_range: Tuple[float, float], values: Mapping[str, An
                            " (x N), under the 5/1000 a distribution must spread over. Widen the range")
 
 
-def _inward(value: float, dtype: torch.dtype, device: Any, up: bool) -> Tensor:
-    """``value`` in ``dtype``, rounded up (``up``) or down where the dtype cannot hold it."""
-    out = torch.tensor(value, dtype=torch.float64, device=device).to(dtype)
+@functools.lru_cache(maxsize=64)
+def _inward(value: float, dtype: torch.dtype, up: bool) -> float:
+    """``value`` in ``dtype``, rounded up (``up``) or down where the dtype cannot hold it: on the host, once per
+    (value, dtype), so a training step's clamp costs no device-to-host copy. The result is exact in ``dtype``."""
+    out = torch.tensor(value, dtype=torch.float64).to(dtype)
     if (float(out) < value) if up else (float(out) > value):
-        out = torch.nextafter(out, torch.tensor(math.inf if up else -math.inf, dtype=dtype, device=device))
-    return out
+        out = torch.nextafter(out, torch.tensor(math.inf if up else -math.inf, dtype=dtype))
+    return float(out)
 
 
 def _registry_param(key: str) -> bool:
