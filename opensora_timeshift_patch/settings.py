@@ -655,7 +655,7 @@ def check_telemetry(value: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(value, Mapping):
         raise SettingError(f"telemetry={describe(value)} is not allowed: use None or dict(bins=20, every=100, "
                            "dir='...')")
-    unknown = [k for k in value if k not in ("bins", "every", "dir")]
+    unknown = [k for k in value if not (isinstance(k, str) and "telemetry." + k in TELEMETRY_KEYS)]
     if unknown:
         raise SettingError(f"telemetry key {describe(unknown[0])}={describe(value[unknown[0]])} is not allowed: "
                            "telemetry takes bins, every and dir")
