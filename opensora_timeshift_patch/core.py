@@ -28,8 +28,9 @@ from torch import Tensor
 
 from .recipes import RECIPES, ModelRecipe, expand
 from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
-from .sampling import TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, stream_uniform
-from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
+from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, mixture_cdf,
+                       mixture_quantile, stream_uniform)
+from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, Component, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
                        applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
 from .shift import SHIFT_SETTINGS, TimestepShift, inverse_shift, read_meta
 from .weighting import LossWeighting
@@ -113,7 +114,14 @@ class Recipe:
         release_shift = {k: v for k, v in RELEASE_DEFAULTS[release].items() if k in SHIFT_SETTINGS}
         self.shift = TimestepShift(**{**release_shift, **{k: v for k, v in own.items() if k in SHIFT_SETTINGS}},
                                    **policy)
-        self.shift.base = self.distribution  # the guard judges the shifted distribution, not the factor alone
+        # Components the shift does not move alike (LTX-2's unshifted uniform, its stretch) make the draw a function
+        # of each sample's factor, as noise_range does; the draw is then made in the shifted noise level.
+        self.shifted_components: Optional[Tuple[Component, ...]] = None
+        components = self.distribution.params.get("components") or ()
+        if not all(c.shifted_alike for c in components):
+            _check_shifted_components(values)
+            self.shifted_components = self.distribution.params["components"]
+        self.shift.base = self.base_draw  # the guard judges the shifted distribution, not the factor alone
         self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight)
 
         cycle = self.distribution.cycle_length if dist.get("fixed_order") == "cycle" else None
@@ -131,7 +139,6 @@ class Recipe:
         self.noise_range: Optional[Tuple[float, float]] = values["noise_range"]
         if self.noise_range is not None:
             _check_noise_range(self.noise_range, values, self.distribution)
-            self.shift.band = self._noise_band  # the guard judges the draw as confined
 
         self.rules: Tuple[BucketRule, ...] = ()
         self.children: Tuple[Recipe, ...] = ()
@@ -218,34 +225,69 @@ class Recipe:
             redraw = counter_uniform(self.stream.seed, step, index, lane=2)
         return u, redraw
 
+    @property
+    def factor_dependent(self) -> bool:
+        """Whether the base draw depends on each sample's shift factor (``noise_range``, or mixture components the
+        shift does not move alike), so that the factor is needed before the draw."""
+        return self.noise_range is not None or self.shifted_components is not None
+
     def timesteps(self, u: Tensor, factor: Any = None) -> Tensor:
-        """Unshifted timesteps in [0, N] from uniforms (integers with ``use_discrete_timesteps``). With
-        ``noise_range``, ``factor`` is each sample's shift factor (a tensor of u's shape, or one number): u is mapped
-        into ``[F(s^-1(lo)), F(s^-1(hi))]`` for that factor, F the base CDF, so that the inverse CDF draws from the
-        base distribution conditioned on the shifted t landing in the range (per sample, the stream's stratification
-        kept)."""
-        if self.noise_range is not None:
-            if factor is None:
-                raise TypeError("noise_range converts through each sample's shift factor: pass factor=")
-            u = self._noise_band(u, factor)
-        t = self.distribution(u)
+        """Unshifted timesteps in [0, N] from uniforms (integers with ``use_discrete_timesteps``): :meth:`base_draw`,
+        times N. Where the draw is :attr:`factor_dependent`, ``factor`` is each sample's shift factor (a tensor of
+        u's shape, or one number)."""
+        if self.factor_dependent and factor is None:
+            raise TypeError("this draw converts through each sample's shift factor (noise_range, or mixture "
+                            "components not shifted alike): pass factor=")
+        t = self.base_draw(u, factor)
         n = self.num_timesteps
         if self.values["use_discrete_timesteps"]:
             return (t * n).floor().clamp(max=n - 1).long()
         return (t * n).float() if n != 1 else t
 
+    def base_draw(self, u: Tensor, factor: Any = None) -> Tensor:
+        """Unshifted timesteps in [0, 1] for uniforms ``u`` under shift factor ``factor`` (broadcast against u): THE
+        draw, which training, the guard, inspect and plot all make through here.
+
+        Plainly ``F^-1(u)``. With ``noise_range``, u is first mapped into ``[G(lo), G(hi)]``, G the CDF of the shifted
+        draw for that factor (:meth:`shifted_cdf`), so that the draw is conditioned on the shifted t landing in the
+        range (per sample, the stream's stratification kept). With :attr:`shifted_components`, the draw is made in
+        the shifted noise level, ``G^-1(u)`` by bisection, and mapped back through the factor's inverse shift, so
+        that the shift every integration applies next lands it where the mixture puts it (to the shift's float
+        rounding)."""
+        if self.noise_range is not None:
+            u = self._noise_band(u, factor)
+        if self.shifted_components is None:
+            return self.distribution(u)
+        shift, unshift, a = self._curves(factor, u.device)
+        x = mixture_quantile(u, self.shifted_components, shift, unshift, torch.broadcast_shapes(u.shape, a.shape))
+        t = unshift(x).clamp(0, 1)
+        return torch.where((u >= 0) & (u <= 1), t, torch.nan).to(u.dtype)
+
+    def shifted_cdf(self, x: Tensor, factor: Any) -> Tensor:
+        """``G(x) = P(t' <= x)``, float64, of the shifted draw for shift factor ``factor`` (without noise_range's
+        confinement): ``F(s^-1(x))``, or the mixture's CDF in the shifted noise level
+        (:func:`~.sampling.mixture_cdf`)."""
+        shift, unshift, _ = self._curves(factor, x.device)
+        if self.shifted_components is None:
+            return self.distribution.cdf(unshift(x))
+        return mixture_cdf(x.to(torch.float64), self.shifted_components, shift, unshift)
+
+    def _curves(self, factor: Any, device: Any) -> Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Tensor]:
+        """The shift for ``factor`` and its inverse, as functions of t (float64), and the factor as a tensor."""
+        a = torch.as_tensor(factor, dtype=torch.float64, device=device)
+        family, sigma = self.shift.shift_family, self.shift.shift_sigma
+        return (lambda t: self.shift.curve(t, a)), (lambda y: inverse_shift(y, a, family, sigma)), a
+
     def band_uniforms(self, u: Tensor, factor: Any) -> Tensor:
-        """``u`` mapped into ``noise_range``'s band of the base uniforms for shift factor ``factor`` (``u`` itself
-        without ``noise_range``): what :meth:`timesteps` draws through. The band's width is the share of the
+        """``u`` mapped into ``noise_range``'s band of the uniforms for shift factor ``factor`` (``u`` itself
+        without ``noise_range``): what :meth:`base_draw` draws through. The band's width is the share of the
         unconfined shifted draw that falls within ``noise_range`` (what inspect shows per bucket)."""
         return u if self.noise_range is None else self._noise_band(u, factor)
 
     def _noise_band(self, u: Tensor, factor: Any) -> Tensor:
         assert self.noise_range is not None
         a = torch.as_tensor(factor, dtype=torch.float64, device=u.device)  # broadcasts against u
-        family, sigma = self.shift.shift_family, self.shift.shift_sigma
-        low, high = (self.distribution.cdf(inverse_shift(torch.full_like(a, y), a, family, sigma))
-                     for y in self.noise_range)
+        low, high = (self.shifted_cdf(torch.full_like(a, y), a) for y in self.noise_range)
         return low + (high - low) * u.to(torch.float64)
 
     def in_noise_range(self, shifted: Tensor) -> Tensor:
@@ -262,7 +304,7 @@ class Recipe:
         """1.x's shifted training timesteps in [0, N] from uniforms: the base draw (within ``noise_range``'s band
         for each sample's own factor, from ``meta``), then the shift."""
         factor = None
-        if self.noise_range is not None:
+        if self.factor_dependent:
             factor = self.shift.shift_factor(meta, latent_frames, torch.float32, u.device, latent_hw,
                                              u.shape[0] if u.dim() == 1 else None)
         t = self.shift(self.timesteps(u, factor), meta, self.num_timesteps, latent_frames=latent_frames,
@@ -321,6 +363,21 @@ def _check_noise_range(noise_range: Tuple[float, float], values: Mapping[str, An
     if noise_range[1] - noise_range[0] < 5e-3:
         raise SettingError(f"{given} collapses: every timestep would fall within {noise_range[1] - noise_range[0]:.2g}"
                            " (x N), under the 5/1000 a distribution must spread over. Widen the range")
+
+
+def _check_shifted_components(values: Mapping[str, Any]) -> None:
+    """Refuse what mixture components that the shift does not move alike cannot be combined with."""
+    given = "components with shift=False or stretch"
+    if not values["use_timestep_transform"]:
+        raise SettingError(f"{given} only apply with use_timestep_transform=True (got False): with no shift, give "
+                           "the components without them")
+    if values["t_range"] is not None:
+        raise SettingError(f"{given} and t_range={values['t_range']!r}: the mixture is then drawn in the shifted "
+                           "noise level, where an unshifted range of the whole draw means nothing; give each "
+                           "component its own t_range, or confine the shifted draw with noise_range")
+    if values["uniform_over_threshold"] is not None:
+        raise SettingError(f"{given} and uniform_over_threshold={values['uniform_over_threshold']!r}: Open-Sora "
+                           "1.3's redraw would replace the mixture's shifted draws above the threshold; remove one")
 
 
 @functools.lru_cache(maxsize=64)

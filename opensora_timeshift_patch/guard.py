@@ -30,8 +30,8 @@ the clip's tokens) is judged by its factor. Under ``"clamp"`` the factor judged 
 clamped to 1, before the factor's own clamp.
 
 Piled up at one end (:func:`end_shares`, :func:`pile_message`): the factor's bound says nothing about the
-distribution training actually sees. LTX-2's ``e^mu`` passes 600 at 16k tokens while its draw keeps a median near
-0.92, and a factor well inside [0.01, 100] on a base already leaning to one end can put most draws next to it. So
+distribution training actually sees. LTX-2's rule without its trainer's cap at 4096 tokens puts ``e^mu`` past 600
+at 16k tokens while its stretched draw keeps a median near 0.92, and a factor well inside [0.01, 100] on a base already leaning to one end can put most draws next to it. So
 the shifted distribution itself is judged: the share of draws within ``PILE_EPS`` = 1/1000 (one step of Open-Sora's
 1000-step scale) of t = 0 or of t = 1, computed from the base distribution's quantile function on
 ``PILE_POINTS`` midpoint uniforms (exact to 1/(2 ``PILE_POINTS``), since the shift is increasing). More than
@@ -235,19 +235,17 @@ def judge(shift: "TimestepShift", height: float, width: float, num_frames: float
     return Verdict(kind, a, t if valid else math.nan, message)
 
 
-def end_shares(quantile: Callable[[torch.Tensor], torch.Tensor], curve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               factors: Any, eps: float = PILE_EPS, points: int = PILE_POINTS,
-               band: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
-               ) -> Tuple[np.ndarray, np.ndarray]:
-    """``(share within eps of 0, share within eps of 1)`` of ``curve(quantile(u), a)`` for u uniform, per factor
+def end_shares(draw: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               curve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], factors: Any, eps: float = PILE_EPS,
+               points: int = PILE_POINTS) -> Tuple[np.ndarray, np.ndarray]:
+    """``(share within eps of 0, share within eps of 1)`` of ``curve(draw(u, a), a)`` for u uniform, per factor
     ``a`` in ``factors``: counted over ``points`` midpoint uniforms, so exact to ``1 / (2 points)`` (the shift and
-    the quantile function are increasing). ``quantile`` is the base distribution (a
-    :class:`~.sampling.TimestepDistribution` is one); ``curve`` the shift family's (``TimestepShift.curve``).
-    Computed once per bucket's factor, never per step: callers cache the verdict with the meta."""
+    the draw are increasing in u). ``draw(u, a)`` is the base draw for factor ``a`` (the Recipe's
+    :meth:`~.core.Recipe.base_draw`; a :class:`~.sampling.TimestepDistribution` ``d`` is ``lambda u, a: d(u)``);
+    ``curve`` the shift family's (``TimestepShift.curve``). Computed once per bucket's factor, never per step:
+    callers cache the verdict with the meta."""
     a = torch.as_tensor(np.asarray(factors, dtype=np.float64).reshape(-1), dtype=torch.float64)[:, None]
-    u = midpoint_uniforms(points)
-    # With a band (noise_range), the uniforms are first mapped into each factor's own part of (0, 1).
-    base = quantile(u)[None, :] if band is None else quantile(band(u[None, :], a))
+    base = draw(midpoint_uniforms(points)[None, :], a)
     with np.errstate(all="ignore"):
         shifted = curve(base, a)
     low = (shifted < eps).double().mean(1).numpy()
@@ -282,7 +280,7 @@ def pile_check(shift: "TimestepShift", factor: np.ndarray, subject: str) -> str:
     if new:
         if len(cache) >= 4096:  # factors that never repeat: keep the memory bounded
             cache.clear()
-        for a, low, high in zip(new, *end_shares(base, shift.curve, new, band=getattr(shift, "band", None))):
+        for a, low, high in zip(new, *end_shares(base, shift.curve, new)):
             cache[a] = (float(low), float(high))
     for a in values.tolist():
         low, high = cache[a]

@@ -186,6 +186,18 @@ _LTX_TOKENS = dict(shift_family="exponential", resolution_shift="linear", token_
                    max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
                    shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True)
 
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+# LTX-2's trainer: its logit-normal (std 1) stretched between sigmoid(mu - 2.5758) and sigmoid(mu + 3.0902), which
+# are the shifted images of these two unshifted timesteps, reflected below eps; and its unshifted uniform on
+# [eps, 1), (1 - eps) rand + eps
+_LTX2_EPS = 1e-3
+_LTX2_STRETCHED = dict(sample_method="logit-normal", loc=0.0, scale=1.0, weight=0.9,
+                       stretch=(_sigmoid(-2.5758), _sigmoid(3.0902)), reflect=_LTX2_EPS)
+_LTX2_UNIFORM = dict(sample_method="uniform", weight=0.1, shift=False, t_range=(_LTX2_EPS, 1.0), t_range_mode="rescale")
+
 _OS1 = ("hpcaitech/Open-Sora configs/opensora-v1-{v}/train/stage1.py (scheduler), "
         "configs/opensora-v1-{v}/inference/{inf} (num_sampling_steps=30), opensora/schedulers/rf/__init__.py "
         "RFLOW.sample, opensora/schedulers/rf/{fn} timestep_transform, commit {c}")
@@ -278,13 +290,13 @@ _RECIPES = (
                 "ltx_video/utils/diffusers_config_mapping.py OURS_SCHEDULER_CONFIG (lines 65-72), "
                 "ltx_video/pipelines/pipeline_ltx_video.py (lines 914-931), commit 5260738e", "official code", {}),
     ModelRecipe("ltx-2", "LTX-2 (video; its default pipelines)",
-                dict(sample_method="logit-normal", loc=0.0, scale=1.0, **_LTX_TOKENS),
-                "NOT EXACT: the closest expressible to ltx-trainer's ShiftedLogitNormalTimestepSampler, sigmoid(N(mu, "
-                "1)) with mu = lin(1024 -> 0.95, 4096 -> 2.05) of all latent tokens, unclamped (here: logit-normal "
-                "then the exponential shift, the same draw). Not expressed: (1) its affine stretch of the shifted "
-                "draw between its 0.5% and 99.9% quantiles (mu - 2.5758, mu + 3.0902) onto [0, 1], (2) its "
-                "reflection of values below eps = 0.001 (to 2 eps - t), (3) its 10% of unshifted uniform draws on "
-                "[eps, 1); 1.x and standalone only (2.0 refuses spatial_compression)",
+                dict(sample_method="mixture", components=[dict(_LTX2_STRETCHED), dict(_LTX2_UNIFORM)], **_LTX_TOKENS),
+                "ltx-trainer's ShiftedLogitNormalTimestepSampler: with probability 0.9, sigmoid(N(mu, 1)) with mu = "
+                "lin(1024 -> 0.95, 4096 -> 2.05) of all latent tokens, not capped (here: logit-normal, then the "
+                "exponential shift: the same draw), stretched affinely so that its points at mu - 2.5758 and "
+                "mu + 3.0902 (its 0.5% and 99.9%) go to 0 and 1, values below eps = 0.001 reflected to 2 eps - t, "
+                "clamped to [0, 1]; else an unshifted uniform on [eps, 1). Its percentile ends are computed in "
+                "float32 there, in float64 here; 1.x and standalone only (2.0 refuses spatial_compression)",
                 ltx2_schedule, "mu = 2.05 at every size (execute(steps) without a latent counts 4096 tokens), "
                 "exponential, stretched to the terminal 0.1",
                 "Lightricks/LTX-2 packages/ltx-core/src/ltx_core/components/schedulers.py LTX2Scheduler (lines "

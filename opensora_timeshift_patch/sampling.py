@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -191,36 +191,82 @@ def fixed(u: Tensor, timesteps: Tuple[float, ...] = (0.25, 0.5, 0.75), fixed_ord
 
 
 @functools.lru_cache(maxsize=32)
-def _mixture_parts(components: Optional[Tuple[Component, ...]]) -> Tuple[Tuple[float, "TimestepDistribution"], ...]:
+def _mixture_parts(components: Optional[Tuple[Component, ...]]) -> Tuple[Tuple[Component, "TimestepDistribution"], ...]:
     if components is None:
         raise SettingError("sample_method='mixture' needs components, e.g. components=[dict(sample_method="
                            "'logit-normal', loc=0.0, scale=1.0, weight=0.7), dict(sample_method='uniform', weight=0.3)]")
-    return tuple((c.weight, TimestepDistribution(c.sample_method, **dict(c.params))) for c in components)
+    return tuple((c, TimestepDistribution(c.sample_method, c.t_range, c.t_range_mode, **dict(c.params)))
+                 for c in components)
 
 
-def _mixture_cdf(t: Tensor, components: Optional[Tuple[Component, ...]] = None) -> Tensor:
-    return sum(w * d.cdf(t) for w, d in _mixture_parts(components))
+Curve = Callable[[Tensor], Tensor]  # an increasing map of [0, 1] onto itself: a shift with its factor bound
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+def component_cdf(x: Tensor, component: Component, distribution: "TimestepDistribution",
+                  shift: Curve = _identity, unshift: Curve = _identity) -> Tensor:
+    """``P(T <= x)`` of one mixture component's draw in the shifted noise level, for the shift ``shift`` (and its
+    inverse ``unshift``), elementwise in float64: ``F(unshift(x))`` for a component shifted as usual, ``F(x)`` for
+    ``shift=False``. With ``stretch=(lo, hi)`` the shifted draw S becomes ``Y = (S - shift(lo)) / (shift(hi) -
+    shift(lo))``, then with ``reflect=e`` values below e become ``2 e - Y``, then the clamp to [0, 1]: for
+    ``e <= x < 1``, ``P(T <= x) = P(2 e - x <= Y <= x)`` (0 below e, 1 at 1, where the clamp puts ``Y > 1``)."""
+    if not component.shift:
+        shift = unshift = _identity
+    if component.stretch is None:
+        return distribution.cdf(unshift(x))
+    low, high = (shift(torch.full_like(x, end)) for end in component.stretch)
+
+    def stretched(y: Tensor) -> Tensor:  # P(Y <= y)
+        return distribution.cdf(unshift((low + y * (high - low)).clamp(0, 1)))
+
+    if component.reflect is None:
+        f = torch.where(x < 0, 0.0, stretched(x))
+    else:
+        e = component.reflect
+        f = torch.where(x < e, 0.0, stretched(x) - stretched(2 * e - x))
+    return torch.where(x >= 1, 1.0, f)
+
+
+def mixture_cdf(x: Tensor, components: Optional[Tuple[Component, ...]], shift: Curve = _identity,
+                unshift: Curve = _identity) -> Tensor:
+    """``G(x) = sum_i w_i G_i(x)``: the mixture's CDF in the shifted noise level for the shift ``shift``
+    (:func:`component_cdf`); with the identity, the CDF of the unshifted mixture."""
+    return sum(c.weight * component_cdf(x, c, d, shift, unshift) for c, d in _mixture_parts(components))
+
+
+def mixture_quantile(u: Tensor, components: Optional[Tuple[Component, ...]], shift: Curve = _identity,
+                     unshift: Curve = _identity, shape: Optional[Tuple[int, ...]] = None) -> Tensor:
+    """``G^-1(u)``, float64: the least float64 x with ``G(x) >= u`` (:func:`mixture_cdf`), found by
+    :func:`_least_true`, elementwise over ``shape`` (u's, or its broadcast with a per-sample shift's factor)."""
+    _mixture_parts(components)  # a missing components is refused before the search
+    target = u.to(torch.float64)
+    return _least_true(lambda x: mixture_cdf(x, components, shift, unshift) >= target,
+                       u.shape if shape is None else shape, u.device)
 
 
 @register_distribution(
-    "mixture", cdf=_mixture_cdf,
+    "mixture", cdf=mixture_cdf,
     components=Setting("components", "components", None,
                        "the mixture's components, each dict(sample_method=..., weight=..., and that distribution's "
-                       "parameters), drawn as one inverse CDF"),
+                       "parameters; optionally shift=False, t_range, t_range_mode, stretch, reflect), drawn as one "
+                       "inverse CDF"),
 )
 def mixture(u: Tensor, components: Optional[Tuple[Component, ...]] = None) -> Tensor:
     """A mixture ``F(t) = sum_i w_i F_i(t)`` of registered distributions, drawn as the inverse CDF of one uniform (not
     by picking a component per sample), so the per-sample stream, stratification and t_range work as for any other.
 
-    ``F^-1(u)`` is the least float64 t with ``F(t) >= u``, found by :func:`_least_true` (62 halvings over the float64
+    ``F^-1(u)`` is the least float64 t with ``F(t) >= u`` (:func:`mixture_quantile`: 62 halvings over the float64
     numbers in [0, 1], each evaluating every component's CDF), so ``F(t') < u <= F(t)`` for the float64 t' just
     below t: ``|F(t) - u|`` is at most the mass of one float64 step of t, below 1e-12 over the uniforms a stream draws
     for mixtures of the continuous built-ins (in the tests), and an atom's mass at a ``fixed`` component's timestep.
+    Components that the shift does not move alike (``shift=False``, ``stretch``) make the mixture a function of each
+    sample's shift factor: :class:`~.core.Recipe` draws it in the shifted noise level (``mixture_quantile`` with the
+    sample's shift); here, unshifted, they are drawn with the identity shift.
     """
-    _mixture_parts(components)  # a missing components is refused before the search
-    target = u.to(torch.float64)
-    t = _least_true(lambda t: _mixture_cdf(t, components) >= target, u.shape, u.device)
-    return t.to(u.dtype)
+    return mixture_quantile(u, components).to(u.dtype)
 
 
 SAMPLE_METHODS: Tuple[str, ...] = tuple(DISTRIBUTIONS)

@@ -59,7 +59,8 @@ class Setting:
             text = f"a list of 1 to {MAX_LIST} finite numbers{self._bounds()}"
         elif self.type == "components":
             text = (f"a list of 2 to {MAX_COMPONENTS} dicts, each a sample_method other than 'mixture' with its own "
-                    "parameters and a weight in (0, 1], the weights summing to 1")
+                    "parameters and a weight in (0, 1], the weights summing to 1, and optionally shift, t_range, "
+                    "t_range_mode, stretch and reflect (the component keys below)")
         elif self.type == "any":
             text = "any value"
         else:
@@ -144,27 +145,65 @@ WEIGHT_SUM_TOLERANCE = 1e-6
 
 class Component(NamedTuple):
     """One component of a ``sample_method='mixture'``: a registered distribution, its parameters (validated, as
-    sorted pairs, so that the mixture is hashable) and its weight (normalised: a mixture's weights sum to 1)."""
+    sorted pairs, so that the mixture is hashable), its weight (normalised: a mixture's weights sum to 1) and how it
+    meets the shift (:data:`COMPONENT_KEYS`)."""
 
     sample_method: str
     weight: float
     params: Tuple[Tuple[str, Any], ...]
+    shift: bool = True
+    t_range: Optional[Tuple[float, float]] = None
+    t_range_mode: str = "truncate"
+    stretch: Optional[Tuple[float, float]] = None
+    reflect: Optional[float] = None
+
+    @property
+    def shifted_alike(self) -> bool:
+        """Whether the shift moves this component as it moves a plain draw (shifted, not stretched after it)."""
+        return self.shift and self.stretch is None
+
+    def keys(self) -> Dict[str, Any]:
+        """The component as the dict it was given as (keys at their defaults left out)."""
+        own = {k: getattr(self, k) for k in COMPONENT_KEYS if k != "weight"}
+        return {"sample_method": self.sample_method, **dict(self.params), "weight": self.weight,
+                **{k: v for k, v in own.items() if v != COMPONENT_KEYS[k].default}}
+
+
+COMPONENT_KEYS: Dict[str, Setting] = {s.name: s for s in (
+    Setting("weight", "float", None, "the component's share of the draws; the weights sum to 1", low=0, high=1,
+            low_open=True, group="distribution"),
+    Setting("shift", "bool", True,
+            "False: the component is drawn in the shifted noise level itself, the shift never applied to it (LTX-2's "
+            "10% uniform); the mixture is then drawn per sample, through that sample's shift factor", group="distribution"),
+    Setting("t_range", "range", None, "(t_min, t_max) confining this component's own draw (LTX-2's uniform: "
+            "(0.001, 1))", optional=True, group="distribution"),
+    Setting("t_range_mode", "choice", "truncate", "with t_range: 'truncate' or 'rescale', as for the whole draw",
+            choices=("truncate", "rescale"), group="distribution"),
+    Setting("stretch", "range", None,
+            "(lo, hi), this component's unshifted timesteps: after the shift, t is mapped affinely so that "
+            "shift(lo) goes to 0 and shift(hi) to 1, then clamped to [0, 1] (LTX-2's percentile stretch: "
+            "sigmoid(-2.5758) and sigmoid(3.0902), its normal's 0.5% and 99.9% points)", optional=True,
+            group="distribution"),
+    Setting("reflect", "float", None, "with stretch: stretched values below it become 2 reflect - t, before the "
+            "clamp (LTX-2's eps = 0.001)", low=0, high=0.5, optional=True, group="distribution"),
+)}
+"""The keys a ``components`` entry takes besides ``sample_method`` and that distribution's parameters."""
 
 
 def check_components(setting: Setting, value: Any) -> Tuple[Component, ...]:
-    """A mixture's components, each ``dict(sample_method=..., weight=..., **that distribution's parameters)``.
+    """A mixture's components, each ``dict(sample_method=..., weight=..., **that distribution's parameters)`` and
+    the optional :data:`COMPONENT_KEYS`.
 
     The weights must each lie in (0, 1] and sum to 1 within :data:`WEIGHT_SUM_TOLERANCE`, and are then divided by
     their sum: weights that do not add up are far more often a forgotten or mistyped component than a wish to
-    renormalise, so they are refused rather than silently rescaled. ``t_range`` and the shift apply to the whole
-    mixture, so neither is a component key; a mixture inside a mixture is refused (write its components out)."""
+    renormalise, so they are refused rather than silently rescaled. The mixture's own ``t_range`` confines the whole
+    draw; a component's confines its own. A mixture inside a mixture is refused (write its components out)."""
     if not isinstance(value, (list, tuple)) or not 2 <= len(value) <= MAX_COMPONENTS:
         raise setting.error(value)
-    weight = Setting("weight", "float", None, "", low=0, high=1, low_open=True)
     parts = []
     for k, item in enumerate(value):
         if isinstance(item, Component):  # an already checked mixture, checked again
-            item = dict(item.params, sample_method=item.sample_method, weight=item.weight)
+            item = item.keys()
 
         def refuse(why: str) -> SettingError:
             return SettingError(f"{setting.name}={describe(value)} is not allowed: component {k} "
@@ -176,25 +215,29 @@ def check_components(setting: Setting, value: Any) -> Tuple[Component, ...]:
         missing = [key for key in ("sample_method", "weight") if key not in params]
         if missing:
             raise refuse(f"has no {' and no '.join(missing)}: each component needs both")
-        method, w = params.pop("sample_method"), params.pop("weight")
+        method = params.pop("sample_method")
         if method == "mixture":
             raise refuse("is itself a mixture: write its components into this one, their weights multiplied")
         if method not in DISTRIBUTIONS:
             raise refuse(f"has sample_method={describe(method)}: use one of "
                          f"{', '.join(repr(m) for m in DISTRIBUTIONS if m != 'mixture')}")
-        for key, where in (("shift", "the shift"), ("t_range", "t_range"), ("t_range_mode", "t_range_mode")):
-            if key in params:
-                raise refuse(f"sets {key}: {where} applies to the whole mixture, not per component; set it beside "
-                             "sample_method='mixture'")
+        own = {key: params.pop(key) for key in COMPONENT_KEYS if key in params}
         try:
-            w = weight.check(w)
+            own = {key: COMPONENT_KEYS[key].check(v) for key, v in own.items()}
             checked = DISTRIBUTIONS.check_params(method, params)
         except (SettingError, TypeError) as err:
             raise refuse(f"is not allowed: {err}") from None
         if checked.get("fixed_order") == "cycle":
             raise refuse("sets fixed_order='cycle': a mixture draws from one uniform, which a cycle cannot share; "
                          "use fixed_order='random'")
-        parts.append(Component(method, w, tuple(sorted(checked.items()))))
+        if "t_range_mode" in own and own.get("t_range") is None:
+            raise refuse(f"sets t_range_mode={own['t_range_mode']!r} without t_range: it would change nothing")
+        if "reflect" in own and own.get("stretch") is None and own["reflect"] is not None:
+            raise refuse(f"sets reflect={own['reflect']!r} without stretch: it reflects the stretched draw only")
+        if own.get("stretch") is not None and method == "fixed":
+            raise refuse("stretches sample_method='fixed': a list of timesteps has no continuous draw to stretch; "
+                         "list the stretched timesteps instead")
+        parts.append(Component(method, own.pop("weight"), tuple(sorted(checked.items())), **own))
     total = math.fsum(c.weight for c in parts)
     if not abs(total - 1) <= WEIGHT_SUM_TOLERANCE:
         raise SettingError(f"{setting.name}={describe(value)} is not allowed: the weights sum to {total:.6g}, not 1; "
@@ -800,6 +843,7 @@ def settings_table() -> str:
     weighting's, with the scope each declares (its group, what it applies with, whether Open-Sora 2.0 takes it)."""
     rows = [("", s) for s in SETTINGS.values()]
     rows += [(f"{r.key}={name!r}", s) for r in _REGISTRIES for name in r for s in r.params(name).values()]
+    rows += [("a components entry", s) for s in COMPONENT_KEYS.values()]
     lines = ["| setting | allowed | default | scope | what it does |", "|---|---|---|---|---|"]
     for owner, s in rows:
         doc = f"{s.doc} (with {owner})" if owner else s.doc

@@ -107,10 +107,9 @@ class TimestepShift:
         one = torch.ones(1, dtype=torch.float64)
         self._images_are_one = not compiling and bool(get_policy(self.shift_mode)(one, **policy_params) == 1)
         self._judged_meta: Dict[Tuple[Any, ...], np.ndarray] = {}  # see _judged
-        # The base distribution whose shifted draws the guard judges for pile-up (set by the Recipe); None: the
-        # factor's bound alone is checked, as a bare TimestepShift has no distribution.
-        self.base: Optional[Callable[[Tensor], Tensor]] = None
-        self.band: Optional[Callable[[Tensor, Tensor], Tensor]] = None  # noise_range's map of u per factor (Recipe)
+        # The base draw (u, factor) -> t whose shifted draws the guard judges for pile-up (the Recipe's base_draw,
+        # set by the Recipe); None: the factor's bound alone is checked, as a bare TimestepShift has no distribution.
+        self.base: Optional[Callable[[Tensor, Tensor], Tensor]] = None
         self._rational = not (self.shift_family == "exponential" and self.shift_sigma != 1)  # see curve()
         warn_key = (self.shift_mode, tuple(sorted(policy_params.items())))
         if self.on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:

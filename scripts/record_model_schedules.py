@@ -387,7 +387,28 @@ def ltx2(checkout: str) -> Dict[str, Any]:
     return dict(file="packages/ltx-core/src/ltx_core/components/schedulers.py, "
                      "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py", commit=commit(checkout),
                 read="the pipelines call execute(steps=N) without a latent", recipes={"ltx-2": cases},
-                training=training)
+                training=training, training_draws=ltx2_draws(sampler()))
+
+
+# Token counts of LTX-2 clips (latent frames x H/32 x W/32, patch 1): 512x512 at 25 frames (4 x 16 x 16, mu at its
+# lower anchor), 512x768 at 49 (7 x 16 x 24), 704x1216 at 121 (16 x 22 x 38, above the 4096 its trainer caps at).
+LTX2_TOKENS = (1024, 2688, 13376)
+LTX2_POINTS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+               0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+LTX2_DRAWS = 2**22
+
+
+def ltx2_draws(sampler: Any) -> Dict[str, Any]:
+    """The trainer's own ``sample(batch_size, seq_length)`` run: per token count, the empirical CDF of its draws at
+    LTX2_POINTS, the share at exactly t = 1 (its clamp above the 99.9% point) and the least draw (seeded: torch's
+    generator, manual_seed(0) per token count)."""
+    out = {}
+    for tokens in LTX2_TOKENS:
+        torch.manual_seed(0)
+        t = sampler.sample(LTX2_DRAWS, tokens).double()
+        out[str(tokens)] = dict(cdf=[(t <= x).double().mean().item() for x in LTX2_POINTS],
+                                at_one=(t == 1).double().mean().item(), least=t.min().item())
+    return dict(draws=LTX2_DRAWS, points=list(LTX2_POINTS), seed=0, by_tokens=out)
 
 
 OPENSORA1_CASES = [(30, 720, 1280, 51), (30, 256, 256, 17), (10, 480, 854, 102), (30, 720, 1280, 1),

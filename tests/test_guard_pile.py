@@ -28,6 +28,11 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def _draw(distribution):
+    """A distribution as the guard's base draw (u, factor) -> t: the same draw for every factor."""
+    return lambda u, a: distribution(u)
+
+
 def batch(h, w, n):
     return {k: torch.tensor([float(v)]) for k, v in zip(("height", "width", "num_frames"), (h, w, n))}
 
@@ -36,7 +41,7 @@ def batch(h, w, n):
 def test_uniform_rational_shares_match_the_closed_form(a):
     # t' = a t / (1 + (a - 1) t) inverts to t = t' / (a - (a - 1) t'), so for uniform t
     # P(t' < eps) = eps / (a - (a - 1) eps) and P(t' > 1 - eps) = 1 - (1 - eps) / (1 + (a - 1) eps).
-    low, high = end_shares(TimestepDistribution("uniform"), rational_shift, [a])
+    low, high = end_shares(_draw(TimestepDistribution("uniform")), rational_shift, [a])
     assert abs(low[0] - EPS / (a - (a - 1) * EPS)) <= GRID
     assert abs(high[0] - a * EPS / (1 + (a - 1) * EPS)) <= GRID
 
@@ -44,14 +49,14 @@ def test_uniform_rational_shares_match_the_closed_form(a):
 def test_uniform_rational_piles_up_exactly_past_a_999():
     # a eps / (1 + (a - 1) eps) = 1/2 at a = (1 - eps) / eps = 999 for eps = 1/1000.
     assert PILE_SHARE == 0.5 and EPS == 1e-3
-    shares = end_shares(TimestepDistribution("uniform"), rational_shift, [990.0, 1010.0, 1 / 990, 1 / 1010])
+    shares = end_shares(_draw(TimestepDistribution("uniform")), rational_shift, [990.0, 1010.0, 1 / 990, 1 / 1010])
     assert piled_up(*shares).tolist() == [False, True, False, True]
 
 
 def test_logit_normal_shares_shift_the_logit_by_ln_a():
     # logit(t') = logit(t) + ln a, so P(t' > 1 - eps) = 1 - Phi((logit(1 - eps) - loc - ln a) / scale).
     loc, scale, a = 2.0, 1.5, 100.0
-    low, high = end_shares(TimestepDistribution("logit-normal", loc=loc, scale=scale), rational_shift, [a])
+    low, high = end_shares(_draw(TimestepDistribution("logit-normal", loc=loc, scale=scale)), rational_shift, [a])
     assert abs(high[0] - (1 - phi((logit(1 - EPS) - loc - math.log(a)) / scale))) <= GRID
     assert abs(low[0] - phi((logit(EPS) - loc - math.log(a)) / scale)) <= GRID
 
@@ -60,7 +65,7 @@ def test_exponential_family_shares():
     # a / (a + (1/t - 1)^s) > 1 - eps  <=>  t > 1 / (1 + (a eps / (1 - eps))^(1/s)), for uniform t.
     a, s = 40.0, 2.0
     curve = lambda t, f: exponential_shift(t, f, s)  # noqa: E731
-    _, high = end_shares(TimestepDistribution("uniform"), curve, [a])
+    _, high = end_shares(_draw(TimestepDistribution("uniform")), curve, [a])
     assert abs(high[0] - (1 - 1 / (1 + (a * EPS / (1 - EPS)) ** (1 / s)))) <= GRID
 
 
@@ -78,7 +83,7 @@ def test_a_factor_past_100_whose_distribution_stays_meaningful_is_accepted():
     recipe = Recipe(PAST_100)
     v = judge(recipe.shift, 1080, 1920, 408)
     assert v.kind == "ok" and v.message == "" and v.factor == pytest.approx(A_PAST_100, rel=1e-6)
-    _, high = end_shares(recipe.distribution, rational_shift, [v.factor])
+    _, high = end_shares(recipe.base_draw, rational_shift, [v.factor])
     assert abs(high[0] - (1 - phi(logit(1 - EPS) + 2 - math.log(v.factor)))) <= GRID
     out = recipe.shift(torch.full((1,), 500.0), batch(1080, 1920, 408), num_timesteps=1000)  # the 1.x step
     assert float(out) == pytest.approx(1000 * A_PAST_100 * 0.5 / (1 + (A_PAST_100 - 1) * 0.5), rel=1e-5)

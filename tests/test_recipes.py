@@ -189,30 +189,23 @@ def test_ltxvideo_trains_at_its_sampling_mu_where_expressible(h, w, f, tokens):
     assert math.log(r.shift.shift_factor(meta).item()) == pytest.approx(mu, rel=1e-6)
 
 
-def test_ltx2_training_is_the_shifted_logit_normal_but_not_exact():
-    import torch
-
-    from opensora_timeshift_patch.shift import exponential_shift
-
+def test_ltx2_training_is_declared_with_its_samplers_own_numbers():
+    # the draw itself is tested against the trainer's own sampler in test_shifted_components.py
     recorded = GOLDENS["ltx2"]["training"]
     r = Recipe(dict(recipe="ltx-2"))
     v = r.values
     assert (v["base_seq_len"], v["max_seq_len"], v["base_shift"], v["max_shift"]) == (
         recorded["min_tokens"], recorded["max_tokens"], recorded["min_shift"], recorded["max_shift"])
-    assert r.distribution.params == {"loc": 0.0, "scale": recorded["std"]}
-    # its draw before the stretch: sigmoid(N(mu, 1)), mu of all latent tokens; 480x832x81: 11 * 15 * 26 tokens
-    mu = 0.95 + 1.1 * (11 * 15 * 26 - 1024) / 3072
-    meta = dict(height=torch.tensor([480.0]), width=torch.tensor([832.0]), num_frames=torch.tensor([81.0]))
-    u = torch.tensor([0.05, 0.5, 0.95])
-    drawn = exponential_shift(r.distribution(u), r.shift.shift_factor(meta))
-    assert drawn.tolist() == pytest.approx(torch.sigmoid(torch.special.ndtri(u) + mu).tolist(), rel=1e-5)
-    # the three parts it does not express, named with its numbers, in the note and so in the README table
-    note = RECIPES["ltx-2"].training_note
-    assert note.startswith("NOT EXACT")
-    assert "0.5%" in note and "99.9%" in note and f"eps = {recorded['eps']}" in note
-    assert f"mu {recorded['lower_quantile_z']}".replace("mu -", "mu - ") in note
-    assert f"mu + {recorded['upper_quantile_z']}" in note
-    assert f"{recorded['uniform_prob']:.0%} of unshifted uniform" in note
+    stretched, uniform = r.distribution.params["components"]
+    assert dict(stretched.params) == {"loc": 0.0, "scale": recorded["std"]}
+    assert stretched.weight == pytest.approx(1 - recorded["uniform_prob"])
+    assert uniform.weight == pytest.approx(recorded["uniform_prob"])
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert stretched.stretch == pytest.approx((sigmoid(recorded["lower_quantile_z"]),
+                                               sigmoid(recorded["upper_quantile_z"])), rel=1e-15)
+    assert stretched.reflect == recorded["eps"] and uniform.t_range == (recorded["eps"], 1.0)
+    assert not uniform.shift and uniform.t_range_mode == "rescale"
+    assert "NOT EXACT" not in RECIPES["ltx-2"].training_note
     with pytest.raises(SettingError, match="steps=1 is not allowed for LTX-2"):
         sigmas("ltx-2", 1, 480, 832, 81)
 

@@ -56,12 +56,12 @@ def recipe_of(scheduler: Any) -> Recipe:
 
 
 def drawn(scheduler: Any, u: torch.Tensor, factor: Optional[float]) -> torch.Tensor:
-    """The base timesteps in [0, 1] that uniforms ``u`` draw for a bucket of shift factor ``factor``: within
-    noise_range's band for that factor (the Recipe's own conversion), as training draws them. A factor of 0 (every
-    shifted t at 0) or none (no shift) has no band to convert through: drawn unconfined."""
+    """The base timesteps in [0, 1] that uniforms ``u`` draw for a bucket of shift factor ``factor``: the Recipe's
+    own :meth:`~opensora_timeshift_patch.core.Recipe.base_draw`, as training draws them. A factor of 0 (every shifted
+    t at 0) or none (no shift) has nothing to convert through: the distribution alone."""
     recipe = recipe_of(scheduler)
     if factor is not None and factor > 0:
-        u = recipe.band_uniforms(u, factor)
+        return recipe.base_draw(u, factor)
     return recipe.distribution(u)
 
 
@@ -317,9 +317,9 @@ class Opensora1View:
         stock ``factor`` (0 for a collapse), then :func:`~opensora_timeshift_patch.weighting.effective_emphasis` with
         the mode's weighting (or ``weighting``: 'none' gives the sampling density). Raises ValueError when every
         weight is 0."""
-        if recipe_of(mode.scheduler).noise_range is None:
+        if not recipe_of(mode.scheduler).factor_dependent:
             base_t = self.base_points(mode.scheduler.distribution)
-        else:  # the band depends on the factor: nothing to share between buckets
+        else:  # the draw depends on the factor: nothing to share between buckets
             base_t = drawn(mode.scheduler, midpoint_uniforms(), factor)
         shifted = mode.stock.curve(base_t, torch.as_tensor(factor, dtype=torch.float64)).clamp(0, 1)
         return effective_emphasis(shifted, mode.scheduler.weighting if weighting is None else weighting, edges)

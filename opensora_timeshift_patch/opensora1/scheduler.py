@@ -189,7 +189,7 @@ class RFlowTimeShift:
         if self.rules:  # one uniform per sample, mapped by the recipe of the rule it falls under
             return recipe.by_rule(model_kwargs, n, device, lambda rule, meta: rule.training_timesteps(
                 u, meta, latent_frames, latent_hw))
-        if recipe.noise_range is not None:  # the draw needs each sample's factor first
+        if recipe.factor_dependent:  # the draw needs each sample's factor first
             return recipe.training_timesteps(u, model_kwargs, latent_frames, latent_hw)
         if u is not None:
             t = recipe.timesteps(u)
