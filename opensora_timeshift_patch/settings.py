@@ -162,6 +162,9 @@ class Component(NamedTuple):
         """Whether the shift moves this component as it moves a plain draw (shifted, not stretched after it)."""
         return self.shift and self.stretch is None
 
+    def __repr__(self) -> str:
+        return repr(self.keys())  # as it is given in a config
+
     def keys(self) -> Dict[str, Any]:
         """The component as the dict it was given as (keys at their defaults left out)."""
         own = {k: getattr(self, k) for k in COMPONENT_KEYS if k != "weight"}

@@ -276,7 +276,7 @@ def frames_of(args: argparse.Namespace, v2: bool) -> List[int]:
 
 def chosen_settings(args: argparse.Namespace, v2: bool) -> Dict[str, Any]:
     """The rflow-timeshift settings chosen on an inspect or plot command line: --sample-method (1.x: always, the
-    command's default being logit-normal; 2.0: when given) and its parameters, --loss-weighting, --max-loss-weight
+    command's default being logit-normal, but for a --set recipe=...; 2.0: when given) and its parameters, --loss-weighting, --max-loss-weight
     and the weighting's parameters, then --set. Validated where they are built, not here."""
     given = given_options(args)
     settings: Dict[str, Any] = {}
@@ -291,7 +291,7 @@ def chosen_settings(args: argparse.Namespace, v2: bool) -> Dict[str, Any]:
         if key in settings or (key == "shift_mode" and "mode" in given):
             raise UsageError(f"--set {key}=...: {key} is already set (by its own option, or an earlier --set)")
         settings[key] = value
-    if not v2:
+    if not v2 and "recipe" not in settings:  # a recipe's own distribution is what its training draws
         settings.setdefault("sample_method", args.sample_method)
     return settings
 

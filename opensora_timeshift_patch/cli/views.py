@@ -176,16 +176,20 @@ def _other_modes_param(key: str, mode: str, modes: Sequence[str]) -> bool:
 def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, Any]]:
     """The scheduler for each --mode, built from the chosen settings as training builds it (standalone backend), so
     it accepts and refuses what training would, and the chosen settings. A policy's parameter goes to the selected
-    modes that take it."""
+    modes that take it. A recipe that sets shift_mode is shown under that mode alone unless --mode is given."""
     settings = chosen_settings(args, v2=False)
     for key, value in settings.items():
         if key in NOT_SHOWN_ON_1X or (key in SETTINGS and key not in SHOWN_ON_1X):
             why = NOT_SHOWN_ON_1X.get(key, "inspect and plot show the shift, the timestep distribution and the loss "
                                            "weighting, which it does not change (config --set takes it)")
             raise UsageError(f"--set {key}={short(value)}: not for inspect and plot on Open-Sora 1.x: {why}")
+    modes = args.mode
+    own_mode = expand(settings).get("shift_mode") if "recipe" in settings else None
+    if own_mode is not None and "mode" not in given_options(args):  # the recipe's policy, unless --mode asks
+        modes = [own_mode]
     out = []
-    for mode in args.mode:
-        mine = {k: v for k, v in settings.items() if not _other_modes_param(k, mode, args.mode)}
+    for mode in modes:
+        mine = {k: v for k, v in settings.items() if not _other_modes_param(k, mode, modes)}
         mine["shift_mode"] = mode
         try:
             # stock's numbers under the recipe's shift too (the scheduler expands it in its Recipe)
