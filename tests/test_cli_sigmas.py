@@ -1,6 +1,7 @@
 """``opensora-timeshift sigmas``: the recipe's schedule as a table or JSON, and the CLI's exit-code contract."""
 
 import json
+import math
 
 import pytest
 
@@ -81,3 +82,33 @@ def test_inspect_without_a_recipe_names_none(capsys):
 def test_inspect_refuses_a_bad_recipe_in_one_line(capsys):
     code, out, err = run_any(capsys, "inspect", "--set", "recipe=nope", "--mode", "latent")
     assert code == 2 and out == "" and "recipe='nope' is not allowed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_shows_a_recipe_as_its_training_draws_it(capsys):
+    # LTX-2 at 512x768, 49 frames: 7 x 16 x 24 = 2688 tokens, e^mu with mu = 0.95 + 1.1 (2688 - 1024) / 3072; its
+    # median solves 0.9 P(Y <= m) + 0.1 (m - 0.001) / 0.999 = 1/2 (the hand-derived CDF of test_shifted_components)
+    from test_shifted_components import ltx2_cdf, mu_of
+
+    code, out, err = run_any(capsys, "inspect", "--set", "recipe=ltx-2", "--resolution", "512x768", "--frames", 49,
+                             "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)["rows"]  # the recipe's own shift_mode alone, not the command's default modes
+    assert row["mode"] == "latent" and row["shift_factor"] == pytest.approx(math.exp(mu_of(2688)), rel=1e-6)
+    for q in ("p5", "median", "p95"):
+        share = {"p5": 0.05, "median": 0.5, "p95": 0.95}[q]
+        assert ltx2_cdf(row[q] / 1000, mu_of(2688)) == pytest.approx(share, abs=1e-6)
+
+
+def test_inspect_shows_a_recipes_own_distribution_not_the_commands_default(capsys):
+    # Wan 2.1 sets no sample_method: training draws the scheduler's default, uniform, so the median at shift 5 is
+    # 5 (1/2) / (1 + 4 (1/2)) = 5/6, not the logit-normal default of inspect (also 5/6 at the median: use p5)
+    code, out, err = run_any(capsys, "inspect", "--set", "recipe=wan2.1-t2v", "--resolution", "480x832", "--frames",
+                             81, "--mode", "latent", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)["rows"]
+    assert row["p5"] == pytest.approx(1000 * 5 * 0.05 / (1 + 4 * 0.05), rel=1e-6)
+    # --mode given explicitly still overrides a recipe's shift_mode
+    code, out, err = run_any(capsys, "inspect", "--set", "recipe=opensora-1.2", "--resolution", "512x512", "--frames",
+                             51, "--mode", "latent", "v13", "--json")
+    assert code == 0, err
+    assert [r["mode"] for r in json.loads(out)["rows"]] == ["latent", "v13"]

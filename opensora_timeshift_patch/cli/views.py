@@ -184,7 +184,10 @@ def opensora1_modes(args: argparse.Namespace) -> Tuple[List[Mode1], Dict[str, An
                                            "weighting, which it does not change (config --set takes it)")
             raise UsageError(f"--set {key}={short(value)}: not for inspect and plot on Open-Sora 1.x: {why}")
     modes = args.mode
-    own_mode = expand(settings).get("shift_mode") if "recipe" in settings else None
+    try:
+        own_mode = expand(settings).get("shift_mode") if "recipe" in settings else None
+    except ValueError as err:  # an unknown recipe
+        raise UsageError(str(err)) from err
     if own_mode is not None and "mode" not in given_options(args):  # the recipe's policy, unless --mode asks
         modes = [own_mode]
     out = []
