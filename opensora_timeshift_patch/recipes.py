@@ -60,9 +60,20 @@ def constant_shift(a: float) -> Schedule:
     return schedule
 
 
-def _wan_dpm(a: float) -> Schedule:
-    # Wan's get_sampling_sigmas: linspace(1, 0, steps + 1)[:steps] shifted; its solvers append the terminal 0.
-    return constant_shift(a)
+def _wan_unipc(a: float) -> Schedule:
+    """Wan's default solver (generate.py's ``--sample_solver unipc``): FlowUniPCMultistepScheduler built with shift 1,
+    whose largest training sigma is float32(1 - 1/1000), then ``set_timesteps(steps, shift=a)``:
+    ``linspace(sigma_max, 0, steps + 1)[:steps]`` shifted in float64, the terminal 0, all cast to float32. (Its
+    ``dpm++`` solver instead shifts ``linspace(1, 0, steps + 1)[:steps]``, get_sampling_sigmas.)"""
+    import numpy as np
+
+    sigma_max = float(np.float32(1.0 - 1 / 1000))
+
+    def schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+        grid = np.linspace(sigma_max, 0.0, steps + 1)[:-1]
+        shifted = a * grid / (1 + (a - 1) * grid)
+        return np.concatenate([shifted, [0.0]]).astype(np.float32).astype(np.float64).tolist()
+    return schedule
 
 
 def opensora2_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
@@ -159,8 +170,11 @@ def _constant_training(a: float) -> Dict[str, Any]:
     return dict(resolution_shift="constant", shift=a, temporal_exponent=0.0)
 
 
-_WAN21 = "Wan-Video/Wan2.1 generate.py lines 76-81, wan/utils/fm_solvers.py get_sampling_sigmas, commit 9737cba9"
-_WAN22 = "Wan-Video/Wan2.2 wan/configs/{}, commit 42bf4cfa"
+_WAN21 = ("Wan-Video/Wan2.1 generate.py lines 76-81 and 228-233 (--sample_solver unipc), wan/utils/fm_solvers_unipc.py "
+          "FlowUniPCMultistepScheduler (__init__, set_timesteps), wan/text2video.py lines 206-213, commit 9737cba9")
+_WAN22 = ("Wan-Video/Wan2.2 wan/configs/{}, generate.py --sample_solver unipc, wan/utils/fm_solvers_unipc.py "
+          "FlowUniPCMultistepScheduler, commit 42bf4cfa")
+_UNIPC = " on its default UniPC grid, linspace(float32(0.999), 0, steps + 1)"
 _WAN_TRAIN = "training distribution and shift not published: the recipe trains at the sampling shift"
 
 _HV15 = "Tencent-Hunyuan/HunyuanVideo-1.5 train.py lines 139-142, 204-275, 751-752, {}, commit 60783e70"
@@ -225,19 +239,20 @@ _RECIPES = (
                 "sqrt(H W / 512^2) sqrt((F - 1) // 4) (1 for an image), rational; 30 steps in its t2v.py",
                 _OS1.format(v=3, inf="t2v.py", fn="time_sampler.py", c="2ca632a2"), "official code", {}),
     ModelRecipe("wan2.1-t2v", "Wan 2.1 T2V (and 720p I2V)", _constant_training(5.0), _WAN_TRAIN,
-                _wan_dpm(5.0), "constant shift 5.0", _WAN21, "official code", {}),
+                _wan_unipc(5.0), "constant shift 5.0" + _UNIPC, _WAN21, "official code", {}),
     ModelRecipe("wan2.1-i2v-480p", "Wan 2.1 I2V at 832x480", _constant_training(3.0), _WAN_TRAIN,
-                _wan_dpm(3.0), "constant shift 3.0", _WAN21, "official code", {}),
+                _wan_unipc(3.0), "constant shift 3.0" + _UNIPC, _WAN21, "official code", {}),
     ModelRecipe("wan2.1-flf2v", "Wan 2.1 FLF2V and VACE", _constant_training(16.0), _WAN_TRAIN,
-                _wan_dpm(16.0), "constant shift 16", _WAN21, "official code", {}),
+                _wan_unipc(16.0), "constant shift 16" + _UNIPC, _WAN21, "official code", {}),
     ModelRecipe("wan2.2-t2v-a14b", "Wan 2.2 T2V-A14B", _constant_training(12.0), _WAN_TRAIN,
-                _wan_dpm(12.0), "constant shift 12.0; experts switch at boundary 0.875",
+                _wan_unipc(12.0), "constant shift 12.0" + _UNIPC + "; experts switch at boundary 0.875",
                 _WAN22.format("wan_t2v_A14B.py lines 34-36"), "official code", dict(boundary=0.875)),
     ModelRecipe("wan2.2-i2v-a14b", "Wan 2.2 I2V-A14B", _constant_training(5.0), _WAN_TRAIN,
-                _wan_dpm(5.0), "constant shift 5.0; experts switch at boundary 0.900",
+                _wan_unipc(5.0), "constant shift 5.0" + _UNIPC + "; experts switch at boundary 0.900",
                 _WAN22.format("wan_i2v_A14B.py lines 34-36"), "official code", dict(boundary=0.9)),
     ModelRecipe("wan2.2-ti2v-5b", "Wan 2.2 TI2V-5B", _constant_training(5.0), _WAN_TRAIN,
-                _wan_dpm(5.0), "constant shift 5.0", _WAN22.format("wan_ti2v_5B.py line 33"), "official code", {}),
+                _wan_unipc(5.0),
+                "constant shift 5.0" + _UNIPC, _WAN22.format("wan_ti2v_5B.py line 33"), "official code", {}),
     ModelRecipe("hunyuanvideo", "HunyuanVideo 1.0", _constant_training(7.0),
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(7.0), "constant shift 7.0 (--flow-shift default)",

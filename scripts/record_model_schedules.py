@@ -129,9 +129,34 @@ def opensora2(checkout: str) -> Dict[str, Any]:
                 recipes={"opensora-2.0": cases})
 
 
-def wan_sigmas(checkout: str, steps: int, shift: float) -> List[float]:
+def wan_dpm_sigmas(checkout: str, steps: int, shift: float) -> List[float]:
     fn = functions(os.path.join(checkout, "wan", "utils", "fm_solvers.py"), ["get_sampling_sigmas"], {"np": np})
     return [float(x) for x in fn["get_sampling_sigmas"](steps, shift)] + [0.0]  # its solvers append the terminal 0
+
+
+def register_to_config(init: Any) -> Any:
+    """Stands in for diffusers' decorator: the constructor's arguments, defaults filled in, as ``self.config``."""
+    import inspect
+
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(init).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.config = types.SimpleNamespace(**{k: v for k, v in bound.arguments.items() if k != "self"})
+        init(self, *args, **kwargs)
+    return wrapped
+
+
+def wan_sigmas(checkout: str, steps: int, shift: float) -> List[float]:
+    """The default solver's sigmas: FlowUniPCMultistepScheduler compiled from Wan's own file, built and set as its
+    pipelines do (text2video.py: shift=1, use_dynamic_shifting=False, then set_timesteps(steps, shift=shift))."""
+    path = os.path.join(checkout, "wan", "utils", "fm_solvers_unipc.py")
+    scope = {"np": np, "torch": torch, "math": math, "register_to_config": register_to_config,
+             "SchedulerMixin": type("SchedulerMixin", (), {}), "ConfigMixin": type("ConfigMixin", (), {}),
+             "KarrasDiffusionSchedulers": []}
+    scheduler = scheduler_class(path, "FlowUniPCMultistepScheduler", scope)(
+        num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
+    scheduler.set_timesteps(steps, device="cpu", shift=shift)
+    return scheduler.sigmas.tolist()
 
 
 def wan21(checkout: str) -> Dict[str, Any]:
@@ -146,9 +171,12 @@ def wan21(checkout: str) -> Dict[str, Any]:
                                      frame_num=None, base_seed=0)
         validate(args)  # generate.py's own defaults per task and size
         recipes[name] = [dict(steps=s, height=h, width=w, frames=f, shift=args.sample_shift,
-                              sigmas=wan_sigmas(checkout, s, args.sample_shift)) for s, h, w, f in CASES]
-    return dict(file="generate.py _validate_args, wan/utils/fm_solvers.py get_sampling_sigmas",
-                commit=commit(checkout), read="", recipes=recipes)
+                              sigmas=wan_sigmas(checkout, s, args.sample_shift),
+                              dpm_sigmas=wan_dpm_sigmas(checkout, s, args.sample_shift)) for s, h, w, f in CASES]
+    return dict(file="generate.py _validate_args, wan/utils/fm_solvers_unipc.py FlowUniPCMultistepScheduler "
+                     "(sigmas; the default --sample_solver), wan/utils/fm_solvers.py get_sampling_sigmas (dpm_sigmas)",
+                commit=commit(checkout), read="the pipelines build the UniPC scheduler with shift=1 and pass the "
+                "shift to set_timesteps (wan/text2video.py)", recipes=recipes)
 
 
 def wan22(checkout: str) -> Dict[str, Any]:
@@ -159,9 +187,12 @@ def wan22(checkout: str) -> Dict[str, Any]:
         config = assignments(os.path.join(checkout, "wan", "configs", file))
         boundaries[name] = config.get("boundary")
         recipes[name] = [dict(steps=s, height=h, width=w, frames=f, shift=config["sample_shift"],
-                              sigmas=wan_sigmas(checkout, s, config["sample_shift"])) for s, h, w, f in CASES]
-    return dict(file="wan/configs/*.py, wan/utils/fm_solvers.py get_sampling_sigmas", commit=commit(checkout),
-                read="", recipes=recipes, boundaries=boundaries)
+                              sigmas=wan_sigmas(checkout, s, config["sample_shift"]),
+                              dpm_sigmas=wan_dpm_sigmas(checkout, s, config["sample_shift"])) for s, h, w, f in CASES]
+    return dict(file="wan/configs/*.py, wan/utils/fm_solvers_unipc.py FlowUniPCMultistepScheduler (sigmas; the "
+                     "default --sample_solver), wan/utils/fm_solvers.py get_sampling_sigmas (dpm_sigmas)",
+                commit=commit(checkout), read="the pipelines build the UniPC scheduler with shift=1 and pass the shift "
+                "to set_timesteps (wan/text2video.py)", recipes=recipes, boundaries=boundaries)
 
 
 def shifted_linspace(shift_fn: Any, steps: int) -> List[float]:
