@@ -131,10 +131,10 @@ def ltxv_schedule(steps: int, height: int, width: int, frames: int) -> List[floa
     return stretched.tolist() + [0.0]
 
 
-def ltx2_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
-    # ltx-core's LTX2Scheduler.execute(steps) as LTX-2's pipelines call it (no latent): 4096 tokens at every size,
-    # so mu = 2.05; linspace(1, 0, steps + 1), exponential shift but 0 kept, the nonzero stretched to end at 0.1.
-    # In float32 as it is computed there; at one step its stretch is 0 / 0.
+def _ltx2_sigmas(steps: int, tokens: int) -> List[float]:
+    # ltx-core's LTX2Scheduler.execute: linspace(1, 0, steps + 1), mu = lin(1024 -> 0.95, 4096 -> 2.05)(tokens),
+    # exponential shift but 0 kept, the nonzero stretched to end at 0.1; in float32 as it is computed there; at one
+    # step its stretch is 0 / 0.
     import torch
 
     if steps == 1:
@@ -142,10 +142,31 @@ def ltx2_schedule(steps: int, height: int, width: int, frames: int) -> List[floa
 
         raise SettingError("steps=1 is not allowed for LTX-2's schedule (its stretch to the terminal divides 0 by 0 "
                            "at one step): use 2 or more")
-    mu = _linear(4096, 1024, 0.95, 4096, 2.05)
+    mu = _linear(tokens, 1024, 0.95, 4096, 2.05)
     grid = torch.linspace(1.0, 0.0, steps + 1)[:-1]
     one_minus = 1 - math.exp(mu) / (math.exp(mu) + (1 / grid - 1))
     return (1 - one_minus / (one_minus[-1] / (1 - 0.1))).tolist() + [0.0]
+
+
+def ltx2_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    # LTX-2's pipelines call execute(steps) without a latent: 4096 tokens at every size, so mu = 2.05
+    return _ltx2_sigmas(steps, 4096)
+
+
+def ltx2_hq_tokens(height: int, width: int, frames: int) -> int:
+    """The tokens of LTX-2's HQ pipeline's stage 1, the latent it passes to execute(): half the pixel size, then
+    VideoLatentShape.from_pixel_shape ((F - 1) // 8 + 1 frames, H // 32, W // 32)."""
+    return ((frames - 1) // 8 + 1) * ((height // 2) // 32) * ((width // 2) // 32)
+
+
+def ltx2_hq_schedule(steps: int, height: int, width: int, frames: int) -> List[float]:
+    tokens = ltx2_hq_tokens(height, width, frames)
+    if tokens < 1:
+        from .settings import SettingError
+
+        raise SettingError(f"{height}x{width} is too small for LTX-2's HQ pipeline: half of it holds no 32x32 latent "
+                           "token (its stage 1 samples at half the size); use 64x64 or more")
+    return _ltx2_sigmas(steps, tokens)
 
 
 def _opensora1_schedule(release: str, temporal: Callable[[int], int], rule: str, smallest: int) -> Schedule:
@@ -318,6 +339,16 @@ _RECIPES = (
                 "14-58), packages/ltx-pipelines/src/ltx_pipelines/ti2vid_two_stages.py line 244, "
                 "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py ShiftedLogitNormalTimestepSampler "
                 "(lines 48-134), commit 400fd310", "official code", {}),
+    ModelRecipe("ltx-2-hq", "LTX-2 (video; its HQ two-stage pipeline)",
+                dict(sample_method="mixture", components=[dict(_LTX2_STRETCHED), dict(_LTX2_UNIFORM)], **_LTX_TOKENS),
+                "as recipe ltx-2 (ltx-trainer's ShiftedLogitNormalTimestepSampler, exactly); 1.x and standalone only "
+                "(2.0 refuses spatial_compression)",
+                ltx2_hq_schedule, "mu = lin(1024 -> 0.95, 4096 -> 2.05) of stage 1's latent tokens, at half the size: "
+                "((F - 1) // 8 + 1)((H / 2) // 32)((W / 2) // 32), exponential, stretched to the terminal 0.1",
+                "Lightricks/LTX-2 packages/ltx-core/src/ltx_core/components/schedulers.py LTX2Scheduler (lines "
+                "14-58), packages/ltx-pipelines/src/ltx_pipelines/ti2vid_two_stages_hq.py lines 236-267, "
+                "packages/ltx-core/src/ltx_core/types.py VideoLatentShape.from_pixel_shape (lines 108-123), commit "
+                "400fd310", "official code", {}),
     ModelRecipe("flux", "Flux.1 (image)",
                 dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
                 "sampling rule applied to training (Flux's training code is not public)",

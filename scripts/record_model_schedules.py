@@ -407,6 +407,11 @@ def ltx2(checkout: str) -> Dict[str, Any]:
     # only the HQ pipeline passes one), so the token count is default_number_of_tokens at every size
     cases = [dict(steps=s, height=h, width=w, frames=f, sigmas=scheduler.execute(steps=s).tolist())
              for s, h, w, f in CASES if s > 1]  # at one step its stretch divides 0 by 0 (NaN): the recipe refuses it
+    # read: the HQ pipeline (ti2vid_two_stages_hq.py) passes stage 1's empty latent, at half the pixel size, shaped
+    # by VideoLatentShape.from_pixel_shape: (1, 128, (F - 1) // 8 + 1, (H / 2) // 32, (W / 2) // 32)
+    hq = [dict(steps=s, height=h, width=w, frames=f, sigmas=scheduler.execute(
+        steps=s, latent=torch.empty(1, 128, (f - 1) // 8 + 1, (h // 2) // 32, (w // 2) // 32)).tolist())
+        for s, h, w, f in CASES if s > 1]
     train = os.path.join(checkout, "packages", "ltx-trainer", "src", "ltx_trainer", "timestep_samplers.py")
     tscope = {"torch": torch, "TimestepSampler": object}
     sampler = scheduler_class(train, "ShiftedLogitNormalTimestepSampler", tscope)
@@ -417,7 +422,8 @@ def ltx2(checkout: str) -> Dict[str, Any]:
                     lower_quantile_z=sampler().normal_005_percentile, upper_quantile_z=sampler().normal_999_percentile)
     return dict(file="packages/ltx-core/src/ltx_core/components/schedulers.py, "
                      "packages/ltx-trainer/src/ltx_trainer/timestep_samplers.py", commit=commit(checkout),
-                read="the pipelines call execute(steps=N) without a latent", recipes={"ltx-2": cases},
+                read="the default pipelines call execute(steps=N) without a latent; the HQ pipeline's latent shape "
+                "as written above", recipes={"ltx-2": cases, "ltx-2-hq": hq},
                 training=training, training_draws=ltx2_draws(sampler()))
 
 

@@ -13,7 +13,7 @@ from opensora_timeshift_patch.recipes import CONFIDENCE, RECIPES, expand, recipe
 from opensora_timeshift_patch.settings import SETTINGS, SettingError
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
-COUNTS_PIXELS = {"ltx-video-0.9", "ltx-2"}
+COUNTS_PIXELS = {"ltx-video-0.9", "ltx-2", "ltx-2-hq"}
 SECTIONS = tuple(k for k, v in GOLDENS.items() if isinstance(v, dict) and "recipes" in v)
 
 
@@ -260,3 +260,16 @@ def test_opensora1_recipes_refuse_where_stock_samples_nan(section):
                 "num_frames": torch.tensor([float(case["frames"])])}
         with pytest.raises(ValueError, match="T_eff = 0"):  # training: the guard, as for any settings
             Recipe(dict(recipe=name)).shift(torch.tensor([500.0]), meta, 1000)
+
+
+def test_ltx2_hq_counts_stage_1s_latent_at_half_the_size():
+    # 720x1280, 121 frames: stage 1 at 360x640, latent 16 x 11 x 20 = 3520 tokens (360 // 32 = 11)
+    mu = 0.95 + 1.1 * (16 * 11 * 20 - 1024) / 3072
+    e = math.exp(mu)
+    s = e / (e + 1 / (2 / 3) - 1)
+    low = e / (e + 1 / (1 / 3) - 1)
+    assert sigmas("ltx-2-hq", 3, 720, 1280, 121) == pytest.approx([1, 1 - (1 - s) * 0.9 / (1 - low), 0.1, 0], rel=1e-6)
+    assert sigmas("ltx-2-hq", 3, 720, 1280, 121) != sigmas("ltx-2", 3, 720, 1280, 121)
+    assert RECIPES["ltx-2-hq"].training == RECIPES["ltx-2"].training
+    with pytest.raises(SettingError, match="too small for LTX-2's HQ pipeline"):
+        sigmas("ltx-2-hq", 4, 32, 1280, 121)
