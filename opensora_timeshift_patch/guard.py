@@ -93,7 +93,7 @@ def factor_bounded(shift: "TimestepShift") -> bool:
     """Whether the factor's [0.01, 100] bound decides: for a shift that knows no base distribution, and under
     ``"clamp"`` (whose steps clamp the factor on the device, looking at nothing). Otherwise the shifted
     distribution is judged instead (:func:`pile_check`), and the factor need only be finite and >= 0."""
-    return getattr(shift, "base", None) is None or shift.on_degenerate == "clamp"
+    return shift.base is None or shift.on_degenerate == "clamp"
 
 
 def kind_codes(on_degenerate: str, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray,
@@ -270,12 +270,12 @@ def pile_message(factor: float, low: float, high: float, subject: str, fix: str)
 def pile_check(shift: "TimestepShift", factor: np.ndarray, subject: str) -> str:
     """The pile-up sentence for the first of ``factor`` whose shifted base distribution piles up, ``""`` when none
     does or the shift knows no base distribution (``shift.base``, set by the :class:`~.core.Recipe`)."""
-    base = getattr(shift, "base", None)
+    base = shift.base
     if base is None:
         return ""
     values = np.unique(np.asarray(factor, dtype=np.float64).reshape(-1))
     values = values[np.isfinite(values)]
-    cache = shift.__dict__.setdefault("_pile_shares", {})  # per factor: a bucket is judged once
+    cache = shift.pile_shares  # per factor: a bucket is judged once
     new = [a for a in values.tolist() if a not in cache]
     if new:
         if len(cache) >= 4096:  # factors that never repeat: keep the memory bounded

@@ -110,6 +110,7 @@ class TimestepShift:
         # The base draw (u, factor) -> t whose shifted draws the guard judges for pile-up (the Recipe's base_draw,
         # set by the Recipe); None: the factor's bound alone is checked, as a bare TimestepShift has no distribution.
         self.base: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+        self.pile_shares: Dict[float, Tuple[float, float]] = {}  # the guard's end shares per factor, judged once
         self._rational = not (self.shift_family == "exponential" and self.shift_sigma != 1)  # see curve()
         warn_key = (self.shift_mode, tuple(sorted(policy_params.items())))
         if self.on_degenerate == "clamp" and not compiling and warn_key not in _CLAMP_WARNED:

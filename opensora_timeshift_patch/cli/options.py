@@ -84,20 +84,29 @@ def int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def pixel_size(text: str) -> Optional[Tuple[int, int]]:
+    """``"720x1280"`` (height x width) as a pair; None for text that is not ``HxW``; an argparse error for sides
+    outside 1 to MAX_SIDE. The one reading of a pixel size on every command line."""
+    match = re.fullmatch(r"(\d+)[xX](\d+)", text, re.ASCII)
+    if not match:
+        return None
+    h, w = int(match[1]), int(match[2])
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"resolution {text!r} must have a height and width from 1 to {MAX_SIDE}")
+    return h, w
+
+
 def parse_resolution(text: str) -> Any:
     """``"720x1280"`` (height x width) as a pair, or an Open-Sora bucket name such as ``"720p"`` or ``"256px"``, kept
     as the name: its size depends on the Open-Sora version (see :func:`resolutions_of`)."""
     if text in RESOLUTION_NAMES or OPENSORA2_NAME.fullmatch(text):
         return text
-    match = re.fullmatch(r"(\d+)[xX](\d+)", text, re.ASCII)
-    if not match:
+    size = pixel_size(text)
+    if size is None:
         raise argparse.ArgumentTypeError(
             f"resolution {text!r} is not HxW (e.g. 720x1280) or one of {', '.join(BUCKET_RESOLUTIONS)} "
             f"(or Open-Sora 1.3's NAME_16d, or for 2.0 {OPENSORA2_NAME_HELP})")
-    h, w = int(match[1]), int(match[2])
-    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise argparse.ArgumentTypeError(f"resolution {text!r} must have a height and width from 1 to {MAX_SIDE}")
-    return h, w
+    return size
 
 
 def setting_option(p: argparse.ArgumentParser, setting: Setting, *also: Setting, **kwargs: Any) -> None:

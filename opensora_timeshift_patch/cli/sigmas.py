@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from typing import Any, Tuple
 
 from ..recipes import RECIPES
 from ..settings import SettingError
 from .common import UsageError, format_table
-from .options import MAX_FRAMES, MAX_SIDE, Once, int_in
+from .options import MAX_FRAMES, MAX_SIDE, Once, int_in, pixel_size
 
 MAX_STEPS = 10_000
 
 
 def hxw(text: str) -> Tuple[int, int]:
     """argparse type: ``HxW`` in pixels, sides 1 to MAX_SIDE (bucket names are Open-Sora's, not these models')."""
-    match = re.fullmatch(r"(\d+)[xX](\d+)", text, re.ASCII)
-    if not match or not (1 <= int(match[1]) <= MAX_SIDE and 1 <= int(match[2]) <= MAX_SIDE):
+    size = pixel_size(text)
+    if size is None:
         raise argparse.ArgumentTypeError(f"resolution {text!r} is not HxW with sides from 1 to {MAX_SIDE} "
                                          "(e.g. 480x832)")
-    return int(match[1]), int(match[2])
+    return size
 
 
 def cmd_sigmas(args: argparse.Namespace) -> int:
