@@ -30,8 +30,8 @@ from .recipes import RECIPES, ModelRecipe, expand
 from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
 from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, mixture_cdf,
                        mixture_quantile, stream_uniform)
-from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, Component, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, SettingError,
-                       applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
+from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, Component,
+                       SettingError, applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
 from .shift import SHIFT_SETTINGS, TimestepShift, inverse_shift, read_meta
 from .weighting import LossWeighting
 

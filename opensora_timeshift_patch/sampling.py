@@ -191,7 +191,8 @@ def fixed(u: Tensor, timesteps: Tuple[float, ...] = (0.25, 0.5, 0.75), fixed_ord
 
 
 @functools.lru_cache(maxsize=32)
-def _mixture_parts(components: Optional[Tuple[Component, ...]]) -> Tuple[Tuple[Component, "TimestepDistribution"], ...]:
+def _mixture_parts(components: Optional[Tuple[Component, ...]]
+                   ) -> Tuple[Tuple[Component, "TimestepDistribution"], ...]:
     if components is None:
         raise SettingError("sample_method='mixture' needs components, e.g. components=[dict(sample_method="
                            "'logit-normal', loc=0.0, scale=1.0, weight=0.7), dict(sample_method='uniform', weight=0.3)]")

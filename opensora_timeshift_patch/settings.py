@@ -177,7 +177,8 @@ COMPONENT_KEYS: Dict[str, Setting] = {s.name: s for s in (
             low_open=True, group="distribution"),
     Setting("shift", "bool", True,
             "False: the component is drawn in the shifted noise level itself, the shift never applied to it (LTX-2's "
-            "10% uniform); the mixture is then drawn per sample, through that sample's shift factor", group="distribution"),
+            "10% uniform); the mixture is then drawn per sample, through that sample's shift factor",
+            group="distribution"),
     Setting("t_range", "range", None, "(t_min, t_max) confining this component's own draw (LTX-2's uniform: "
             "(0.001, 1))", optional=True, group="distribution"),
     Setting("t_range_mode", "choice", "truncate", "with t_range: 'truncate' or 'rescale', as for the whole draw",

@@ -181,8 +181,25 @@ def test_audit_high_compression_flags_the_token_mismatch(capsys):
     # 32 // 4 = 8 latent frames, 24 x 24 latent; 576 // 4 = 144 tokens in training, 576 at inference
     assert row[3:9] == ["8x24x24", "144", f"{lin(144) * math.sqrt(8):.3f}", "576", f"{lin(576) * math.sqrt(8):.3f}",
                         "mismatch"]
-    assert "WARNING: training and inference count tokens differently in 4 buckets" in out
+    assert ("WARNING: training and inference shift differently: training counts (h w) // 2**2 = 144 tokens at "
+            "768x768 where inference counts (h w) // 1**2 = 576, so 4 bucket(s)") in out
     assert "patch_size=1" in out and "non-causal" in out
+
+
+def test_audit_shows_the_size_inference_samples_a_bucket_at(tmp_path, capsys):
+    # 256px at 3:2 (2.0's get_image_size): w = int(sqrt(256^2 3/2) // 16) 16 = 304, h = int((256^2 / 304) // 16) 16
+    # = 208; training's buckets then take one step of 16 towards 256^2 pixels (208 x 320 is closer: 1024 off, not
+    # 2304), inference does not. 33 frames, causal VAE: 9 latent frames; tokens (h / 8)(w / 8) / 4.
+    csv = tmp_path / "clips.csv"
+    csv.write_text("path,text,num_frames,height,width,fps\n" + "".join(f"/c/{i}.mp4,x,33,720,1080,24\n"
+                                                                     for i in range(3)), encoding="utf-8")
+    code, out, err = run(capsys, "audit", "--opensora-version", "2.0", "--config", STAGE1, "--csv", csv)
+    assert code == 0, err
+    row = audit_rows(out)[("208x320", "33")]
+    train, infer = 26 * 40 // 4, 26 * 38 // 4
+    assert row[3:11] == ["9x26x40", str(train), f"{lin(train) * 3:.3f}", str(infer), "at", "208x304",
+                         f"{lin(infer) * 3:.3f}", "mismatch"]
+    assert "inference samples at 208x304 (2.0's get_image_size with training=False)" in out
 
 
 def test_audit_high_compression_fixed_by_patch_size(tmp_path, capsys):

@@ -30,7 +30,8 @@ from ..shift import TimestepShift
 from .common import (STATUS_TEXT, UsageError, build_timeshift, buckets_text, format_table, input_file, load_config,
                      rule_cell, rule_text, short)
 from .options import OPENSORA_VERSIONS, Once
-from .views import VAES, Alpha, bucket_children, build_opensora2, opensora2_alpha, stock_opensora2
+from .views import (VAES, Alpha, Bucket, alpha_mismatch, bucket_children, build_opensora2, opensora2_alpha,
+                    opensora2_inference_size, stock_opensora2)
 
 CSV_COLUMNS = ("num_frames", "height", "width")
 CHECKED = ("height", "width", "num_frames")  # a row's values are checked in this order: its first fault is named
@@ -643,23 +644,27 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
     headers += ["bucket"] if has_buckets else []
     rows: List[List[Any]] = []
     counted: Dict[str, List[Tuple[Tuple[int, int, int, Optional[str]], int]]] = {k: [] for k in STATUS_TEXT}
-    mismatched: List[Tuple[Tuple[int, int, int, Optional[str]], Alpha]] = []
+    mismatched: List[Tuple[Tuple[int, int, int, Optional[str]], Alpha, Optional[Tuple[int, int]]]] = []
     messages: List[str] = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] or "")):
         h, w, n, name = key
         count = groups[key]
-        a = opensora2_alpha(ts, geometry, h, w, n)
+        inference = None if name is None else opensora2_inference_size(name, geometry.token_pixels, (h, w))
+        a = opensora2_alpha(ts, geometry, h, w, n, inference)
         kind = "off" if key in off else a.kind
         counted[kind].append((key, 1 if count is None else count))
         if a.message and kind != "off" and a.message not in messages:
             messages.append(a.message)
         status = STATUS_TEXT[kind].cell
         if kind in ("ok", "extreme", "clamped") and a.alpha != a.infer_alpha:
-            mismatched.append((key, a))
+            mismatched.append((key, a, inference))
             status = "mismatch" if kind != "clamped" else status
         shown = lambda x: "-" if x is None or kind in ("off", "refused") else f"{x:.3f}"  # noqa: E731
+        infer_tokens: Any = a.infer_tokens
+        if inference not in (None, (h, w)):
+            infer_tokens = f"{a.infer_tokens} at {inference[0]}x{inference[1]}"
         rows.append([f"{h}x{w}", n, "-" if count is None else count, "x".join(map(str, a.latent)), a.tokens,
-                     shown(a.alpha), a.infer_tokens, shown(a.infer_alpha), status] + ([name] if has_buckets else []))
+                     shown(a.alpha), infer_tokens, shown(a.infer_alpha), status] + ([name] if has_buckets else []))
     collapsed, refused = counted["collapsed"], counted["refused"]
     code = 1 if collapsed or refused else 0
     args.verdict = code
@@ -673,7 +678,8 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
               + ("each clip's closest aspect ratio" if args.csv is not None else "each name's square or 16:9 size"))
     print_bucket_report(
         args.csv, groups, "latent: T x h x w; tokens and alpha: what training counts and shifts by; inf.tokens and "
-        "inf.alpha: what inference does for the same size", headers, rows, dropped,
+        "inf.alpha: what inference does for the bucket, at the size 2.0's inference samples its name and aspect ratio at "
+        "(shown where it is not the training size)", headers, rows, dropped,
         "a video needs at least as many frames (after the fps stride) as a frame count other than 1, at a resolution "
         "whose pixel count it reaches to 0.8; an image needs a kept 1-frame bucket and an fps below fps_max, or none "
         "(2.0 divides its one frame by the stride too)", skipped, examples)
@@ -683,13 +689,11 @@ def audit_opensora2(args: argparse.Namespace, cfg: Optional[Any]) -> int:
               "base distribution, or more than half the shifted draws within 1/1000 of an end): rflow-timeshift's "
               "default on_degenerate='error' would refuse such batches")
     if mismatched:
-        (h, w, n, name), a = mismatched[0]
-        print(f"\nWARNING: training and inference count tokens differently in {len(mismatched)} buckets: training "
-              f"counts (h w) // 4 (stock 2.0's train.py, whatever the model's patch_size) and inference (h w) // "
-              f"{geometry.patch_size}**2 (the model's patch_size {geometry.patch_size}), so a bucket trains at "
-              f"another alpha than it samples at ({h}x{w} x {n} frames: {a.tokens} tokens, alpha {a.alpha:.3f} in "
-              f"training; {a.infer_tokens} tokens, alpha {a.infer_alpha:.3f} at inference). Fix: scheduler = "
-              f"dict(type='rflow-timeshift', patch_size={geometry.patch_size}), which counts both as the model does.")
+        (h, w, n, name), a, inference = mismatched[0]
+        first = Bucket("", None, h, w, n, a.t_eff, a.alpha, a.kind, None, None, a.latent, a.tokens, a.infer_tokens,
+                       a.infer_alpha, inference_size=inference or (h, w))
+        print("\nWARNING: training and inference shift differently: "
+              + alpha_mismatch(first, len(mismatched), ts.patch_size, geometry.patch_size))
     if collapsed:
         what = ((f"{sum(c for _, c in collapsed)} clips in " if args.csv is not None else "")
                 + buckets_text([k for k, _ in collapsed]))

@@ -374,7 +374,15 @@ class Opensora1View:
         return lines
 
     def notes(self, buckets: Sequence[Bucket]) -> List[str]:
-        return []
+        """Per rule, a note when its training alpha differs from its inference alpha (:func:`alpha_mismatch`)."""
+        notes = []
+        for rule in self.rules:
+            differ = [b for b in buckets if b.label == rule.label and b.factor is not None
+                      and b.inference_factor != b.factor]
+            if differ:
+                notes.append(f"{rule.label}: " + alpha_mismatch(differ[0], len(differ), rule.timesteps.patch_size,
+                                                                self.geometry.patch_size))
+        return notes
 
     def json_row(self, b: Bucket) -> Dict[str, Any]:
         p5, median, p95 = b.quantiles if b.quantiles is not None else (None, None, None)
@@ -478,16 +486,19 @@ def _where(latent_frames: int, tokens: int, frames: int, height: int, width: int
     return f"a latent of {latent_frames} frames and {tokens} tokens, clip of {frames} frames at {height}x{width}"
 
 
-def opensora2_inference_size(name: str, token_pixels: int) -> Tuple[int, int]:
-    """The (H, W) 2.0's inference samples a resolution name at, for the aspect ratio the name is shown at
-    (:func:`~opensora_timeshift_patch.buckets.opensora2_base_size`).
+def opensora2_inference_size(name: str, token_pixels: int, size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+    """The (H, W) 2.0's inference samples a resolution name at, for the aspect ratio of ``size``, one of the name's
+    training sizes (default: the size the name is shown at,
+    :func:`~opensora_timeshift_patch.buckets.opensora2_base_size`).
 
     2.0's inference sizes by ``get_image_size(resolution, aspect_ratio, training=False)`` (opensora/datasets/
     aspect.py): the same table as training's buckets without their one step of D towards the pixel count, and with
     vertical ratios the transpose of the horizontal ones; then each side rounded up to a multiple of 16.
     """
-    base = opensora2_base_size(name, token_pixels)
-    ratio = next(r for r, size in opensora2_sizes(name, token_pixels).items() if size == base)
+    base = opensora2_base_size(name, token_pixels) if size is None else size
+    ratio = next((r for r, s in opensora2_sizes(name, token_pixels).items() if s == base), None)
+    if ratio is None:  # not one of the name's training sizes: nothing to resize by
+        return base
     pixels, d = opensora2_pixels(name), token_pixels
     sizes: Dict[str, Tuple[int, int]] = {}
     vertical: Dict[str, Tuple[int, int]] = {}
@@ -502,6 +513,28 @@ def opensora2_inference_size(name: str, token_pixels: int) -> Tuple[int, int]:
     if h <= 0 or w <= 0:
         return base
     return -(-h // 16) * 16, -(-w // 16) * 16
+
+
+def alpha_mismatch(b: Bucket, count: int, own_patch: Optional[int], model_patch: int) -> str:
+    """The one sentence, for inspect and audit, on 2.0 buckets whose training alpha differs from their inference
+    alpha (``b`` the first of ``count``): inference samples a name at another size than training buckets it at
+    (2.0's own sizes), or counts tokens with another patch size (``patch_size`` fixes that)."""
+    train_patch = 2 if own_patch is None else own_patch
+    infer_patch = model_patch if own_patch is None else own_patch
+    resized = b.inference_size is not None and b.inference_size != (b.height, b.width)
+    sampled = (f"inference samples at {b.inference_size[0]}x{b.inference_size[1]} (2.0's get_image_size with "
+               "training=False) and counts " if resized else "inference counts ")
+    fix = []
+    if train_patch != infer_patch:
+        fix.append(f"scheduler = dict(type='rflow-timeshift', patch_size={model_patch}) counts both with the "
+                   "model's patch_size")
+    if resized:
+        fix.append(("both" if fix else "Both") + " sizes are 2.0's own (its training buckets', its inference's): no "
+                   "setting here changes them")
+    return (f"training counts (h w) // {train_patch}**2 = {b.tokens} tokens at {b.height}x{b.width} where {sampled}"
+            f"(h w) // {infer_patch}**2 = {b.inference_tokens}, so {count} bucket(s) train at another alpha than they "
+            f"sample at ({b.height}x{b.width} x {b.frames} frames: {b.factor:.3f} in training, "
+            f"{b.inference_factor:.3f} at inference). " + "; ".join(fix))
 
 
 def quantiles_of(ts: Opensora2Timesteps, alpha: Optional[float]) -> List[float]:
