@@ -374,15 +374,7 @@ class Opensora1View:
         return lines
 
     def notes(self, buckets: Sequence[Bucket]) -> List[str]:
-        """Per rule, a note when its training alpha differs from its inference alpha (:func:`alpha_mismatch`)."""
-        notes = []
-        for rule in self.rules:
-            differ = [b for b in buckets if b.label == rule.label and b.factor is not None
-                      and b.inference_factor != b.factor]
-            if differ:
-                notes.append(f"{rule.label}: " + alpha_mismatch(differ[0], len(differ), rule.timesteps.patch_size,
-                                                                self.geometry.patch_size))
-        return notes
+        return []
 
     def json_row(self, b: Bucket) -> Dict[str, Any]:
         p5, median, p95 = b.quantiles if b.quantiles is not None else (None, None, None)
@@ -486,7 +478,8 @@ def _where(latent_frames: int, tokens: int, frames: int, height: int, width: int
     return f"a latent of {latent_frames} frames and {tokens} tokens, clip of {frames} frames at {height}x{width}"
 
 
-def opensora2_inference_size(name: str, token_pixels: int, size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+def opensora2_inference_size(name: str, token_pixels: int,
+                             size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
     """The (H, W) 2.0's inference samples a resolution name at, for the aspect ratio of ``size``, one of the name's
     training sizes (default: the size the name is shown at,
     :func:`~opensora_timeshift_patch.buckets.opensora2_base_size`).
@@ -631,33 +624,14 @@ class Opensora2View:
         return lines
 
     def notes(self, buckets: Sequence[Bucket]) -> List[str]:
-        """Per rule, a note when its training alpha differs from its inference alpha: inference samples a name at
-        another size than training buckets it at, or counts tokens with another patch size."""
+        """Per rule, a note when its training alpha differs from its inference alpha (:func:`alpha_mismatch`)."""
         notes = []
-        g = self.geometry
         for rule in self.rules:
             differ = [b for b in buckets if b.label == rule.label and b.factor is not None
                       and b.inference_factor != b.factor]
-            if not differ:
-                continue
-            b = differ[0]
-            own = rule.timesteps.patch_size
-            train_patch, infer_patch = (2 if own is None else own), (g.patch_size if own is None else own)
-            resized = b.inference_size != (b.height, b.width)
-            sampled = (f"inference samples at {b.inference_size[0]}x{b.inference_size[1]} (2.0's get_image_size with "
-                       "training=False) and counts " if resized else "inference counts ")
-            fix = []
-            if train_patch != infer_patch:
-                fix.append(f"scheduler = dict(type='rflow-timeshift', patch_size={g.patch_size}) counts both with the "
-                           "model's patch_size")
-            if resized:
-                fix.append(("both" if fix else "Both") + " sizes are 2.0's own (its training buckets', its "
-                           "inference's): no setting here changes them")
-            notes.append(
-                f"{rule.label}: training counts (h w) // {train_patch}**2 = {b.tokens} tokens at {b.height}x{b.width} "
-                f"where {sampled}(h w) // {infer_patch}**2 = {b.inference_tokens}, so {len(differ)} bucket(s) train "
-                f"at another alpha than they sample at ({b.height}x{b.width} x {b.frames} frames: {b.factor:.3f} in "
-                f"training, {b.inference_factor:.3f} at inference). " + "; ".join(fix))
+            if differ:
+                notes.append(f"{rule.label}: " + alpha_mismatch(differ[0], len(differ), rule.timesteps.patch_size,
+                                                                self.geometry.patch_size))
         return notes
 
     def json_row(self, b: Bucket) -> Dict[str, Any]:
