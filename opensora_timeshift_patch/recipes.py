@@ -219,7 +219,7 @@ _HV15_TASKS = (
 # time, patch 1), exponential
 _LTX_TOKENS = dict(shift_family="exponential", resolution_shift="linear", token_count="video", base_seq_len=1024,
                    max_seq_len=4096, base_shift=0.95, max_shift=2.05, patch_size=1, spatial_compression=32,
-                   shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True)
+                   shift_mode="latent", micro_frame_size=None, temporal_compression=8, causal=True, latent_from="meta")
 
 def _sigmoid(z: float) -> float:
     return 1 / (1 + math.exp(-z))
@@ -318,8 +318,9 @@ _RECIPES = (
                 "sampling shift (mu linear in all latent tokens, exponential); not expressed: the stretch to the "
                 "terminal 0.1 (a rule of the sampling grid), and the token count where the frame count is not 8k + 1 "
                 "(LTX: F // 8 + 1; the causal policy: 1 + (F - 1) // 8) or a side not a multiple of 32 (LTX floors "
-                "H / 32 and W / 32; the linear rule counts H W / 32^2); it counts pixels in 32x32 latent tokens, so "
-                "1.x and standalone only (2.0 counts its own latent and refuses spatial_compression)",
+                "H / 32 and W / 32; the linear rule counts H W / 32^2); it counts the pixel meta in LTX's 32x32, "
+                "8x-causal latent tokens whatever latent training passes (latent_from='meta'), so 1.x and standalone "
+                "only (2.0 counts its own latent and refuses spatial_compression)",
                 ltxv_schedule, "mu = lin(1024 -> 0.95, 4096 -> 2.05)((F // 8 + 1)(H // 32)(W // 32)), exponential, "
                 "stretched to the terminal 0.1",
                 "Lightricks/LTX-Video ltx_video/schedulers/rf.py (lines 69-149, 176-262), "
@@ -332,7 +333,8 @@ _RECIPES = (
                 "exponential shift: the same draw), stretched affinely so that its points at mu - 2.5758 and "
                 "mu + 3.0902 (its 0.5% and 99.9%) go to 0 and 1, values below eps = 0.001 reflected to 2 eps - t, "
                 "clamped to [0, 1]; else an unshifted uniform on [eps, 1). Its percentile ends are computed in "
-                "float32 there, in float64 here; 1.x and standalone only (2.0 refuses spatial_compression)",
+                "float32 there, in float64 here; counted on LTX's latent geometry from the pixel meta whatever latent "
+                "training passes (latent_from='meta'); 1.x and standalone only (2.0 refuses spatial_compression)",
                 ltx2_schedule, "mu = 2.05 at every size (execute(steps) without a latent counts 4096 tokens), "
                 "exponential, stretched to the terminal 0.1",
                 "Lightricks/LTX-2 packages/ltx-core/src/ltx_core/components/schedulers.py LTX2Scheduler (lines "

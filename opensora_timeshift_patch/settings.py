@@ -503,6 +503,12 @@ _SETTINGS = (
             low=1, high=64,
             group="shift", applies_with=('resolution_shift', ('linear',)),
             not_on_2="2.0's token count comes from the latent itself"),
+    Setting("latent_from", "choice", "tensor",
+            "where the latent size the shift counts comes from: 'tensor', the latent training passes (its own VAE's; "
+            "the pixel meta where there is none); 'meta', always the clip's pixel meta, through temporal_compression, "
+            "causal and spatial_compression: a model's own VAE geometry whatever VAE made the latent (the LTX "
+            "recipes, defined on LTX's 32x, 8x-causal latent)", choices=("tensor", "meta"), group="shift",
+            not_on_2="2.0 counts the latent it trains on"),
     Setting("bucket_settings", "any", None,
             "rules dict(frames=(lo, hi), resolution=(lo, hi), **settings) giving some buckets their own distribution "
             "and shift settings (see per_bucket)", optional=True,
@@ -742,6 +748,10 @@ LINEAR_DEFAULTS = {"rational": (1.0, 3.0), "exponential": (0.5, 1.15)}
 def _check_shift_values(values: Dict[str, Any]) -> None:
     """The shift values must give a factor in [1/100, 100]: rational a directly, exponential a = e^mu."""
     family, rule = values["shift_family"], values["resolution_shift"]
+    if values["latent_from"] == "meta" and values["shift_mode"] != "latent" and rule != "linear":
+        raise SettingError(f"latent_from='meta' with shift_mode={values['shift_mode']!r} and resolution_shift="
+                           f"{rule!r}: nothing counts the latent (only shift_mode='latent' and the linear rule's token "
+                           "count do), so it would change nothing; remove it")
     if rule == "constant" and values["shift"] is None:
         raise SettingError("resolution_shift='constant' needs shift (the constant factor; SD3 uses 3.0)")
     if rule == "linear":

@@ -134,7 +134,8 @@ class TimestepShift:
         """The resolution's part of ``a``: a tensor per sample, or a float shared by the batch.
 
         The linear rule counts latent tokens: ``tokens`` when the caller has counted them, else from the latent's
-        ``latent_hw``, else from the pixel meta; times ``frames`` (T_eff) when it counts the whole clip.
+        ``latent_hw`` (with ``latent_from='tensor'``), else from the pixel meta; times ``frames`` (T_eff) when it
+        counts the whole clip.
         """
         if self.resolution_shift == "sqrt":
             area = (height * width).div_(self.base_resolution)  # in place: our own temporaries
@@ -142,7 +143,8 @@ class TimestepShift:
         if self.resolution_shift == "constant":
             value: Any = self.shift
         else:
-            if tokens is None and latent_hw is not None:  # the latent tensor is the truth, as for T_eff
+            # the latent tensor is the truth, as for T_eff, unless the rule is another model's geometry (latent_from)
+            if tokens is None and latent_hw is not None and self.latent_from == "tensor":
                 tokens = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
             if tokens is None:
                 count: Any = height * width / (self.spatial_compression * self.patch_size) ** 2
@@ -169,8 +171,9 @@ class TimestepShift:
         return rational_shift(t, ratio)  # the exponential family with sigma = 1 is exactly this curve
 
     def temporal_size(self, num_frames: Tensor, latent_frames: Optional[int] = None) -> Tensor:
-        """``T_eff`` per sample, before the guard. ``latent_frames``, the latent tensor's own length, wins in ``latent`` mode."""
-        if latent_frames is not None and self.shift_mode == "latent":
+        """``T_eff`` per sample, before the guard. ``latent_frames``, the latent tensor's own length, wins in ``latent``
+        mode (unless ``latent_from='meta'``, which counts the pixel frames through the policy's geometry)."""
+        if latent_frames is not None and self.shift_mode == "latent" and self.latent_from == "tensor":
             return torch.full_like(num_frames, float(latent_frames))
         if self._images_are_one:
             return get_policy(self.shift_mode)(num_frames, **self.policy_params)

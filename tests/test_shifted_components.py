@@ -294,3 +294,37 @@ def test_the_opensora2_drop_in_draws_through_its_alpha():
     torch.manual_seed(0)
     t = ts.training_timesteps(torch.rand(4000), latent).double().numpy()
     assert stats.kstest(t, lambda v: hand_cdf(np.clip(v, 1e-12, 1 - 1e-12), a)).pvalue > 1e-6
+
+
+def test_the_ltx_recipes_count_ltxs_latent_whatever_latent_training_passes():
+    """On Open-Sora 1.x the latent comes from Open-Sora's VAE (4x in time, 8x in space): 256x256 at 25 frames is
+    7 x 32 x 32. LTX-2 counts its own latent of that clip, 4 x 8 x 8 = 256 tokens (mu = 0.95 + 1.1 (256 - 1024) /
+    3072), as inspect does from the pixel meta; counting Open-Sora's latent would give 7168 tokens."""
+    import opensora_timeshift_patch as ots
+
+    for name in ("ltx-2", "ltx-video-0.9"):
+        scheduler = ots.RFlowTimeShift(recipe=name, timestep_rng="per_sample")
+        m = meta((256, 256, 25), repeat=2)
+        t = scheduler.sample_timesteps(torch.zeros(2, 4, 7, 32, 32), m, step=3)
+        recipe = scheduler.recipe
+        u, _ = recipe.stream_uniforms(2, "cpu", 3)
+        expected_factor = math.exp(mu_of(4 * 8 * 8))
+        assert float(recipe.shift.shift_factor(m, 7, torch.float32, None, (32, 32), 2)[0]) == pytest.approx(
+            expected_factor, rel=1e-6)
+        assert torch.equal(t, recipe.training_timesteps(u, m))  # the same draw as with no latent at all
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(latent_from="pixels"), r"latent_from='pixels' is not allowed: use one of 'tensor', 'meta'"),
+    (dict(latent_from=True), r"latent_from=True is not allowed"),
+    (dict(latent_from="meta", shift_mode="legacy"), r"latent_from='meta' with shift_mode='legacy' and "
+                                                    r"resolution_shift='sqrt': nothing counts the latent"),
+])
+def test_latent_from_refuses_what_it_cannot_mean(settings, message):
+    with pytest.raises(SettingError, match=message):
+        Recipe(settings)
+
+
+def test_latent_from_has_no_meaning_on_opensora2():
+    with pytest.raises(SettingError, match="latent_from='meta' has no meaning on Open-Sora 2.0"):
+        Recipe(dict(latent_from="meta"), release="2.0")
