@@ -245,6 +245,24 @@ def test_opensora1_recipes_train_as_their_train_config(section):
 
 
 @pytest.mark.parametrize("section", OPENSORA1)
+def test_opensora1_recipes_are_that_release_s_rule_on_opensora2_too(section):
+    # On 2.0 a recipe that named only its temporal rule would meet 2.0's token-linear resolution rule: the recipe
+    # names its sqrt rule too, so 2.0's drop-in shifts by stock 1.x's own transform (the recorded sigmas).
+    import torch
+
+    from opensora_timeshift_patch.opensora2 import Opensora2Timesteps
+
+    name, _ = OPENSORA1[section]
+    ts = Opensora2Timesteps(recipe=name)
+    for case in GOLDENS[section]["recipes"][name]:
+        if case["frames"] == 1 or case["steps"] < 2:
+            continue
+        alpha = ts.factor(1, 1, (case["frames"], case["height"], case["width"]))  # the sqrt rule reads pixels only
+        t = torch.tensor([1.0 - 1 / case["steps"]], dtype=torch.float64)
+        assert float(ts.shift.curve(t, alpha)) == pytest.approx(case["sigmas"][1], rel=2e-6)
+
+
+@pytest.mark.parametrize("section", OPENSORA1)
 def test_opensora1_recipes_refuse_where_stock_samples_nan(section):
     import torch
 
