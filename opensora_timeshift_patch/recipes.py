@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-CONFIDENCE = ("official code", "maintainer statement", "community practice")
+CONFIDENCE = ("official code", "maintainer statement", "community practice", "not published")
+"""How sure a recipe's numbers are; "not published" (a training rule only) means the recipe assumes the model trains
+at its sampling rule."""
 
 Schedule = Callable[[int, int, int, int], List[float]]  # (steps, height, width, frames) -> steps + 1 sigmas
 
@@ -27,8 +29,16 @@ class ModelRecipe(NamedTuple):
     schedule: Schedule
     schedule_text: str
     source: str  # repository, file and commit
-    confidence: str  # one of CONFIDENCE
+    confidence: str  # one of CONFIDENCE: of the sampling schedule, and of the training rule unless given apart
     extra: Dict[str, Any]  # recorded only (a Wan 2.2 expert boundary)
+    training_confidence: str = ""  # one of CONFIDENCE where the training rule's differs from the schedule's
+
+    @property
+    def confidence_text(self) -> str:
+        """The confidence in words: one, or the schedule's and the training rule's."""
+        if not self.training_confidence or self.training_confidence == self.confidence:
+            return self.confidence
+        return f"{self.confidence} (sampling); {self.training_confidence} (training)"
 
 
 def _grid(steps: int) -> List[float]:
@@ -197,6 +207,13 @@ _WAN22 = ("Wan-Video/Wan2.2 wan/configs/{}, generate.py --sample_solver unipc, w
           "FlowUniPCMultistepScheduler, commit 42bf4cfa")
 _UNIPC = " on its default UniPC grid, linspace(float32(0.999), 0, steps + 1)"
 _WAN_TRAIN = "training distribution and shift not published: the recipe trains at the sampling shift"
+# Wan 2.1's maintainers (Wan2.1 issue #291): logit-normal, as the technical report says, with flow_shift by
+# resolution: 2 for 480p training, "increase flow_shift appropriately" for 720p and above (no number given)
+_WAN21_ISSUE = "; training: Wan-Video/Wan2.1 issue #291 (wan-x-ai, 2025-03-31)"
+_WAN21_480P = ("logit-normal with flow_shift 2 for 480p training (the maintainers, Wan2.1 issue #291; the technical "
+               "report's logit-normal), not the sampling shift")
+_WAN21_720P = ("logit-normal (the maintainers, Wan2.1 issue #291; the technical report); its shift for 720p and above "
+               "is not given ('increase flow_shift appropriately'): the recipe trains at the sampling shift")
 
 _HV15 = "Tencent-Hunyuan/HunyuanVideo-1.5 train.py lines 139-142, 204-275, 751-752, {}, commit 60783e70"
 # train.py's default: t = sigmoid(N(0, 1)) squeezed into [1e-5, 1 - 1e-5] (TRAIN_EPS), then the rational shift 3.0
@@ -259,27 +276,40 @@ _RECIPES = (
                 _opensora1_schedule("1.3", lambda f: (f - 1) // 4, "(num_frames - 1) // 4", 5),
                 "sqrt(H W / 512^2) sqrt((F - 1) // 4) (1 for an image), rational; 30 steps in its t2v.py",
                 _OS1.format(v=3, inf="t2v.py", fn="time_sampler.py", c="2ca632a2"), "official code", {}),
-    ModelRecipe("wan2.1-t2v", "Wan 2.1 T2V (and 720p I2V)", _constant_training(5.0), _WAN_TRAIN,
-                _wan_unipc(5.0), "constant shift 5.0" + _UNIPC, _WAN21, "official code", {}),
-    ModelRecipe("wan2.1-i2v-480p", "Wan 2.1 I2V at 832x480", _constant_training(3.0), _WAN_TRAIN,
-                _wan_unipc(3.0), "constant shift 3.0" + _UNIPC, _WAN21, "official code", {}),
-    ModelRecipe("wan2.1-flf2v", "Wan 2.1 FLF2V and VACE", _constant_training(16.0), _WAN_TRAIN,
-                _wan_unipc(16.0), "constant shift 16" + _UNIPC, _WAN21, "official code", {}),
+    ModelRecipe("wan2.1-t2v", "Wan 2.1 T2V at 720p (and 720p I2V)",
+                dict(sample_method="logit-normal", **_constant_training(5.0)), _WAN21_720P,
+                _wan_unipc(5.0), "constant shift 5.0" + _UNIPC, _WAN21 + _WAN21_ISSUE, "official code", {},
+                training_confidence="maintainer statement"),
+    ModelRecipe("wan2.1-t2v-480p", "Wan 2.1 T2V at 832x480",
+                dict(sample_method="logit-normal", **_constant_training(2.0)), _WAN21_480P,
+                _wan_unipc(5.0), "constant shift 5.0" + _UNIPC, _WAN21 + _WAN21_ISSUE, "official code", {},
+                training_confidence="maintainer statement"),
+    ModelRecipe("wan2.1-i2v-480p", "Wan 2.1 I2V at 832x480",
+                dict(sample_method="logit-normal", **_constant_training(2.0)), _WAN21_480P,
+                _wan_unipc(3.0), "constant shift 3.0" + _UNIPC, _WAN21 + _WAN21_ISSUE, "official code", {},
+                training_confidence="maintainer statement"),
+    ModelRecipe("wan2.1-flf2v", "Wan 2.1 FLF2V and VACE (720p)",
+                dict(sample_method="logit-normal", **_constant_training(16.0)), _WAN21_720P,
+                _wan_unipc(16.0), "constant shift 16" + _UNIPC, _WAN21 + _WAN21_ISSUE, "official code", {},
+                training_confidence="maintainer statement"),
     ModelRecipe("wan2.2-t2v-a14b", "Wan 2.2 T2V-A14B", _constant_training(12.0), _WAN_TRAIN,
                 _wan_unipc(12.0), "constant shift 12.0" + _UNIPC + "; experts switch at boundary 0.875",
-                _WAN22.format("wan_t2v_A14B.py lines 34-36"), "official code", dict(boundary=0.875)),
+                _WAN22.format("wan_t2v_A14B.py lines 34-36"), "official code", dict(boundary=0.875),
+                training_confidence="not published"),
     ModelRecipe("wan2.2-i2v-a14b", "Wan 2.2 I2V-A14B", _constant_training(5.0), _WAN_TRAIN,
                 _wan_unipc(5.0), "constant shift 5.0" + _UNIPC + "; experts switch at boundary 0.900",
-                _WAN22.format("wan_i2v_A14B.py lines 34-36"), "official code", dict(boundary=0.9)),
+                _WAN22.format("wan_i2v_A14B.py lines 34-36"), "official code", dict(boundary=0.9),
+                training_confidence="not published"),
     ModelRecipe("wan2.2-ti2v-5b", "Wan 2.2 TI2V-5B", _constant_training(5.0), _WAN_TRAIN,
                 _wan_unipc(5.0),
-                "constant shift 5.0" + _UNIPC, _WAN22.format("wan_ti2v_5B.py line 33"), "official code", {}),
+                "constant shift 5.0" + _UNIPC, _WAN22.format("wan_ti2v_5B.py line 33"), "official code", {},
+                training_confidence="not published"),
     ModelRecipe("hunyuanvideo", "HunyuanVideo 1.0", _constant_training(7.0),
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(7.0), "constant shift 7.0 (--flow-shift default)",
                 "Tencent-Hunyuan/HunyuanVideo hyvideo/config.py lines 187-190, "
                 "hyvideo/diffusion/schedulers/scheduling_flow_match_discrete.py set_timesteps, commit fa14b001",
-                "official code", {}),
+                "official code", {}, training_confidence="not published"),
     *(ModelRecipe(f"hunyuanvideo-1.5-{task}", f"HunyuanVideo 1.5 {model}", _HV15_TRAIN, _HV15_NOTE,
                   constant_shift(a), f"constant shift {a} (flow_shift of {configs})",
                   _HV15.format(f"hyvideo/commons/__init__.py {lines}"), "official code", {})
@@ -295,11 +325,12 @@ _RECIPES = (
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(13.0), "constant shift 13.0",
                 "stepfun-ai/Step-Video-T2V stepvideo/diffusion/scheduler.py set_timesteps (lines 105-126), "
-                "commit 675e08c0", "official code", {}),
+                "commit 675e08c0", "official code", {}, training_confidence="not published"),
     ModelRecipe("step-video-t2v-turbo", "Step-Video-T2V-Turbo (step-distilled)", _constant_training(17.0),
                 "training rule not in the repository: the recipe trains at the sampling shift",
                 constant_shift(17.0), "constant shift 17.0, 10-15 steps",
-                "stepfun-ai/Step-Video-T2V README.md line 154, commit 675e08c0", "maintainer statement", {}),
+                "stepfun-ai/Step-Video-T2V README.md line 154, commit 675e08c0", "maintainer statement", {},
+                training_confidence="not published"),
     ModelRecipe("sd3", "Stable Diffusion 3 (image)",
                 dict(sample_method="logit-normal", loc=0.0, scale=1.0, **_constant_training(3.0)),
                 "logit-normal(0, 1) then shift 3.0, continuous (SD3 paper; diffusers' train_dreambooth_sd3 default "
@@ -325,7 +356,8 @@ _RECIPES = (
                 "stretched to the terminal 0.1",
                 "Lightricks/LTX-Video ltx_video/schedulers/rf.py (lines 69-149, 176-262), "
                 "ltx_video/utils/diffusers_config_mapping.py OURS_SCHEDULER_CONFIG (lines 65-72), "
-                "ltx_video/pipelines/pipeline_ltx_video.py (lines 914-931), commit 5260738e", "official code", {}),
+                "ltx_video/pipelines/pipeline_ltx_video.py (lines 914-931), commit 5260738e", "official code", {},
+                training_confidence="not published"),
     ModelRecipe("ltx-2", "LTX-2 (video; its default pipelines)",
                 dict(sample_method="mixture", components=[dict(_LTX2_STRETCHED), dict(_LTX2_UNIFORM)], **_LTX_TOKENS),
                 "ltx-trainer's ShiftedLogitNormalTimestepSampler: with probability 0.9, sigmoid(N(mu, 1)) with mu = "
@@ -353,10 +385,12 @@ _RECIPES = (
                 "400fd310", "official code", {}),
     ModelRecipe("flux", "Flux.1 (image)",
                 dict(shift_family="exponential", resolution_shift="linear", temporal_exponent=0.0),
-                "sampling rule applied to training (Flux's training code is not public)",
+                "sampling rule applied to training: Flux's training code is not public, and Black Forest Labs is "
+                "reported to have confirmed training with the scheduler's dynamic shift (Nerogar/OneTrainer pull "
+                "request #1516)",
                 flux_schedule, "mu = lin(256 -> 0.5, 4096 -> 1.15)(ceil(H/16) ceil(W/16)), exponential",
                 "black-forest-labs/flux src/flux/sampling.py get_schedule (lines 277-305), commit 802fb471",
-                "official code", {}),
+                "official code", {}, training_confidence="community practice"),
 )
 
 RECIPES: Dict[str, ModelRecipe] = {r.name: r for r in _RECIPES}
@@ -393,5 +427,5 @@ def recipes_table() -> str:
         training = ", ".join(f"{k}={v!r}" for k, v in r.training.items())
         extra = "".join(f"; {k} {v!r} (recorded only)" for k, v in r.extra.items())
         lines.append(f"| `{r.name}` | {r.model} | `{training}` ({r.training_note}) | {r.schedule_text}{extra} | "
-                     f"{r.source} | {r.confidence} |")
+                     f"{r.source} | {r.confidence_text} |")
     return "\n".join(lines)

@@ -160,7 +160,8 @@ def wan_sigmas(checkout: str, steps: int, shift: float) -> List[float]:
 
 
 def wan21(checkout: str) -> Dict[str, Any]:
-    tasks = {"wan2.1-t2v": ("t2v-14B", "1280*720"), "wan2.1-i2v-480p": ("i2v-14B", "832*480"),
+    tasks = {"wan2.1-t2v": ("t2v-14B", "1280*720"), "wan2.1-t2v-480p": ("t2v-1.3B", "832*480"),
+             "wan2.1-i2v-480p": ("i2v-14B", "832*480"),
              "wan2.1-flf2v": ("flf2v-14B", "1280*720")}
     recipes = {}
     for name, (task, size) in tasks.items():

@@ -65,7 +65,8 @@ def test_inspect_shows_the_recipes_source_and_its_shift(capsys):
     code, out, _ = run_any(capsys, "inspect", "--set", "recipe=wan2.2-t2v-a14b", "--frames", 17, "--resolution",
                            "720x1280", "--mode", "latent")
     assert code == 0
-    assert "recipe wan2.2-t2v-a14b" in out and "wan_t2v_A14B.py" in out and "(official code)" in out
+    assert "recipe wan2.2-t2v-a14b" in out and "wan_t2v_A14B.py" in out
+    assert "(official code (sampling); not published (training))" in out
     row = next(line for line in out.splitlines() if line.startswith("720x1280"))
     assert row.split()[4] == "12.000"  # the constant shift, no temporal factor
 
@@ -102,10 +103,10 @@ def test_inspect_shows_a_recipe_as_its_training_draws_it(capsys):
 
 
 def test_inspect_shows_a_recipes_own_distribution_not_the_commands_default(capsys):
-    # Wan 2.1 sets no sample_method: training draws the scheduler's default, uniform, so the median at shift 5 is
-    # 5 (1/2) / (1 + 4 (1/2)) = 5/6, not the logit-normal default of inspect (also 5/6 at the median: use p5)
-    code, out, err = run_any(capsys, "inspect", "--set", "recipe=wan2.1-t2v", "--resolution", "480x832", "--frames",
-                             81, "--mode", "latent", "--json")
+    # Wan 2.2 sets no sample_method: training draws the scheduler's default, uniform, so p5 at shift 5 is
+    # 5 (0.05) / (1 + 4 (0.05)), not the logit-normal default of inspect
+    code, out, err = run_any(capsys, "inspect", "--set", "recipe=wan2.2-ti2v-5b", "--resolution", "480x832",
+                             "--frames", 81, "--mode", "latent", "--json")
     assert code == 0, err
     (row,) = json.loads(out)["rows"]
     assert row["p5"] == pytest.approx(1000 * 5 * 0.05 / (1 + 4 * 0.05), rel=1e-6)

@@ -40,10 +40,19 @@ def test_the_schedule_is_the_models_own(name, case):
     assert 0.999 <= ours[0] <= 1.0 and ours[-1] == 0.0
 
 
+# Wan 2.1's maintainers (Wan2.1 issue #291): "For 480p video training, set flow_shift to 2", logit-normal
+WAN21_TRAINED_AT = {"wan2.1-t2v-480p": 2.0, "wan2.1-i2v-480p": 2.0}
+
+
 @pytest.mark.parametrize("name, case", [p.values for p in golden_cases() if "shift" in p.values[1]])
 def test_a_constant_recipe_trains_at_the_models_own_sampling_shift(name, case):
+    # or, where the maintainers said how they trained, at that
     training = RECIPES[name].training
-    assert training["resolution_shift"] == "constant" and training["shift"] == case["shift"]
+    assert training["resolution_shift"] == "constant"
+    assert training["shift"] == WAN21_TRAINED_AT.get(name, case["shift"])
+    if name.startswith("wan2.1"):
+        assert training["sample_method"] == "logit-normal" and RECIPES[name].training_confidence == (
+            "maintainer statement") and "#291" in RECIPES[name].source
 
 
 def test_wan22_boundaries_are_the_configs():
@@ -93,7 +102,8 @@ def test_the_recipe_expands_and_what_is_beside_it_wins():
 
 def test_the_expanded_settings_are_judged_as_any():
     with pytest.raises(SettingError, match=r"use_timestep_transform=True .*\(recipe='wan2.1-t2v' sets "
-                                           r"resolution_shift='constant', shift=5.0, temporal_exponent=0.0\)"):
+                                           r"sample_method='logit-normal', resolution_shift='constant', shift=5.0, "
+                                           r"temporal_exponent=0.0\)"):
         Recipe(dict(recipe="wan2.1-t2v", use_timestep_transform=False))
     with pytest.raises(SettingError, match="resolution_shift='linear'"):
         Recipe(dict(recipe="wan2.1-t2v", max_shift=3.0))

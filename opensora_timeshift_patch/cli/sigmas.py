@@ -36,11 +36,12 @@ def cmd_sigmas(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dict(recipe=recipe.name, model=recipe.model, steps=steps, height=height, width=width,
                               frames=frames, schedule=recipe.schedule_text, source=recipe.source,
-                              confidence=recipe.confidence, recorded=recipe.extra, sigmas=values),
+                              confidence=recipe.confidence, training_confidence=recipe.training_confidence or recipe.confidence,
+                              recorded=recipe.extra, sigmas=values),
                          indent=1, allow_nan=False))
         return 0
     print(f"recipe {recipe.name} ({recipe.model}): {recipe.schedule_text}")
-    print(f"source: {recipe.source} ({recipe.confidence})")
+    print(f"source: {recipe.source} ({recipe.confidence_text})")
     print(f"{steps} steps at {height}x{width} x {frames} frames: {steps} sigmas, then the terminal")
     rows: Any = [[i if i < steps else "terminal", f"{s:.6f}"] for i, s in enumerate(values)]
     print(format_table(["step", "sigma"], rows))

@@ -211,7 +211,7 @@ def recipe_lines(recipe: Optional[ModelRecipe]) -> List[str]:
     """The selected named recipe's source, for a view's header (none when no recipe is selected)."""
     if recipe is None:
         return []
-    return [f"recipe {recipe.name} ({recipe.model}): {recipe.source} ({recipe.confidence}); training: "
+    return [f"recipe {recipe.name} ({recipe.model}): {recipe.source} ({recipe.confidence_text}); training: "
             f"{recipe.training_note}"]
 
 
