@@ -254,13 +254,17 @@ class Recipe:
         the shifted noise level, ``G^-1(u)`` by bisection, and mapped back through the factor's inverse shift, so
         that the shift every integration applies next lands it where the mixture puts it (to the shift's float
         rounding)."""
-        if self.noise_range is not None:
-            u = self._noise_band(u, factor)
-        if self.shifted_components is None:
+        if not self.factor_dependent:
             return self.distribution(u)
         shift, unshift, a = self._curves(factor, u.device)
-        x = mixture_quantile(u, self.shifted_components, shift, unshift, torch.broadcast_shapes(u.shape, a.shape))
-        t = unshift(x).clamp(0, 1)
+        # A factor of 0 (T_eff = 0, kept by on_degenerate='ignore' as stock keeps it) shifts every t < 1 to 0, and its
+        # inverse shift is 0 / 0: there the draw is 0, which the shift collapses to stock's 0 instead of NaN.
+        collapsed = (a == 0) & (u >= 0) & (u <= 1)
+        band = u if self.noise_range is None else self._noise_band(u, factor)
+        if self.shifted_components is None:
+            return torch.where(collapsed, 0.0, self.distribution(band))
+        x = mixture_quantile(band, self.shifted_components, shift, unshift, torch.broadcast_shapes(u.shape, a.shape))
+        t = torch.where(collapsed, 0.0, unshift(x).clamp(0, 1))
         return torch.where((u >= 0) & (u <= 1), t, torch.nan).to(u.dtype)
 
     def shifted_cdf(self, x: Tensor, factor: Any) -> Tensor:
