@@ -3,12 +3,14 @@ would: each input gets a named error or a correct result, never NaN timesteps or
 
 Expected values are derived by hand in each test."""
 
+import math
 import warnings
 
 import pytest
 import torch
 
 from opensora_timeshift_patch import Recipe
+from opensora_timeshift_patch.settings import SettingError
 
 UNSHIFTED = [dict(sample_method="uniform", weight=0.5, shift=False), dict(sample_method="logit-normal", weight=0.5)]
 STRETCHED = [dict(sample_method="uniform", weight=0.5),
@@ -41,3 +43,40 @@ def test_a_collapse_kept_by_ignore_is_stocks_zero_not_nan(draw, family):
     assert t.tolist() == [200.0 if "noise_range" in draw else 0.0] * 8
     # a NaN uniform still gives NaN before the shift, as every draw's does
     assert r.base_draw(torch.tensor([float("nan")], dtype=torch.float64), 0.0).isnan().all()
+
+
+def phi(z):
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
+def uniforms(lo, hi, **keys):
+    return [dict(sample_method="uniform", weight=0.5, stretch=(lo, hi), **keys) for _ in range(2)]
+
+
+def test_stretches_that_clamp_most_draws_onto_both_ends_are_refused():
+    """A stretch (lo, hi) sends a component's draws below lo to t = 0 and above hi to t = 1, whatever the factor: a
+    uniform's stretch (0.4, 0.6) clamps 0.4 + 0.4 = 80% of its draws, a logit-normal's P(logit t < ln(2/3)) +
+    P(logit t > ln(3/2)) = 2 Phi(ln(2/3)) = 68.5%: together 0.5 * 0.8 + 0.5 * 0.685 = 74.3% of the draws at 0 or N,
+    split between the ends so that neither holds more than half (which the guard's pile-up judgement looks for)."""
+    share = 0.5 * 0.8 + 0.5 * 2 * phi(math.log(2 / 3))
+    assert f"{share:.1%}" == "74.3%"
+    components = [dict(sample_method="uniform", weight=0.5, stretch=(0.4, 0.6)),
+                  dict(sample_method="logit-normal", weight=0.5, stretch=(0.4, 0.6))]
+    with pytest.raises(SettingError, match=r"components=.* is not allowed: their stretches clamp 74\.3% of the draws "
+                                           r"onto exactly t = 0 or t = 1 .*component 0's stretch=\(0\.4, 0\.6\) clamps "
+                                           r"80\.0% .*more than the 50% allowed"):
+        Recipe(dict(sample_method="mixture", components=components))
+    # the same narrow stretch on a quarter of the draws leaves 0.25 * 0.8 = 20% at the ends: accepted
+    Recipe(dict(sample_method="mixture", components=[dict(components[0], weight=0.25),
+                                                     dict(sample_method="logit-normal", weight=0.75)]))
+
+
+def test_a_reflected_stretch_clamps_nothing_below_it():
+    """Both uniforms stretched over (0.6, 1): 60% of each below lo goes to t = 0 (refused), unless reflect turns
+    them into 2 e - Y > 0 (accepted: nothing above hi = 1 is clamped)."""
+    with pytest.raises(SettingError, match=r"clamp 60\.0% of the draws"):
+        Recipe(dict(sample_method="mixture", components=uniforms(0.6, 1.0)))
+    r = Recipe(dict(sample_method="mixture", components=uniforms(0.6, 1.0, reflect=0.01)))
+    u = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000
+    t = r.training_timesteps(u, meta(512, 512, 1, 1000))
+    assert float((t == 0).double().mean()) == 0.0
