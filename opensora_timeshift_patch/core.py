@@ -119,7 +119,7 @@ class Recipe:
         self.shifted_components: Optional[Tuple[Component, ...]] = None
         components = self.distribution.params.get("components") or ()
         if not all(c.shifted_alike for c in components):
-            _check_shifted_components(values)
+            _check_shifted_components(values, components)
             self.shifted_components = self.distribution.params["components"]
         self.shift.base = self.base_draw  # the guard judges the shifted distribution, not the factor alone
         self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight)
@@ -369,12 +369,17 @@ def _check_noise_range(noise_range: Tuple[float, float], values: Mapping[str, An
                            " (x N), under the 5/1000 a distribution must spread over. Widen the range")
 
 
-def _check_shifted_components(values: Mapping[str, Any]) -> None:
+def _check_shifted_components(values: Mapping[str, Any], components: Tuple[Component, ...]) -> None:
     """Refuse what mixture components that the shift does not move alike cannot be combined with."""
     given = "components with shift=False or stretch"
     if not values["use_timestep_transform"]:
         raise SettingError(f"{given} only apply with use_timestep_transform=True (got False): with no shift, give "
                            "the components without them")
+    if not any(c.shift for c in components):  # each drawn where it lands: the shift's settings would change nothing
+        raise SettingError(f"components={describe(list(components))} all have shift=False: the shift moves none of "
+                           "the draws, so its settings would not apply. Leave shift=True on a component the shift "
+                           "should move, or turn the shift off (use_timestep_transform=False) and give the "
+                           "components without shift=False")
     if values["t_range"] is not None:
         raise SettingError(f"{given} and t_range={values['t_range']!r}: the mixture is then drawn in the shifted "
                            "noise level, where an unshifted range of the whole draw means nothing; give each "

@@ -80,3 +80,15 @@ def test_a_reflected_stretch_clamps_nothing_below_it():
     u = (torch.arange(1000, dtype=torch.float64) + 0.5) / 1000
     t = r.training_timesteps(u, meta(512, 512, 1, 1000))
     assert float((t == 0).double().mean()) == 0.0
+
+
+def test_a_mixture_the_shift_moves_nowhere_is_refused():
+    """Every component with shift=False is drawn where it lands: shift=5.0 (or any shift setting) would change no
+    timestep, so it is refused rather than silently ignored."""
+    components = [dict(c, shift=False) for c in UNSHIFTED]
+    with pytest.raises(SettingError, match=r"components=.* all have shift=False: the shift moves none of the draws"):
+        Recipe(dict(sample_method="mixture", components=components, resolution_shift="constant", shift=5.0,
+                    temporal_exponent=0.0))
+    stretched = [dict(STRETCHED[0], shift=False), dict(STRETCHED[1], shift=False)]
+    with pytest.raises(SettingError, match=r"all have shift=False"):
+        Recipe(dict(sample_method="mixture", components=stretched))
