@@ -92,3 +92,19 @@ def test_a_mixture_the_shift_moves_nowhere_is_refused():
     stretched = [dict(STRETCHED[0], shift=False), dict(STRETCHED[1], shift=False)]
     with pytest.raises(SettingError, match=r"all have shift=False"):
         Recipe(dict(sample_method="mixture", components=stretched))
+
+
+@pytest.mark.parametrize("given, method", [(["--set", "recipe=ltx-2"], "mixture"),
+                                           (["--set", "recipe=wan2.1-t2v"], "uniform"),
+                                           (["--sample-method", "cosmap"], "cosmap")])
+def test_the_plots_histogram_names_the_distribution_it_draws(tmp_path, given, method):
+    """plot's histogram title names the distribution drawn: a recipe's own (LTX-2's mixture; Wan's settings name none,
+    so 1.x's default uniform), not the --sample-method default logit-normal that the recipe replaces."""
+    from opensora_timeshift_patch.cli import build_parser
+    from opensora_timeshift_patch.cli.views import view_of
+
+    args = build_parser().parse_args(["plot", "--out", str(tmp_path), "--frames", "17", "--resolution", "512x512",
+                                      *given])
+    view = view_of(args)
+    assert view.distribution.sample_method == method
+    assert view.method == method
