@@ -119,7 +119,7 @@ class Recipe:
         self.shifted_components: Optional[Tuple[Component, ...]] = None
         components = self.distribution.params.get("components") or ()
         if not all(c.shifted_alike for c in components):
-            _check_shifted_components(values)
+            _check_shifted_components(values, components)
             self.shifted_components = self.distribution.params["components"]
         self.shift.base = self.base_draw  # the guard judges the shifted distribution, not the factor alone
         self.weighting = LossWeighting(values["loss_weighting"], values["max_loss_weight"], **weight)
@@ -254,13 +254,17 @@ class Recipe:
         the shifted noise level, ``G^-1(u)`` by bisection, and mapped back through the factor's inverse shift, so
         that the shift every integration applies next lands it where the mixture puts it (to the shift's float
         rounding)."""
-        if self.noise_range is not None:
-            u = self._noise_band(u, factor)
-        if self.shifted_components is None:
+        if not self.factor_dependent:
             return self.distribution(u)
         shift, unshift, a = self._curves(factor, u.device)
-        x = mixture_quantile(u, self.shifted_components, shift, unshift, torch.broadcast_shapes(u.shape, a.shape))
-        t = unshift(x).clamp(0, 1)
+        # A factor of 0 (T_eff = 0, kept by on_degenerate='ignore' as stock keeps it) shifts every t < 1 to 0, and its
+        # inverse shift is 0 / 0: there the draw is 0, which the shift collapses to stock's 0 instead of NaN.
+        collapsed = (a == 0) & (u >= 0) & (u <= 1)
+        band = u if self.noise_range is None else self._noise_band(u, factor)
+        if self.shifted_components is None:
+            return torch.where(collapsed, 0.0, self.distribution(band))
+        x = mixture_quantile(band, self.shifted_components, shift, unshift, torch.broadcast_shapes(u.shape, a.shape))
+        t = torch.where(collapsed, 0.0, unshift(x).clamp(0, 1))
         return torch.where((u >= 0) & (u <= 1), t, torch.nan).to(u.dtype)
 
     def shifted_cdf(self, x: Tensor, factor: Any) -> Tensor:
@@ -365,12 +369,17 @@ def _check_noise_range(noise_range: Tuple[float, float], values: Mapping[str, An
                            " (x N), under the 5/1000 a distribution must spread over. Widen the range")
 
 
-def _check_shifted_components(values: Mapping[str, Any]) -> None:
+def _check_shifted_components(values: Mapping[str, Any], components: Tuple[Component, ...]) -> None:
     """Refuse what mixture components that the shift does not move alike cannot be combined with."""
     given = "components with shift=False or stretch"
     if not values["use_timestep_transform"]:
         raise SettingError(f"{given} only apply with use_timestep_transform=True (got False): with no shift, give "
                            "the components without them")
+    if not any(c.shift for c in components):  # each drawn where it lands: the shift's settings would change nothing
+        raise SettingError(f"components={describe(list(components))} all have shift=False: the shift moves none of "
+                           "the draws, so its settings would not apply. Leave shift=True on a component the shift "
+                           "should move, or turn the shift off (use_timestep_transform=False) and give the "
+                           "components without shift=False")
     if values["t_range"] is not None:
         raise SettingError(f"{given} and t_range={values['t_range']!r}: the mixture is then drawn in the shifted "
                            "noise level, where an unshifted range of the whole draw means nothing; give each "

@@ -196,8 +196,36 @@ def _mixture_parts(components: Optional[Tuple[Component, ...]]
     if components is None:
         raise SettingError("sample_method='mixture' needs components, e.g. components=[dict(sample_method="
                            "'logit-normal', loc=0.0, scale=1.0, weight=0.7), dict(sample_method='uniform', weight=0.3)]")
-    return tuple((c, TimestepDistribution(c.sample_method, c.t_range, c.t_range_mode, **dict(c.params)))
-                 for c in components)
+    parts = tuple((c, TimestepDistribution(c.sample_method, c.t_range, c.t_range_mode, **dict(c.params)))
+                  for c in components)
+    _check_stretches(parts)
+    return parts
+
+
+STRETCH_END_SHARE = 0.5
+"""The share of a mixture's draws that its stretches may clamp onto t = 0 or t = 1 (at most; the guard's
+``PILE_SHARE``, for both ends together)."""
+
+
+def _check_stretches(parts: Tuple[Tuple[Component, "TimestepDistribution"], ...]) -> None:
+    """Refuse stretches that clamp most of the mixture's draws onto exactly t = 0 or t = 1. A stretch (lo, hi) sends
+    a component's draws below lo to 0 (reflected instead where it has ``reflect``) and those above hi to 1, for every
+    shift factor alike (the shift is increasing): F(lo) and 1 - F(hi) of the component's own distribution. The
+    guard's pile-up judgement looks at one end at a time, so a narrow stretch that splits its draws between both
+    ends (all of them at 0 or N) would pass it."""
+    shares = []
+    for k, (c, d) in enumerate(parts):
+        if c.stretch is not None:
+            low, high = d.cdf(torch.tensor(c.stretch, dtype=torch.float64)).tolist()
+            shares.append((k, c, (0.0 if c.reflect is not None else low) + 1 - high))
+    total = math.fsum(c.weight * share for _, c, share in shares)
+    if total > STRETCH_END_SHARE:
+        k, c, share = max(shares, key=lambda s: s[1].weight * s[2])
+        raise SettingError(
+            f"components={describe(list(c for c, _ in parts))} is not allowed: their stretches clamp {total:.1%} of "
+            f"the draws onto exactly t = 0 or t = 1 (component {k}'s stretch={c.stretch!r} clamps {share:.1%} of its "
+            f"draws: those above hi, and below lo unless reflected), more than the {STRETCH_END_SHARE:.0%} allowed, so training would see almost "
+            "only those ends. Widen the stretch to hold most of the component's draws (LTX-2's holds 99.4%)")
 
 
 Curve = Callable[[Tensor], Tensor]  # an increasing map of [0, 1] onto itself: a shift with its factor bound

@@ -353,7 +353,8 @@ class Opensora1View:
 
     @property
     def method(self) -> str:
-        return self.sample_method + (" or a rule's" if self.rules else "")
+        # the distribution drawn, not --sample-method's: a --set recipe=... replaces that option's default
+        return self.distribution.sample_method + (" or a rule's" if self.rules else "")
 
     def header(self) -> List[str]:
         lines = recipe_lines(self.scheduler.recipe.recipe)
