@@ -28,11 +28,12 @@ from torch import Tensor
 
 from .recipes import RECIPES, ModelRecipe, expand
 from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
-from .sampling import (TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index, mixture_cdf,
-                       mixture_quantile, stream_uniform)
+from .sampling import (ShiftCurves, TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
+                       mixture_cdf, mixture_quantile, stream_uniform)
 from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, Component,
                        SettingError, applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
-from .shift import SHIFT_SETTINGS, TimestepShift, inverse_shift, read_meta
+from .shift import (SHIFT_SETTINGS, TimestepShift, inverse_shift, inverse_shift_complement, read_meta,
+                    shift_complement)
 from .weighting import LossWeighting
 
 RELEASES = tuple(RELEASE_DEFAULTS)
@@ -256,31 +257,34 @@ class Recipe:
         rounding)."""
         if not self.factor_dependent:
             return self.distribution(u)
-        shift, unshift, a = self._curves(factor, u.device)
+        curves, a = self._curves(factor, u.device)
         # A factor of 0 (T_eff = 0, kept by on_degenerate='ignore' as stock keeps it) shifts every t < 1 to 0, and its
         # inverse shift is 0 / 0: there the draw is 0, which the shift collapses to stock's 0 instead of NaN.
         collapsed = (a == 0) & (u >= 0) & (u <= 1)
         band = u if self.noise_range is None else self._noise_band(u, factor)
         if self.shifted_components is None:
             return torch.where(collapsed, 0.0, self.distribution(band))
-        x = mixture_quantile(band, self.shifted_components, shift, unshift, torch.broadcast_shapes(u.shape, a.shape))
-        t = torch.where(collapsed, 0.0, unshift(x).clamp(0, 1))
+        x = mixture_quantile(band, self.shifted_components, curves, torch.broadcast_shapes(u.shape, a.shape))
+        t = torch.where(collapsed, 0.0, curves.unshift(x).clamp(0, 1))
         return torch.where((u >= 0) & (u <= 1), t, torch.nan).to(u.dtype)
 
     def shifted_cdf(self, x: Tensor, factor: Any) -> Tensor:
         """``G(x) = P(t' <= x)``, float64, of the shifted draw for shift factor ``factor`` (without noise_range's
         confinement): ``F(s^-1(x))``, or the mixture's CDF in the shifted noise level
         (:func:`~.sampling.mixture_cdf`)."""
-        shift, unshift, _ = self._curves(factor, x.device)
+        curves, _ = self._curves(factor, x.device)
         if self.shifted_components is None:
-            return self.distribution.cdf(unshift(x))
-        return mixture_cdf(x.to(torch.float64), self.shifted_components, shift, unshift)
+            return self.distribution.cdf(curves.unshift(x))
+        return mixture_cdf(x.to(torch.float64), self.shifted_components, curves)
 
-    def _curves(self, factor: Any, device: Any) -> Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Tensor]:
-        """The shift for ``factor`` and its inverse, as functions of t (float64), and the factor as a tensor."""
+    def _curves(self, factor: Any, device: Any) -> Tuple[ShiftCurves, Tensor]:
+        """The shift for ``factor``, its inverse and both in complements, as functions of t (float64), and the
+        factor as a tensor."""
         a = torch.as_tensor(factor, dtype=torch.float64, device=device)
         family, sigma = self.shift.shift_family, self.shift.shift_sigma
-        return (lambda t: self.shift.curve(t, a)), (lambda y: inverse_shift(y, a, family, sigma)), a
+        return ShiftCurves(lambda t: self.shift.curve(t, a), lambda y: inverse_shift(y, a, family, sigma),
+                           lambda t: shift_complement(t, a, family, sigma),
+                           lambda c: inverse_shift_complement(c, a, family, sigma)), a
 
     def band_uniforms(self, u: Tensor, factor: Any) -> Tensor:
         """``u`` mapped into ``noise_range``'s band of the uniforms for shift factor ``factor`` (``u`` itself

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -235,21 +235,42 @@ def _identity(t: Tensor) -> Tensor:
     return t
 
 
-def component_cdf(x: Tensor, component: Component, distribution: "TimestepDistribution",
-                  shift: Curve = _identity, unshift: Curve = _identity) -> Tensor:
-    """``P(T <= x)`` of one mixture component's draw in the shifted noise level, for the shift ``shift`` (and its
-    inverse ``unshift``), elementwise in float64: ``F(unshift(x))`` for a component shifted as usual, ``F(x)`` for
-    ``shift=False``. With ``stretch=(lo, hi)`` the shifted draw S becomes ``Y = (S - shift(lo)) / (shift(hi) -
-    shift(lo))``, then with ``reflect=e`` values below e become ``2 e - Y``, then the clamp to [0, 1]: for
-    ``e <= x < 1``, ``P(T <= x) = P(2 e - x <= Y <= x)`` (0 below e, 1 at 1, where the clamp puts ``Y > 1``)."""
-    if not component.shift:
-        shift = unshift = _identity
-    if component.stretch is None:
-        return distribution.cdf(unshift(x))
-    low, high = (shift(torch.full_like(x, end)) for end in component.stretch)
+def _one_minus(t: Tensor) -> Tensor:
+    return 1 - t
 
-    def stretched(y: Tensor) -> Tensor:  # P(Y <= y)
-        return distribution.cdf(unshift((low + y * (high - low)).clamp(0, 1)))
+
+class ShiftCurves(NamedTuple):
+    """A shift with its factor bound, as a mixture's CDF in the shifted noise level needs it: ``shift(t)``, its
+    inverse ``unshift(y)``, and both in complements, ``complement(t) = 1 - shift(t)`` and ``from_complement(c) =
+    unshift(1 - c)``, which keep their digits where a large factor puts the shifted draw next to 1 (LTX-2's stretch
+    ends at mu = 37 lie within 1e-16 of 1)."""
+
+    shift: Curve
+    unshift: Curve
+    complement: Curve
+    from_complement: Curve
+
+
+IDENTITY = ShiftCurves(_identity, _identity, _one_minus, _one_minus)
+"""No shift: the mixture's own, unshifted CDF."""
+
+
+def component_cdf(x: Tensor, component: Component, distribution: "TimestepDistribution",
+                  curves: ShiftCurves = IDENTITY) -> Tensor:
+    """``P(T <= x)`` of one mixture component's draw in the shifted noise level, for the shift ``curves``,
+    elementwise in float64: ``F(unshift(x))`` for a component shifted as usual, ``F(x)`` for ``shift=False``. With
+    ``stretch=(lo, hi)`` the shifted draw S becomes ``Y = (S - s(lo)) / (s(hi) - s(lo))``, then with ``reflect=e``
+    values below e become ``2 e - Y``, then the clamp to [0, 1]: for ``e <= x < 1``, ``P(T <= x) = P(2 e - x <= Y
+    <= x)`` (0 below e, 1 at 1, where the clamp puts ``Y > 1``). ``Y <= y`` is computed in complements, ``1 - S >=
+    (1 - s(lo)) - y (s(hi) - s(lo))``, so that it holds its digits whatever the factor."""
+    if not component.shift:
+        curves = IDENTITY
+    if component.stretch is None:
+        return distribution.cdf(curves.unshift(x))
+    low, high = (curves.complement(torch.full_like(x, end)) for end in component.stretch)  # 1 - s(lo), 1 - s(hi)
+
+    def stretched(y: Tensor) -> Tensor:  # P(Y <= y) = P(1 - S >= (1 - s(lo)) - y (s(hi) - s(lo)))
+        return distribution.cdf(curves.from_complement((low - y * (low - high)).clamp(0, 1)))
 
     if component.reflect is None:
         f = torch.where(x < 0, 0.0, stretched(x))
@@ -259,20 +280,19 @@ def component_cdf(x: Tensor, component: Component, distribution: "TimestepDistri
     return torch.where(x >= 1, 1.0, f)
 
 
-def mixture_cdf(x: Tensor, components: Optional[Tuple[Component, ...]], shift: Curve = _identity,
-                unshift: Curve = _identity) -> Tensor:
-    """``G(x) = sum_i w_i G_i(x)``: the mixture's CDF in the shifted noise level for the shift ``shift``
+def mixture_cdf(x: Tensor, components: Optional[Tuple[Component, ...]], curves: ShiftCurves = IDENTITY) -> Tensor:
+    """``G(x) = sum_i w_i G_i(x)``: the mixture's CDF in the shifted noise level for the shift ``curves``
     (:func:`component_cdf`); with the identity, the CDF of the unshifted mixture."""
-    return sum(c.weight * component_cdf(x, c, d, shift, unshift) for c, d in _mixture_parts(components))
+    return sum(c.weight * component_cdf(x, c, d, curves) for c, d in _mixture_parts(components))
 
 
-def mixture_quantile(u: Tensor, components: Optional[Tuple[Component, ...]], shift: Curve = _identity,
-                     unshift: Curve = _identity, shape: Optional[Tuple[int, ...]] = None) -> Tensor:
+def mixture_quantile(u: Tensor, components: Optional[Tuple[Component, ...]], curves: ShiftCurves = IDENTITY,
+                     shape: Optional[Tuple[int, ...]] = None) -> Tensor:
     """``G^-1(u)``, float64: the least float64 x with ``G(x) >= u`` (:func:`mixture_cdf`), found by
     :func:`_least_true`, elementwise over ``shape`` (u's, or its broadcast with a per-sample shift's factor)."""
     _mixture_parts(components)  # a missing components is refused before the search
     target = u.to(torch.float64)
-    return _least_true(lambda x: mixture_cdf(x, components, shift, unshift) >= target,
+    return _least_true(lambda x: mixture_cdf(x, components, curves) >= target,
                        u.shape if shape is None else shape, u.device)
 
 

@@ -58,6 +58,23 @@ def inverse_shift(y: Tensor, shift: Tensor, family: str = "rational", sigma: flo
     return y / (shift - (shift - 1) * y)
 
 
+def shift_complement(t: Tensor, shift: Tensor, family: str = "rational", sigma: float = 1.0) -> Tensor:
+    """``1 - s(t)``, written so that it keeps its digits where a large factor puts ``s(t)`` next to 1:
+    ``(1 - t) / (1 + (a - 1) t)`` (rational), ``r / (a + r)`` with ``r = (1/t - 1)^sigma`` (exponential)."""
+    if family == "exponential" and sigma != 1:
+        r = (1 / t - 1) ** sigma
+        return r / (shift + r)
+    return (1 - t) / (1 + (shift - 1) * t)
+
+
+def inverse_shift_complement(c: Tensor, shift: Tensor, family: str = "rational", sigma: float = 1.0) -> Tensor:
+    """The unshifted t whose shift is ``1 - c``, from ``c`` itself: ``(1 - c) / (1 + (a - 1) c)`` (rational),
+    ``1 / (1 + (a c / (1 - c))^(1/sigma))`` (exponential)."""
+    if family == "exponential" and sigma != 1:
+        return 1 / (1 + (shift * c / (1 - c)) ** (1 / sigma))
+    return (1 - c) / (1 + (shift - 1) * c)
+
+
 SHIFT_FAMILIES: Tuple[str, ...] = tuple(SETTINGS["shift_family"].choices)  # type: ignore[arg-type]
 """The shift curves: SD3 / Open-Sora 1.x's rational shift, and Flux's exponential shift."""
 

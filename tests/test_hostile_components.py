@@ -95,10 +95,10 @@ def test_a_mixture_the_shift_moves_nowhere_is_refused():
 
 
 @pytest.mark.parametrize("given, method", [(["--set", "recipe=ltx-2"], "mixture"),
-                                           (["--set", "recipe=wan2.1-t2v"], "uniform"),
+                                           (["--set", "recipe=wan2.2-ti2v-5b"], "uniform"),
                                            (["--sample-method", "cosmap"], "cosmap")])
 def test_the_plots_histogram_names_the_distribution_it_draws(tmp_path, given, method):
-    """plot's histogram title names the distribution drawn: a recipe's own (LTX-2's mixture; Wan's settings name none,
+    """plot's histogram title names the distribution drawn: a recipe's own (LTX-2's mixture; Wan 2.2's settings name none,
     so 1.x's default uniform), not the --sample-method default logit-normal that the recipe replaces."""
     from opensora_timeshift_patch.cli import build_parser
     from opensora_timeshift_patch.cli.views import view_of

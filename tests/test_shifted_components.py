@@ -328,3 +328,34 @@ def test_latent_from_refuses_what_it_cannot_mean(settings, message):
 def test_latent_from_has_no_meaning_on_opensora2():
     with pytest.raises(SettingError, match="latent_from='meta' has no meaning on Open-Sora 2.0"):
         Recipe(dict(latent_from="meta"), release="2.0")
+
+
+def ltx2_cdf_complement(x: float, mu: float) -> float:
+    """ltx2_cdf written in complements, for large mu, where sigmoid(mu + z) rounds to 1: with q = 1 - S =
+    sigmoid(-(mu + Z)), Y <= y holds when q >= c = (1 - p0) - y (p9 - p0), that is Z <= -mu - logit(c)."""
+    if x >= 1:
+        return 1.0
+    if x < EPS:
+        return 0.0
+    c0, c9 = sigmoid(-(mu + Z_LOW)), sigmoid(-(mu + Z_HIGH))  # 1 - p0, 1 - p9
+
+    def y_cdf(y: float) -> float:
+        c = c0 - y * (c0 - c9)
+        return 1.0 if c <= 0 else 0.0 if c >= 1 else phi(-mu - logit(c))
+
+    return 0.9 * (y_cdf(x) - y_cdf(2 * EPS - x)) + 0.1 * (x - EPS) / (1 - EPS)
+
+
+@pytest.mark.parametrize("clip", [(2048, 2048, 193), (2048, 3584, 257)])
+def test_the_stretch_holds_its_digits_at_huge_token_counts(clip):
+    # 25 x 64 x 64 = 102400 tokens (mu 37.3) and 33 x 64 x 112 = 236544 (mu 84.7): the stretch ends
+    # sigmoid(mu - 2.5758) and sigmoid(mu + 3.0902) both lie within 1e-15 of 1, and still the draw is the trainer's
+    r = Recipe(dict(recipe="ltx-2"))
+    a = float(r.shift.shift_factor(meta(clip)).double())
+    mu = math.log(a)
+    assert mu > 37
+    x = [2e-3, 0.01, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99]
+    ours = r.shifted_cdf(torch.tensor(x, dtype=torch.float64), a).tolist()
+    assert ours == pytest.approx([ltx2_cdf_complement(v, mu) for v in x], abs=1e-9)
+    median = float(r.training_timesteps(torch.tensor([0.5], dtype=torch.float64), meta(clip))) / 1000
+    assert ltx2_cdf_complement(median, mu) == pytest.approx(0.5, abs=1e-6) and 0.9 < median < 0.93
