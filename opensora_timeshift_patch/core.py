@@ -30,8 +30,8 @@ from .recipes import RECIPES, ModelRecipe, expand
 from .per_bucket import BucketRule, outside, parse_bucket_settings, rule_for
 from .sampling import (ShiftCurves, TimestepDistribution, counter_uniform, data_parallel_layout, global_sample_index,
                        mixture_cdf, mixture_quantile, stream_uniform)
-from .settings import (DISTRIBUTIONS, OPENSORA_ONLY, POLICIES, RELEASE_DEFAULTS, SETTINGS, WEIGHTINGS, Component,
-                       SettingError, applies, describe, not_on_opensora2, resolve, route, unknown_setting_error)
+from .settings import (OPENSORA_ONLY, RELEASE_DEFAULTS, SETTINGS, Component,
+                       SettingError, describe, not_on_opensora2, resolve, route, still_meant, unknown_setting_error)
 from .shift import (SHIFT_SETTINGS, TimestepShift, inverse_shift, inverse_shift_complement, read_meta,
                     shift_complement)
 from .weighting import LossWeighting
@@ -71,7 +71,7 @@ class Recipe:
         if settings and settings.get("recipe") is not None:
             # The one place a named recipe becomes settings: what is given beside it overrides it, and the expanded
             # settings are judged as any are; a refusal says which of them the recipe set.
-            name, expanded = settings["recipe"], expand(settings)
+            name, expanded = settings["recipe"], expand(settings, release)
             try:
                 self.__init__(expanded, release, who)
             except SettingError as err:
@@ -177,21 +177,8 @@ class Recipe:
         between what is inherited and what is overridden is refused, as for any settings."""
         if not isinstance(overrides, Mapping):
             raise SettingError(f"overrides={describe(overrides)} is not allowed: use a dict of settings")
-        inherited = {k: v for k, v in self.given.items() if k not in overrides and (keep_rules or k != "bucket_settings")}
-        merged = {**inherited, **overrides}
-        selected = {name: s.default for name, s in SETTINGS.items()}
-        selected.update(RELEASE_DEFAULTS[self.release])
-        selected.update({k: v for k, v in merged.items() if k in SETTINGS})
-        if "shift_mode" not in merged and selected["scale_temporal"] is False:
-            selected["shift_mode"] = "spatial"
-        kept = dict(overrides)
-        for key, value in inherited.items():
-            if key in SETTINGS:
-                if applies(SETTINGS[key], selected):
-                    kept[key] = value
-            elif key in OPENSORA_ONLY or not _registry_param(key) or _taken(key, selected):
-                kept[key] = value
-        return Recipe(kept, self.release, self.who)
+        inherited = {k: v for k, v in self.given.items() if keep_rules or k != "bucket_settings"}
+        return Recipe(still_meant(inherited, overrides, self.release), self.release, self.who)
 
     def _rule_recipe(self, rule: BucketRule) -> "Recipe":
         """A rule's samples' recipe: this one, overridden by the rule (:meth:`derive`)."""
@@ -401,14 +388,3 @@ def _inward(value: float, dtype: torch.dtype, up: bool) -> float:
     if (float(out) < value) if up else (float(out) > value):
         out = torch.nextafter(out, torch.tensor(math.inf if up else -math.inf, dtype=dtype))
     return float(out)
-
-
-def _registry_param(key: str) -> bool:
-    return any(registry.owners(key) for registry in (POLICIES, DISTRIBUTIONS, WEIGHTINGS))
-
-
-def _taken(key: str, selected: Mapping[str, Any]) -> bool:
-    """Whether the selected policy, distribution or weighting takes the parameter ``key``."""
-    return any(name in registry and key in registry.params(name)
-               for registry, name in ((POLICIES, selected["shift_mode"]), (DISTRIBUTIONS, selected["sample_method"]),
-                                      (WEIGHTINGS, selected["loss_weighting"])))

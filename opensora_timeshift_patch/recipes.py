@@ -404,14 +404,18 @@ def get(name: Any) -> ModelRecipe:
     return RECIPES[SETTINGS["recipe"].check(name)]  # the declaration's check, so its one message
 
 
-def expand(given: Mapping[str, Any]) -> Dict[str, Any]:
-    """``given`` with its ``recipe`` replaced by the recipe's training settings; what ``given`` names beside it wins.
-    Without ``recipe`` (or with ``recipe=None``), ``given`` unchanged."""
+def expand(given: Mapping[str, Any], release: str = "1.x") -> Dict[str, Any]:
+    """``given`` with its ``recipe`` replaced by the recipe's training settings; what ``given`` names beside it wins,
+    and takes with it the recipe's settings it deselects (``shift_mode="legacy"`` beside a recipe of the latent policy
+    drops that policy's parameters: :func:`~.settings.still_meant`). Without ``recipe`` (or with ``recipe=None``),
+    ``given`` unchanged."""
+    from .settings import still_meant
+
     settings = dict(given)
     name = settings.pop("recipe", None)
     if name is None:
         return settings
-    return {**get(name).training, **settings}
+    return still_meant(get(name).training, settings, release)
 
 
 def sigmas(name: str, steps: int, height: int, width: int, frames: int) -> List[float]:

@@ -598,6 +598,40 @@ def applies(setting: Setting, values: Mapping[str, Any]) -> bool:
     return values[on] in under if under else values[on] != SETTINGS[on].default
 
 
+def still_meant(inherited: Mapping[str, Any], overrides: Mapping[str, Any], release: str = "1.x") -> Dict[str, Any]:
+    """``overrides`` with the ``inherited`` settings they do not name, except those that no longer mean anything
+    under the selection the two make together: a parameter of a policy, distribution or weighting no longer
+    selected, a setting whose ``applies_with`` no longer holds. How a bucket rule inherits its scheduler's settings
+    and how settings given beside a named recipe override it: what the override deselects goes with it."""
+    merged = {**inherited, **overrides}
+    selected = {name: s.default for name, s in SETTINGS.items()}
+    selected.update(RELEASE_DEFAULTS[release])
+    selected.update({k: v for k, v in merged.items() if k in SETTINGS})
+    if "shift_mode" not in merged and selected["scale_temporal"] is False:
+        selected["shift_mode"] = "spatial"
+    kept = dict(overrides)
+    for key, value in inherited.items():
+        if key in overrides:
+            continue
+        if key in SETTINGS:
+            if applies(SETTINGS[key], selected):
+                kept[key] = value
+        elif key in OPENSORA_ONLY or not _registry_param(key) or _taken(key, selected):
+            kept[key] = value
+    return kept
+
+
+def _registry_param(key: str) -> bool:
+    return any(registry.owners(key) for registry in _REGISTRIES)
+
+
+def _taken(key: str, selected: Mapping[str, Any]) -> bool:
+    """Whether the selected policy, distribution or weighting takes the parameter ``key``."""
+    return any(name in registry and key in registry.params(name)
+               for registry, name in ((POLICIES, selected["shift_mode"]), (DISTRIBUTIONS, selected["sample_method"]),
+                                      (WEIGHTINGS, selected["loss_weighting"])))
+
+
 def declaration(name: str) -> Optional[Setting]:
     """The declaration of a scheduler setting or of any registered function's parameter (the first owner's)."""
     if name in SETTINGS:

@@ -301,3 +301,18 @@ def test_ltx2_hq_counts_stage_1s_latent_at_half_the_size():
     assert RECIPES["ltx-2-hq"].training == RECIPES["ltx-2"].training
     with pytest.raises(SettingError, match="too small for LTX-2's HQ pipeline"):
         sigmas("ltx-2-hq", 4, 32, 1280, 121)
+
+
+def test_a_setting_beside_a_recipe_takes_what_it_deselects_with_it():
+    # shift_mode='legacy' beside LTX-2's latent-policy recipe: its micro_frame_size, temporal_compression and causal
+    # mean nothing under legacy and go; its linear rule stays. sample_method='uniform': its mixture's components go.
+    r = Recipe(dict(recipe="ltx-2", shift_mode="legacy"))
+    assert r.values["shift_mode"] == "legacy" and r.values["resolution_shift"] == "linear"
+    assert r.shift.policy_params == {}
+    r = Recipe(dict(recipe="ltx-2", sample_method="uniform"))
+    assert r.distribution.sample_method == "uniform" and r.shifted_components is None
+    # and a setting the recipe's selection still means is kept: causal under the latent policy
+    assert Recipe(dict(recipe="ltx-2", micro_frame_size=17)).shift.policy_params["causal"] is True
+    # a contradiction between settings given is still refused
+    with pytest.raises(SettingError, match="micro_frame_size=17 is a parameter of shift_mode 'latent'"):
+        Recipe(dict(recipe="ltx-2", shift_mode="legacy", micro_frame_size=17))
