@@ -122,3 +122,44 @@ def test_the_1x_draw_converts_through_the_factor_of_the_latents_own_tokens():
 
     assert stats.kstest(t, lambda v: by_hand(v, 1.4)).pvalue > 1e-6
 
+
+def test_wans_unipc_grids_are_the_recorded_float32_values_bit_for_bit():
+    """Wan's FlowUniPCMultistepScheduler casts its sigmas to float32: the recorded goldens (from Wan's own file) are
+    float32 numbers, and the recipe's grid is exactly them, not float64 values within float32's precision."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from opensora_timeshift_patch.recipes import sigmas
+
+    goldens = json.loads((Path(__file__).parent / "data" / "model_schedules.json").read_text(encoding="utf-8"))
+    for section in ("wan21", "wan22"):
+        for name, cases in goldens[section]["recipes"].items():
+            for case in cases:
+                ours = sigmas(name, case["steps"], case["height"], case["width"], case["frames"])
+                assert all(float(np.float32(s)) == s for s in ours)
+                assert ours == case["sigmas"]
+
+
+def test_ltx2_hq_counts_latent_frames_as_the_causal_vae_does_for_any_frame_count():
+    """VideoLatentShape.from_pixel_shape: (F - 1) // 8 + 1 latent frames, not F // 8 + 1; the two agree at 8k + 1
+    frames only. 24 frames at 512x768: stage 1 at 256x384, 3 x 8 x 12 = 288 tokens."""
+    from opensora_timeshift_patch.recipes import ltx2_hq_tokens
+
+    assert ltx2_hq_tokens(512, 768, 24) == 3 * 8 * 12
+    assert ltx2_hq_tokens(512, 768, 25) == 4 * 8 * 12
+    assert ltx2_hq_tokens(512, 768, 1) == 1 * 8 * 12
+
+
+def test_pile_check_judges_every_factor_given_not_only_the_first():
+    """A uniform base under the rational shift puts a eps / (1 + (a - 1) eps) of its draws within eps of t = 1:
+    0.2% at a = 2, 5 / 5.999 = 83% at a = 5000. A batch holding both factors piles up."""
+    import numpy as np
+
+    from opensora_timeshift_patch.guard import pile_check
+
+    shift = Recipe(dict(sample_method="uniform")).shift
+    assert pile_check(shift, np.array([2.0]), "the batch") == ""
+    message = pile_check(shift, np.array([2.0, 5000.0]), "the batch")
+    assert "shift factor 5000" in message and "83.3%" in message
