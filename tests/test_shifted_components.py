@@ -294,3 +294,17 @@ def test_the_opensora2_drop_in_draws_through_its_alpha():
     torch.manual_seed(0)
     t = ts.training_timesteps(torch.rand(4000), latent).double().numpy()
     assert stats.kstest(t, lambda v: hand_cdf(np.clip(v, 1e-12, 1 - 1e-12), a)).pvalue > 1e-6
+
+
+def test_the_guards_end_shares_convert_the_draw_through_each_factor():
+    """end_shares counts the shifted draw within 1/1000 of each end, the base draw made for that factor: for LTX-2
+    at 13376 tokens, 1 - G(1 - eps) near t = 1 and G(eps-) = 0 near t = 0 (the reflect keeps every draw at or above
+    eps), G the hand-derived CDF; exact to the midpoints' 1 / (2 points)."""
+    from opensora_timeshift_patch.guard import end_shares
+
+    r = Recipe(dict(recipe="ltx-2"))
+    a = float(r.shift.shift_factor(meta(CLIPS["13376"])).double())
+    points = 20_000
+    low, high = end_shares(r.shift.base, r.shift.curve, [a], points=points)
+    assert float(low[0]) == 0.0
+    assert float(high[0]) == pytest.approx(1 - ltx2_cdf(1 - 1e-3, math.log(a)), abs=1 / points)
