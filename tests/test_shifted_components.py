@@ -230,7 +230,7 @@ def test_hostile_component_keys_are_refused_by_name(components, message):
 @pytest.mark.parametrize("extra, message", [
     (dict(use_timestep_transform=False), "only apply with use_timestep_transform=True"),
     (dict(t_range=(0.1, 0.9)), "give each component its own t_range"),
-    (dict(uniform_over_threshold=500), "uniform_over_threshold=500"),
+    (dict(uniform_over_threshold=0.5), "components with shift=False or stretch and uniform_over_threshold=0.5"),
 ])
 def test_shifted_components_refuse_what_cannot_combine(extra, message):
     with pytest.raises(SettingError, match=message):
@@ -359,3 +359,17 @@ def test_the_stretch_holds_its_digits_at_huge_token_counts(clip):
     assert ours == pytest.approx([ltx2_cdf_complement(v, mu) for v in x], abs=1e-9)
     median = float(r.training_timesteps(torch.tensor([0.5], dtype=torch.float64), meta(clip))) / 1000
     assert ltx2_cdf_complement(median, mu) == pytest.approx(0.5, abs=1e-6) and 0.9 < median < 0.93
+
+
+def test_the_guards_end_shares_convert_the_draw_through_each_factor():
+    """end_shares counts the shifted draw within 1/1000 of each end, the base draw made for that factor: for LTX-2
+    at 13376 tokens, 1 - G(1 - eps) near t = 1 and G(eps-) = 0 near t = 0 (the reflect keeps every draw at or above
+    eps), G the hand-derived CDF; exact to the midpoints' 1 / (2 points)."""
+    from opensora_timeshift_patch.guard import end_shares
+
+    r = Recipe(dict(recipe="ltx-2"))
+    a = float(r.shift.shift_factor(meta(CLIPS["13376"])).double())
+    points = 20_000
+    low, high = end_shares(r.shift.base, r.shift.curve, [a], points=points)
+    assert float(low[0]) == 0.0
+    assert float(high[0]) == pytest.approx(1 - ltx2_cdf(1 - 1e-3, math.log(a)), abs=1 / points)
