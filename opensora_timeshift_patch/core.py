@@ -248,7 +248,7 @@ class Recipe:
         # A factor of 0 (T_eff = 0, kept by on_degenerate='ignore' as stock keeps it) shifts every t < 1 to 0, and its
         # inverse shift is 0 / 0: there the draw is 0, which the shift collapses to stock's 0 instead of NaN.
         collapsed = (a == 0) & (u >= 0) & (u <= 1)
-        band = u if self.noise_range is None else self._noise_band(u, factor)
+        band = u if self.noise_range is None else self._noise_band(u, curves, a)
         if self.shifted_components is None:
             return torch.where(collapsed, 0.0, self.distribution(band))
         x = mixture_quantile(band, self.shifted_components, curves, torch.broadcast_shapes(u.shape, a.shape))
@@ -259,17 +259,19 @@ class Recipe:
         """``G(x) = P(t' <= x)``, float64, of the shifted draw for shift factor ``factor`` (without noise_range's
         confinement): ``F(s^-1(x))``, or the mixture's CDF in the shifted noise level
         (:func:`~.sampling.mixture_cdf`)."""
-        curves, _ = self._curves(factor, x.device)
+        return self._shifted_cdf(x, self._curves(factor, x.device)[0])
+
+    def _shifted_cdf(self, x: Tensor, curves: ShiftCurves) -> Tensor:
         if self.shifted_components is None:
             return self.distribution.cdf(curves.unshift(x))
         return mixture_cdf(x.to(torch.float64), self.shifted_components, curves)
 
     def _curves(self, factor: Any, device: Any) -> Tuple[ShiftCurves, Tensor]:
-        """The shift for ``factor``, its inverse and both in complements, as functions of t (float64), and the
-        factor as a tensor."""
+        """The inverse shift for ``factor`` and the shift and its inverse in complements, as functions of t
+        (float64), and the factor as a tensor."""
         a = torch.as_tensor(factor, dtype=torch.float64, device=device)
         family, sigma = self.shift.shift_family, self.shift.shift_sigma
-        return ShiftCurves(lambda t: self.shift.curve(t, a), lambda y: inverse_shift(y, a, family, sigma),
+        return ShiftCurves(lambda y: inverse_shift(y, a, family, sigma),
                            lambda t: shift_complement(t, a, family, sigma),
                            lambda c: inverse_shift_complement(c, a, family, sigma)), a
 
@@ -277,12 +279,11 @@ class Recipe:
         """``u`` mapped into ``noise_range``'s band of the uniforms for shift factor ``factor`` (``u`` itself
         without ``noise_range``): what :meth:`base_draw` draws through. The band's width is the share of the
         unconfined shifted draw that falls within ``noise_range`` (what inspect shows per bucket)."""
-        return u if self.noise_range is None else self._noise_band(u, factor)
+        return u if self.noise_range is None else self._noise_band(u, *self._curves(factor, u.device))
 
-    def _noise_band(self, u: Tensor, factor: Any) -> Tensor:
+    def _noise_band(self, u: Tensor, curves: ShiftCurves, a: Tensor) -> Tensor:
         assert self.noise_range is not None
-        a = torch.as_tensor(factor, dtype=torch.float64, device=u.device)  # broadcasts against u
-        low, high = (self.shifted_cdf(torch.full_like(a, y), a) for y in self.noise_range)
+        low, high = (self._shifted_cdf(torch.full_like(a, y), curves) for y in self.noise_range)  # broadcast against u
         return low + (high - low) * u.to(torch.float64)
 
     def in_noise_range(self, shifted: Tensor) -> Tensor:

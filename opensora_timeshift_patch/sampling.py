@@ -224,11 +224,12 @@ def _check_stretches(parts: Tuple[Tuple[Component, "TimestepDistribution"], ...]
         raise SettingError(
             f"components={describe(list(c for c, _ in parts))} is not allowed: their stretches clamp {total:.1%} of "
             f"the draws onto exactly t = 0 or t = 1 (component {k}'s stretch={c.stretch!r} clamps {share:.1%} of its "
-            f"draws: those above hi, and below lo unless reflected), more than the {STRETCH_END_SHARE:.0%} allowed, so training would see almost "
-            "only those ends. Widen the stretch to hold most of the component's draws (LTX-2's holds 99.4%)")
+            f"draws: those above hi, and below lo unless reflected), more than the {STRETCH_END_SHARE:.0%} allowed, so "
+            "training would see almost only those ends. Widen the stretch to hold most of the component's draws "
+            "(LTX-2's holds 99.4%)")
 
 
-Curve = Callable[[Tensor], Tensor]  # an increasing map of [0, 1] onto itself: a shift with its factor bound
+Curve = Callable[[Tensor], Tensor]  # elementwise in t: a shift with its factor bound, its inverse, a CDF
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -240,18 +241,17 @@ def _one_minus(t: Tensor) -> Tensor:
 
 
 class ShiftCurves(NamedTuple):
-    """A shift with its factor bound, as a mixture's CDF in the shifted noise level needs it: ``shift(t)``, its
-    inverse ``unshift(y)``, and both in complements, ``complement(t) = 1 - shift(t)`` and ``from_complement(c) =
-    unshift(1 - c)``, which keep their digits where a large factor puts the shifted draw next to 1 (LTX-2's stretch
-    ends at mu = 37 lie within 1e-16 of 1)."""
+    """A shift s with its factor bound, as a mixture's CDF in the shifted noise level needs it: its inverse
+    ``unshift(y)``, and in complements ``complement(t) = 1 - s(t)`` and ``from_complement(c) = unshift(1 - c)``, which
+    keep their digits where a large factor puts the shifted draw next to 1 (LTX-2's stretch ends at mu = 37 lie within
+    1e-16 of 1)."""
 
-    shift: Curve
     unshift: Curve
     complement: Curve
     from_complement: Curve
 
 
-IDENTITY = ShiftCurves(_identity, _identity, _one_minus, _one_minus)
+IDENTITY = ShiftCurves(_identity, _one_minus, _one_minus)
 """No shift: the mixture's own, unshifted CDF."""
 
 
@@ -263,37 +263,51 @@ def component_cdf(x: Tensor, component: Component, distribution: "TimestepDistri
     values below e become ``2 e - Y``, then the clamp to [0, 1]: for ``e <= x < 1``, ``P(T <= x) = P(2 e - x <= Y
     <= x)`` (0 below e, 1 at 1, where the clamp puts ``Y > 1``). ``Y <= y`` is computed in complements, ``1 - S >=
     (1 - s(lo)) - y (s(hi) - s(lo))``, so that it holds its digits whatever the factor."""
+    return _component_cdf_of(component, distribution, curves, x.device)(x)
+
+
+def _component_cdf_of(component: Component, distribution: "TimestepDistribution", curves: ShiftCurves,
+                      device: Any) -> Curve:
+    """:func:`component_cdf` as a function of x, its stretch ends computed once (a bisection evaluates it 62 times
+    under one shift)."""
     if not component.shift:
         curves = IDENTITY
     if component.stretch is None:
-        return distribution.cdf(curves.unshift(x))
-    low, high = (curves.complement(torch.full_like(x, end)) for end in component.stretch)  # 1 - s(lo), 1 - s(hi)
+        return lambda x: distribution.cdf(curves.unshift(x))
+    # 1 - s(lo), 1 - s(hi); shaped as the factor, they broadcast against x
+    low, high = (curves.complement(torch.tensor(end, dtype=torch.float64, device=device)) for end in component.stretch)
 
     def stretched(y: Tensor) -> Tensor:  # P(Y <= y) = P(1 - S >= (1 - s(lo)) - y (s(hi) - s(lo)))
         return distribution.cdf(curves.from_complement((low - y * (low - high)).clamp(0, 1)))
 
-    if component.reflect is None:
-        f = torch.where(x < 0, 0.0, stretched(x))
-    else:
-        e = component.reflect
-        f = torch.where(x < e, 0.0, stretched(x) - stretched(2 * e - x))
-    return torch.where(x >= 1, 1.0, f)
+    def cdf(x: Tensor) -> Tensor:
+        if component.reflect is None:
+            f = torch.where(x < 0, 0.0, stretched(x))
+        else:
+            e = component.reflect
+            f = torch.where(x < e, 0.0, stretched(x) - stretched(2 * e - x))
+        return torch.where(x >= 1, 1.0, f)
+    return cdf
+
+
+def _mixture_cdf_of(components: Optional[Tuple[Component, ...]], curves: ShiftCurves, device: Any) -> Curve:
+    parts = [(c.weight, _component_cdf_of(c, d, curves, device)) for c, d in _mixture_parts(components)]
+    return lambda x: sum(w * cdf(x) for w, cdf in parts)
 
 
 def mixture_cdf(x: Tensor, components: Optional[Tuple[Component, ...]], curves: ShiftCurves = IDENTITY) -> Tensor:
     """``G(x) = sum_i w_i G_i(x)``: the mixture's CDF in the shifted noise level for the shift ``curves``
     (:func:`component_cdf`); with the identity, the CDF of the unshifted mixture."""
-    return sum(c.weight * component_cdf(x, c, d, curves) for c, d in _mixture_parts(components))
+    return _mixture_cdf_of(components, curves, x.device)(x)
 
 
 def mixture_quantile(u: Tensor, components: Optional[Tuple[Component, ...]], curves: ShiftCurves = IDENTITY,
                      shape: Optional[Tuple[int, ...]] = None) -> Tensor:
     """``G^-1(u)``, float64: the least float64 x with ``G(x) >= u`` (:func:`mixture_cdf`), found by
     :func:`_least_true`, elementwise over ``shape`` (u's, or its broadcast with a per-sample shift's factor)."""
-    _mixture_parts(components)  # a missing components is refused before the search
+    cdf = _mixture_cdf_of(components, curves, u.device)  # a missing components is refused before the search
     target = u.to(torch.float64)
-    return _least_true(lambda x: mixture_cdf(x, components, curves) >= target,
-                       u.shape if shape is None else shape, u.device)
+    return _least_true(lambda x: cdf(x) >= target, u.shape if shape is None else shape, u.device)
 
 
 @register_distribution(
