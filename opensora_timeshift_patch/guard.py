@@ -30,10 +30,10 @@ the clip's tokens) is judged by its factor. Under ``"clamp"`` the factor judged 
 clamped to 1, before the factor's own clamp.
 
 Piled up at one end (:func:`end_shares`, :func:`pile_message`): the factor's bound says nothing about the
-distribution training actually sees. LTX-2's rule without its trainer's cap at 4096 tokens puts ``e^mu`` past 600
-at 16k tokens while its stretched draw keeps a median near 0.92, and a factor well inside [0.01, 100] on a base already leaning to one end can put most draws next to it. So
-the shifted distribution itself is judged: the share of draws within ``PILE_EPS`` = 1/1000 (one step of Open-Sora's
-1000-step scale) of t = 0 or of t = 1, computed from the base distribution's quantile function on
+distribution training actually sees. LTX-2's ``e^mu`` passes 600 at 16k tokens while its stretched draw keeps a
+median near 0.92, and a factor well inside [0.01, 100] on a base already leaning to one end can put most draws next
+to it. So the shifted distribution itself is judged: the share of draws within ``PILE_EPS`` = 1/1000 (one step of
+Open-Sora's 1000-step scale) of t = 0 or of t = 1, computed from the Recipe's base draw for that factor on
 ``PILE_POINTS`` midpoint uniforms (exact to 1/(2 ``PILE_POINTS``), since the shift is increasing). More than
 ``PILE_SHARE`` = 1/2 of the draws there is called piled up: then most training steps see only noise (or only
 clean latents) for that bucket, which is the collapse this package exists to prevent. For a uniform base and the

@@ -34,11 +34,16 @@ class ModelRecipe(NamedTuple):
     training_confidence: str = ""  # one of CONFIDENCE where the training rule's differs from the schedule's
 
     @property
+    def trained_confidence(self) -> str:
+        """The training rule's confidence: its own where given apart, else the schedule's."""
+        return self.training_confidence or self.confidence
+
+    @property
     def confidence_text(self) -> str:
         """The confidence in words: one, or the schedule's and the training rule's."""
-        if not self.training_confidence or self.training_confidence == self.confidence:
+        if self.trained_confidence == self.confidence:
             return self.confidence
-        return f"{self.confidence} (sampling); {self.training_confidence} (training)"
+        return f"{self.confidence} (sampling); {self.trained_confidence} (training)"
 
 
 def _grid(steps: int) -> List[float]:

@@ -236,7 +236,7 @@ def check_components(setting: Setting, value: Any) -> Tuple[Component, ...]:
                          "use fixed_order='random'")
         if "t_range_mode" in own and own.get("t_range") is None:
             raise refuse(f"sets t_range_mode={own['t_range_mode']!r} without t_range: it would change nothing")
-        if "reflect" in own and own.get("stretch") is None and own["reflect"] is not None:
+        if own.get("reflect") is not None and own.get("stretch") is None:
             raise refuse(f"sets reflect={own['reflect']!r} without stretch: it reflects the stretched draw only")
         if own.get("stretch") is not None and method == "fixed":
             raise refuse("stretches sample_method='fixed': a list of timesteps has no continuous draw to stretch; "

@@ -17,7 +17,11 @@ def test_json_is_the_models_own_schedule(capsys):
     doc = json.loads(out)
     assert doc["sigmas"] == pytest.approx(case["sigmas"], rel=2e-6)
     assert doc["recorded"] == {"boundary": 0.9} and doc["confidence"] == "official code"
+    assert doc["training_confidence"] == "not published"  # Wan 2.2 publishes no training rule
     assert "Wan-Video/Wan2.2" in doc["source"]
+    # where the recipe gives no training confidence apart, the schedule's stands for both
+    doc = json.loads(run_any(capsys, "sigmas", "--recipe", "sd3", "--steps", 2, "--json")[1])
+    assert doc["confidence"] == doc["training_confidence"] == "official code"
 
 
 def test_table_has_one_row_per_step_and_the_terminal(capsys):

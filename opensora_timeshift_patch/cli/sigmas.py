@@ -36,7 +36,7 @@ def cmd_sigmas(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dict(recipe=recipe.name, model=recipe.model, steps=steps, height=height, width=width,
                               frames=frames, schedule=recipe.schedule_text, source=recipe.source,
-                              confidence=recipe.confidence, training_confidence=recipe.training_confidence or recipe.confidence,
+                              confidence=recipe.confidence, training_confidence=recipe.trained_confidence,
                               recorded=recipe.extra, sigmas=values),
                          indent=1, allow_nan=False))
         return 0
