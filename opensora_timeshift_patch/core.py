@@ -250,10 +250,12 @@ class Recipe:
         collapsed = (a == 0) & (u >= 0) & (u <= 1)
         band = u if self.noise_range is None else self._noise_band(u, curves, a)
         if self.shifted_components is None:
-            return torch.where(collapsed, 0.0, self.distribution(band))
-        x = mixture_quantile(band, self.shifted_components, curves, torch.broadcast_shapes(u.shape, a.shape))
-        t = torch.where(collapsed, 0.0, curves.unshift(x).clamp(0, 1))
-        return torch.where((u >= 0) & (u <= 1), t, torch.nan).to(u.dtype)
+            t = self.distribution(band)
+        else:
+            x = mixture_quantile(band, self.shifted_components, curves, torch.broadcast_shapes(u.shape, a.shape))
+            t = curves.unshift(x).clamp(0, 1)
+        # the band maps a uniform just outside [0, 1] inside it: NaN, as the distribution gives one, not a valid t
+        return torch.where((u >= 0) & (u <= 1), torch.where(collapsed, 0.0, t), torch.nan).to(u.dtype)
 
     def shifted_cdf(self, x: Tensor, factor: Any) -> Tensor:
         """``G(x) = P(t' <= x)``, float64, of the shifted draw for shift factor ``factor`` (without noise_range's

@@ -324,3 +324,10 @@ def test_the_guard_judges_the_confined_draw():
             ots.RFlowTimeShift(sample_method="test-top-heavy", noise_range=(0.995, 1.0)).sample_timesteps(x, meta)
     finally:
         DISTRIBUTIONS.unregister("test-top-heavy")
+
+
+def test_noise_range_gives_nan_for_a_uniform_outside_the_unit_interval():
+    # as every distribution does: the band [F(s^-1(lo)), F(s^-1(hi))] would map u = 1.1 or -0.1 inside it
+    recipe = Recipe(dict(noise_range=(0.2, 0.6)))
+    t = recipe.base_draw(torch.tensor([-0.1, 1.1, float("nan"), 0.5], dtype=torch.float64), 3.0)
+    assert t[:3].isnan().all() and 0 < t[3] < 1
